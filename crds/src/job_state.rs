@@ -1,0 +1,500 @@
+//! The Job state machine: which phase changes are allowed, who may make them,
+//! and whether a worker that received a message may claim the Job it names.
+//!
+//! Pure functions only, so every rule is pinned by a unit test and the
+//! operator and worker share one definition of "allowed".
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::job::{JobPhase, JobStatus};
+use crate::message::JobMessage;
+
+/// Who writes a Job's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Actor {
+    Operator,
+    Worker,
+}
+
+/// A phase change refused by the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("a {from:?} Job is finished and never changes phase (asked for {to:?})")]
+    FromTerminal { from: JobPhase, to: JobPhase },
+    #[error("{actor:?} may not move a Job from {from:?} to {to:?}")]
+    NotAllowed {
+        actor: Actor,
+        from: JobPhase,
+        to: JobPhase,
+    },
+}
+
+/// Why a phase change happens; each maps to exactly one (actor, from, to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Operator: the Job is valid and its message was published.
+    Publish,
+    /// Operator: the Job cannot run (invalid input, unknown worker, deadline).
+    Reject,
+    /// Operator: a Job waiting in Backoff gets its next attempt (attempt + 1).
+    Requeue,
+    /// Operator: a Queued Job's message may be lost; publish it again (same attempt).
+    Republish,
+    /// Operator: a Running Job's claim expired; count the attempt as failed.
+    WorkerLost,
+    /// Operator: retries are exhausted or a deadline passed.
+    GiveUp,
+    /// Operator: cancel a Job no worker is running.
+    CancelIdle,
+    /// Worker: claim a Queued Job.
+    Claim,
+    /// Worker: renew the claim or write step progress.
+    Progress,
+    /// Worker: the attempt produced a result.
+    Succeed,
+    /// Worker: the attempt failed and another may succeed.
+    FailRetryable,
+    /// Worker: the attempt failed and no other can succeed.
+    FailPermanent,
+    /// Worker: stopped on `spec.cancel`.
+    CancelRunning,
+    /// Worker: shutting down before the Job finished; hand it back.
+    Release,
+}
+
+impl Transition {
+    /// Every transition, for exhaustive tests and documentation.
+    pub const ALL: [Transition; 14] = [
+        Transition::Publish,
+        Transition::Reject,
+        Transition::Requeue,
+        Transition::Republish,
+        Transition::WorkerLost,
+        Transition::GiveUp,
+        Transition::CancelIdle,
+        Transition::Claim,
+        Transition::Progress,
+        Transition::Succeed,
+        Transition::FailRetryable,
+        Transition::FailPermanent,
+        Transition::CancelRunning,
+        Transition::Release,
+    ];
+
+    /// Who makes this transition.
+    pub fn actor(self) -> Actor {
+        use Transition::*;
+        match self {
+            Publish | Reject | Requeue | Republish | WorkerLost | GiveUp | CancelIdle => {
+                Actor::Operator
+            }
+            Claim | Progress | Succeed | FailRetryable | FailPermanent | CancelRunning
+            | Release => Actor::Worker,
+        }
+    }
+
+    /// The phases this transition starts from.
+    pub fn from(self) -> &'static [JobPhase] {
+        use JobPhase::*;
+        match self {
+            Transition::Publish => &[Pending],
+            Transition::Reject => &[Pending, Queued, Running, Backoff],
+            Transition::Requeue => &[Backoff],
+            Transition::Republish => &[Queued],
+            Transition::WorkerLost => &[Running],
+            Transition::GiveUp => &[Queued, Running, Backoff],
+            Transition::CancelIdle => &[Pending, Queued, Running, Backoff],
+            Transition::Claim => &[Queued, Running],
+            Transition::Progress => &[Running],
+            Transition::Succeed
+            | Transition::FailRetryable
+            | Transition::FailPermanent
+            | Transition::CancelRunning
+            | Transition::Release => &[Running],
+        }
+    }
+
+    /// The phase this transition leads to.
+    pub fn to(self) -> JobPhase {
+        use JobPhase::*;
+        match self {
+            Transition::Publish | Transition::Requeue | Transition::Republish => Queued,
+            Transition::Release => Queued,
+            Transition::Reject | Transition::GiveUp | Transition::FailPermanent => Failed,
+            Transition::WorkerLost | Transition::FailRetryable => Backoff,
+            Transition::CancelIdle | Transition::CancelRunning => Cancelled,
+            Transition::Claim | Transition::Progress => Running,
+            Transition::Succeed => Succeeded,
+        }
+    }
+}
+
+/// Checks that `actor` may move a Job from `from` to `to`.
+pub fn check_transition(actor: Actor, from: JobPhase, to: JobPhase) -> Result<(), TransitionError> {
+    if from.is_terminal() {
+        return Err(TransitionError::FromTerminal { from, to });
+    }
+    let allowed = Transition::ALL
+        .iter()
+        .any(|t| t.actor() == actor && t.to() == to && t.from().contains(&from));
+    if allowed {
+        Ok(())
+    } else {
+        Err(TransitionError::NotAllowed { actor, from, to })
+    }
+}
+
+/// What a worker does with a message it pulled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimDecision {
+    /// Claim the Job (a status write conditioned on its resourceVersion) and run it.
+    Claim,
+    /// Ack the message without running anything; the reason is logged as
+    /// `idempotent_skip`.
+    Skip(SkipReason),
+    /// The Job's status has not caught up with the message yet (the operator
+    /// published and has not written Queued): nack so it comes back shortly.
+    Defer(DeferReason),
+}
+
+/// Why a message is acked without running the Job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The Job already finished.
+    Terminal,
+    /// The message is for an attempt older than the Job's current one.
+    StaleAttempt,
+    /// The message's attempt already failed and waits for its retry.
+    AttemptFinished,
+    /// The Job of that name was deleted and created again.
+    UidMismatch,
+    /// Another worker holds a live claim.
+    ClaimedElsewhere,
+    /// This worker already runs it (a duplicate delivery).
+    AlreadyRunningHere,
+    /// Cancel was requested; the operator finishes it.
+    CancelRequested,
+}
+
+impl SkipReason {
+    /// The snake_case name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Terminal => "terminal",
+            SkipReason::StaleAttempt => "stale_attempt",
+            SkipReason::AttemptFinished => "attempt_finished",
+            SkipReason::UidMismatch => "uid_mismatch",
+            SkipReason::ClaimedElsewhere => "claimed_elsewhere",
+            SkipReason::AlreadyRunningHere => "already_running_here",
+            SkipReason::CancelRequested => "cancel_requested",
+        }
+    }
+}
+
+/// Why a message is handed back for later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeferReason {
+    /// The Job is still Pending: its Queued status write has not landed.
+    NotYetQueued,
+    /// The message is for a newer attempt than the status shows.
+    AttemptAhead,
+}
+
+/// The facts about a Job that decide a claim.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimView<'a> {
+    pub uid: &'a str,
+    pub cancel_requested: bool,
+    pub status: &'a JobStatus,
+}
+
+/// Decides whether the worker pod `me` may claim the Job a message names.
+///
+/// Order matters: identity first (a recreated Job is another Job), then
+/// finished Jobs, then attempts, then claims.
+pub fn decide_claim(job: ClaimView<'_>, msg: &JobMessage, me: &str, now: Timestamp) -> ClaimDecision {
+    use ClaimDecision::*;
+    let status = job.status;
+    if job.uid != msg.uid {
+        return Skip(SkipReason::UidMismatch);
+    }
+    if status.phase.is_terminal() {
+        return Skip(SkipReason::Terminal);
+    }
+    if msg.attempt < status.attempt {
+        return Skip(SkipReason::StaleAttempt);
+    }
+    if job.cancel_requested {
+        return Skip(SkipReason::CancelRequested);
+    }
+    if status.phase == JobPhase::Pending {
+        return Defer(DeferReason::NotYetQueued);
+    }
+    if msg.attempt > status.attempt {
+        return Defer(DeferReason::AttemptAhead);
+    }
+    match status.phase {
+        JobPhase::Queued => Claim,
+        JobPhase::Backoff => Skip(SkipReason::AttemptFinished),
+        JobPhase::Running => match &status.claim {
+            Some(claim) if claim.pod == me => Skip(SkipReason::AlreadyRunningHere),
+            Some(claim) if claim_is_live(claim, now) => Skip(SkipReason::ClaimedElsewhere),
+            // The holder stopped renewing: take over this same attempt. The
+            // watchdog may race us; the resourceVersion check picks one winner.
+            _ => Claim,
+        },
+        // Handled above; listed so a new phase cannot slip through unnoticed.
+        JobPhase::Pending | JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => {
+            Skip(SkipReason::Terminal)
+        }
+    }
+}
+
+/// A claim is live until `renewTime + leaseSeconds`.
+pub fn claim_is_live(claim: &crate::job::Claim, now: Timestamp) -> bool {
+    claim_expiry(claim) > now
+}
+
+/// When a claim expires.
+pub fn claim_expiry(claim: &crate::job::Claim) -> Timestamp {
+    claim
+        .renew_time
+        .0
+        .saturating_add(SignedDuration::from_secs(i64::from(claim.lease_seconds.max(0))))
+        .unwrap_or(Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Claim;
+    use JobPhase::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    /// The full table of allowed (actor, from, to) triples. Every other
+    /// combination must be refused.
+    const ALLOWED: &[(Actor, JobPhase, JobPhase)] = &[
+        (Actor::Operator, Pending, Queued),
+        (Actor::Operator, Pending, Failed),
+        (Actor::Operator, Pending, Cancelled),
+        (Actor::Operator, Queued, Queued),
+        (Actor::Operator, Queued, Failed),
+        (Actor::Operator, Queued, Cancelled),
+        (Actor::Operator, Running, Backoff),
+        (Actor::Operator, Running, Failed),
+        (Actor::Operator, Running, Cancelled),
+        (Actor::Operator, Backoff, Queued),
+        (Actor::Operator, Backoff, Failed),
+        (Actor::Operator, Backoff, Cancelled),
+        (Actor::Worker, Queued, Running),
+        (Actor::Worker, Running, Running),
+        (Actor::Worker, Running, Succeeded),
+        (Actor::Worker, Running, Backoff),
+        (Actor::Worker, Running, Failed),
+        (Actor::Worker, Running, Cancelled),
+        (Actor::Worker, Running, Queued),
+    ];
+
+    #[test]
+    fn every_allowed_transition_is_accepted() {
+        for &(actor, from, to) in ALLOWED {
+            assert_eq!(check_transition(actor, from, to), Ok(()), "{actor:?} {from:?} -> {to:?}");
+        }
+    }
+
+    #[test]
+    fn every_other_transition_is_refused() {
+        for actor in [Actor::Operator, Actor::Worker] {
+            for from in JobPhase::ALL {
+                for to in JobPhase::ALL {
+                    if ALLOWED.contains(&(actor, from, to)) {
+                        continue;
+                    }
+                    assert!(
+                        check_transition(actor, from, to).is_err(),
+                        "{actor:?} {from:?} -> {to:?} should be refused"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn finished_jobs_never_move() {
+        for from in [Succeeded, Failed, Cancelled] {
+            for to in JobPhase::ALL {
+                for actor in [Actor::Operator, Actor::Worker] {
+                    assert_eq!(
+                        check_transition(actor, from, to),
+                        Err(TransitionError::FromTerminal { from, to })
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn worker_cannot_publish_and_operator_cannot_claim() {
+        assert!(matches!(
+            check_transition(Actor::Worker, Pending, Queued),
+            Err(TransitionError::NotAllowed { .. })
+        ));
+        assert!(matches!(
+            check_transition(Actor::Operator, Queued, Running),
+            Err(TransitionError::NotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn refusal_message_names_actor_and_phases() {
+        let err = check_transition(Actor::Worker, Backoff, Queued).unwrap_err();
+        assert_eq!(err.to_string(), "Worker may not move a Job from Backoff to Queued");
+    }
+
+    #[test]
+    fn each_named_transition_is_allowed_for_its_actor_only() {
+        for t in Transition::ALL {
+            for &from in t.from() {
+                assert_eq!(check_transition(t.actor(), from, t.to()), Ok(()), "{t:?}");
+            }
+        }
+    }
+
+    const UID: &str = "0b6c1d3e-uid";
+    const ME: &str = "worker-a";
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn status(phase: JobPhase, attempt: i32) -> JobStatus {
+        JobStatus {
+            phase,
+            attempt,
+            ..JobStatus::default()
+        }
+    }
+
+    fn message(attempt: i32) -> JobMessage {
+        JobMessage {
+            namespace: "ns".into(),
+            name: "job".into(),
+            uid: UID.into(),
+            attempt,
+        }
+    }
+
+    fn claimed(pod: &str, renewed_secs_ago: i64, lease: i32) -> Option<Claim> {
+        Some(Claim {
+            pod: pod.into(),
+            renew_time: Time(now().checked_sub(SignedDuration::from_secs(renewed_secs_ago)).unwrap()),
+            lease_seconds: lease,
+        })
+    }
+
+    fn decide(status: &JobStatus, attempt: i32) -> ClaimDecision {
+        decide_with(status, attempt, UID, false)
+    }
+
+    fn decide_with(status: &JobStatus, attempt: i32, uid: &str, cancel: bool) -> ClaimDecision {
+        let view = ClaimView {
+            uid,
+            cancel_requested: cancel,
+            status,
+        };
+        decide_claim(view, &message(attempt), ME, now())
+    }
+
+    #[test]
+    fn queued_job_with_matching_attempt_is_claimed() {
+        assert_eq!(decide(&status(Queued, 1), 1), ClaimDecision::Claim);
+    }
+
+    #[test]
+    fn stale_attempt_message_is_acked_and_skipped() {
+        assert_eq!(
+            decide(&status(Queued, 2), 1),
+            ClaimDecision::Skip(SkipReason::StaleAttempt)
+        );
+    }
+
+    #[test]
+    fn finished_job_message_is_skipped() {
+        for phase in [Succeeded, Failed, Cancelled] {
+            assert_eq!(
+                decide(&status(phase, 1), 1),
+                ClaimDecision::Skip(SkipReason::Terminal)
+            );
+        }
+    }
+
+    #[test]
+    fn recreated_job_with_other_uid_is_skipped() {
+        assert_eq!(
+            decide_with(&status(Queued, 1), 1, "another-uid", false),
+            ClaimDecision::Skip(SkipReason::UidMismatch)
+        );
+    }
+
+    #[test]
+    fn live_claim_of_another_pod_is_skipped() {
+        let mut s = status(Running, 1);
+        s.claim = claimed("worker-b", 5, 30);
+        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::ClaimedElsewhere));
+    }
+
+    #[test]
+    fn expired_claim_of_another_pod_is_taken_over() {
+        let mut s = status(Running, 1);
+        s.claim = claimed("worker-b", 31, 30);
+        assert_eq!(decide(&s, 1), ClaimDecision::Claim);
+    }
+
+    #[test]
+    fn duplicate_delivery_to_the_running_pod_is_skipped() {
+        let mut s = status(Running, 1);
+        s.claim = claimed(ME, 1, 30);
+        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::AlreadyRunningHere));
+    }
+
+    #[test]
+    fn running_without_claim_is_claimable() {
+        assert_eq!(decide(&status(Running, 1), 1), ClaimDecision::Claim);
+    }
+
+    #[test]
+    fn message_for_failed_attempt_in_backoff_is_skipped() {
+        assert_eq!(
+            decide(&status(Backoff, 1), 1),
+            ClaimDecision::Skip(SkipReason::AttemptFinished)
+        );
+    }
+
+    #[test]
+    fn message_ahead_of_status_is_deferred() {
+        assert_eq!(
+            decide(&status(Backoff, 1), 2),
+            ClaimDecision::Defer(DeferReason::AttemptAhead)
+        );
+        assert_eq!(
+            decide(&status(Pending, 0), 1),
+            ClaimDecision::Defer(DeferReason::NotYetQueued)
+        );
+    }
+
+    #[test]
+    fn cancel_requested_is_skipped_even_when_queued() {
+        assert_eq!(
+            decide_with(&status(Queued, 1), 1, UID, true),
+            ClaimDecision::Skip(SkipReason::CancelRequested)
+        );
+    }
+
+    #[test]
+    fn claim_expires_exactly_at_renew_plus_lease() {
+        let claim = claimed("p", 30, 30).unwrap();
+        assert!(!claim_is_live(&claim, now()));
+        let claim = claimed("p", 29, 30).unwrap();
+        assert!(claim_is_live(&claim, now()));
+    }
+}
