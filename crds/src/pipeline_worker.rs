@@ -160,14 +160,17 @@ pub struct QueueSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z][a-z0-9-]{4,28}[a-z0-9]$')")
         .message("must be a Google Cloud project id: 6-30 lowercase letters, digits or hyphens, starting with a letter"))]
+    #[schemars(length(max = 30))]
     pub project: Option<String>,
 
     /// Topic id (not the full path) that the operator publishes Jobs to.
     #[x_kube(validation = kube::core::Rule::new(PUBSUB_ID_RULE).message(PUBSUB_ID_MESSAGE))]
+    #[schemars(length(max = 255))]
     pub topic: String,
 
     /// Subscription id (not the full path) that the workers pull from.
     #[x_kube(validation = kube::core::Rule::new(PUBSUB_ID_RULE).message(PUBSUB_ID_MESSAGE))]
+    #[schemars(length(max = 255))]
     pub subscription: String,
 
     /// When true (the default) the operator creates the topic, the
@@ -186,6 +189,7 @@ pub struct QueueSpec {
     /// (MaxAttemptsExceeded). Unset: no dead-letter messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(PUBSUB_ID_RULE).message(PUBSUB_ID_MESSAGE))]
+    #[schemars(length(max = 255))]
     pub dead_letter_topic: Option<String>,
 }
 
@@ -370,6 +374,7 @@ pub struct ConsensusSpec {
     /// `https://api.openai.com/v1` or `http://vllm.models:8000/v1`.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://.+')")
         .message("must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
     pub base_url: String,
 
     /// Model name passed to the API.
@@ -431,6 +436,7 @@ pub struct Persona {
     /// Short name, used in step names (`review:<name>`) and in the summary.
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$')")
         .message("must be 1-40 lowercase letters, digits or hyphens"))]
+    #[schemars(length(max = 40))]
     pub name: String,
 
     /// What this reviewer cares about; becomes its system prompt.

@@ -1,0 +1,151 @@
+//! The local sandbox: a real control plane and Pub/Sub emulator on this
+//! machine, with Drover's CRDs and samples applied, up until Ctrl-C.
+//!
+//! `cargo run -p drover-e2e --bin sandbox` — see the README's quick start.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use drover_e2e::{TestEnv, error_chain, manifests, workspace_root};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The project id the sandbox's clients use with the emulator.
+const PROJECT_ID: &str = "drover-local";
+
+/// Runs Drover's local sandbox: builds what is missing, starts etcd,
+/// kube-apiserver, kube-controller-manager and the Pub/Sub emulator, installs
+/// the CRDs, applies config/samples and stays up until SIGINT or SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "sandbox", about)]
+struct Args {
+    /// Where the kubeconfig, the env file, PKI, etcd data and logs go. It is
+    /// emptied at start.
+    #[arg(long, default_value_os_t = workspace_root().join(".drover-sandbox"))]
+    state_dir: PathBuf,
+
+    /// Namespace the samples are applied to.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+
+    /// Directory of sample manifests to apply.
+    #[arg(long, default_value_os_t = workspace_root().join("config/samples"))]
+    samples: PathBuf,
+
+    /// Apply no samples.
+    #[arg(long)]
+    no_samples: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            say(&format!("sandbox failed: {message}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let started = Instant::now();
+    // Install the handlers first: a Ctrl-C during a long build must still tear down.
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+
+    let state_dir = absolute(&args.state_dir)?;
+    reset_state_dir(&state_dir)?;
+    say(&format!("state directory {}", state_dir.display()));
+    say("[1/3] test binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator)");
+
+    let mut progress = |line: &str| say(&format!("      {line}"));
+    let env = tokio::select! {
+        env = TestEnv::start(&state_dir, &mut progress) => env.map_err(|e| error_chain(&e))?,
+        _ = interrupt.recv() => return Err("interrupted while starting".into()),
+        _ = terminate.recv() => return Err("terminated while starting".into()),
+    };
+
+    say("[2/3] samples");
+    if args.no_samples {
+        say("      skipped (--no-samples)");
+    } else {
+        apply_samples(&env, &args.samples, &args.namespace).await?;
+    }
+
+    say("[3/3] env file");
+    let env_file = write_env_file(&env, &state_dir)?;
+    say(&format!("      wrote {}", env_file.display()));
+
+    say(&format!(
+        "up in {:.1} s\n\n  In another shell:\n    source {}\n    $KUBECTL get drover -A\n    $KUBECTL apply -f config/samples/job-sleep.yaml\n    $KUBECTL get pjob -w\n\n  Logs: {}\n  Stop with Ctrl-C.",
+        started.elapsed().as_secs_f64(),
+        env_file.display(),
+        state_dir.display()
+    ));
+    // The exact stdout line scripts wait for.
+    println!("sandbox ready");
+    let _ = std::io::stdout().flush();
+
+    tokio::select! {
+        _ = interrupt.recv() => say("SIGINT: tearing down"),
+        _ = terminate.recv() => say("SIGTERM: tearing down"),
+    }
+    drop(env);
+    say("sandbox stopped");
+    Ok(())
+}
+
+async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(), String> {
+    let samples = manifests::read_dir(dir).map_err(|e| e.to_string())?;
+    let client = env.control_plane.client().await.map_err(|e| error_chain(&e))?;
+    let applied = manifests::apply(&client, namespace, &samples)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    for name in applied {
+        say(&format!("      applied {name} in namespace {namespace}"));
+    }
+    Ok(())
+}
+
+/// Shell lines that point another terminal at this sandbox.
+fn write_env_file(env: &TestEnv, state_dir: &Path) -> Result<PathBuf, String> {
+    let path = state_dir.join("env");
+    let text = format!(
+        "# Written by the Drover sandbox; `source` it to reach the sandbox.\n\
+         export KUBECONFIG={}\n\
+         export PUBSUB_EMULATOR_HOST={}\n\
+         export PUBSUB_PROJECT_ID={PROJECT_ID}\n\
+         export KUBECTL={}\n",
+        shell_quote(env.control_plane.kubeconfig_path()),
+        env.pubsub.host_port(),
+        shell_quote(&env.binaries.kubectl),
+    );
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))
+}
+
+/// Every start is a fresh cluster: an old etcd data dir or a kubeconfig with a
+/// stale port would only confuse.
+fn reset_state_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot empty {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
+/// Progress goes to stderr, unbuffered, so it shows while a build runs.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "sandbox: {line}");
+}

@@ -1,0 +1,59 @@
+//! Without a Go toolchain the sandbox and the harness stop at once with an
+//! error that says what is missing and how to fix it: never a hang, never a
+//! silent skip.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Runs a binary of this crate with no Go anywhere it looks and an empty cache.
+fn run_without_go(binary: &str, args: &[&str]) -> (Output, Duration) {
+    let scratch = std::env::temp_dir().join(format!("drover-e2e-nogo-{}-{binary}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let started = Instant::now();
+    let output = Command::new(binary_path(binary))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &scratch)
+        .env("DROVER_TESTENV_CACHE", scratch.join("cache"))
+        .output()
+        .expect("binary runs");
+    let _ = std::fs::remove_dir_all(&scratch);
+    (output, started.elapsed())
+}
+
+fn binary_path(name: &str) -> &'static Path {
+    match name {
+        "sandbox" => Path::new(env!("CARGO_BIN_EXE_sandbox")),
+        "testenv" => Path::new(env!("CARGO_BIN_EXE_testenv")),
+        other => panic!("no binary {other}"),
+    }
+}
+
+fn assert_clear_go_error(output: &Output, took: Duration) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "succeeded without Go: {stderr}");
+    assert!(stderr.contains("Go toolchain not found"), "{stderr}");
+    assert!(stderr.contains("install Go or set DROVER_GO"), "{stderr}");
+    assert!(took < Duration::from_secs(30), "took {took:?} to fail");
+}
+
+#[test]
+fn sandbox_without_go_says_so() {
+    assert!(
+        !Path::new("/usr/bin/go").exists() && !Path::new("/bin/go").exists(),
+        "this test hides Go by PATH, but Go is installed in /usr/bin or /bin"
+    );
+    let state = std::env::temp_dir().join(format!("drover-e2e-nogo-state-{}", std::process::id()));
+    let state_arg = state.to_string_lossy().into_owned();
+    let (output, took) = run_without_go("sandbox", &["--state-dir", &state_arg]);
+    let _ = std::fs::remove_dir_all(&state);
+    assert_clear_go_error(&output, took);
+}
+
+#[test]
+fn harness_without_go_says_so() {
+    let (output, took) = run_without_go("testenv", &[]);
+    assert_clear_go_error(&output, took);
+}
