@@ -1,0 +1,3 @@
+//! The Drover operator: PipelineWorker fleets and Job dispatch.
+
+pub mod scaler;
