@@ -1,3 +1,8 @@
 //! The Drover operator: PipelineWorker fleets and Job dispatch.
 
+pub mod config;
+pub mod deployment;
+pub mod labels;
+pub mod rbac;
 pub mod scaler;
+pub mod service;
