@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use drover_e2e::{pubsub_clients, shared};
+use drover_e2e::shared;
+use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
 use google_cloud_pubsub::model::Message;
 
 const PROJECT: &str = "drover-e2e";
@@ -13,15 +14,13 @@ const MESSAGES: usize = 1_000;
 #[tokio::test]
 async fn thousand_messages_round_trip_none_lost_none_left() {
     let env = shared().await;
-    let host = env.pubsub.host_port();
-    let topic = pubsub_clients::topic_path(PROJECT, "round-trip");
-    let subscription = pubsub_clients::subscription_path(PROJECT, "round-trip-sub");
+    let endpoint = PubSubEndpoint::emulator(env.pubsub.host_port());
+    let topic = topic_path(PROJECT, "round-trip");
+    let subscription = subscription_path(PROJECT, "round-trip-sub");
 
-    let topics = pubsub_clients::topic_admin(&host).await.expect("topic admin");
+    let topics = endpoint.topic_admin().await.expect("topic admin");
     topics.create_topic().set_name(&topic).send().await.expect("topic is created");
-    let subscriptions = pubsub_clients::subscription_admin(&host)
-        .await
-        .expect("subscription admin");
+    let subscriptions = endpoint.subscription_admin().await.expect("subscription admin");
     subscriptions
         .create_subscription()
         .set_name(&subscription)
@@ -31,7 +30,7 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
         .await
         .expect("subscription is created");
 
-    let publisher = pubsub_clients::publisher(&host, &topic).await.expect("publisher");
+    let publisher = endpoint.publisher(&topic).await.expect("publisher");
     let started = Instant::now();
     let pending: Vec<_> = (0..MESSAGES)
         .map(|i| publisher.publish(Message::new().set_data(format!("message-{i}"))))
@@ -43,7 +42,7 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
     assert_eq!(message_ids.len(), MESSAGES, "every publish got its own message id");
     let published_in = started.elapsed();
 
-    let subscriber = pubsub_clients::subscriber(&host).await.expect("subscriber");
+    let subscriber = endpoint.subscriber().await.expect("subscriber");
     let mut stream = subscriber.subscribe(&subscription).build();
     let mut received = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -3,6 +3,8 @@
 pub mod config;
 pub mod deployment;
 pub mod labels;
+pub mod pubsub;
+pub mod queue;
 pub mod rbac;
 pub mod scaler;
 pub mod service;

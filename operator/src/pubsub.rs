@@ -1,0 +1,66 @@
+//! Pub/Sub clients of the official crate, pointed at production or, when
+//! `PUBSUB_EMULATOR_HOST` is set, at an emulator (plain text, no credentials),
+//! the way Google's client libraries in other languages behave.
+
+use google_cloud_auth::credentials::anonymous;
+use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+
+/// Where Pub/Sub is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PubSubEndpoint {
+    /// `host:port` of an emulator; `None` for Google Cloud with ambient credentials.
+    pub emulator_host: Option<String>,
+}
+
+pub type BuildResult<T> = Result<T, google_cloud_gax::client_builder::Error>;
+
+/// Applies the emulator endpoint and anonymous credentials to any client builder.
+macro_rules! configure {
+    ($builder:expr, $endpoint:expr) => {
+        match &$endpoint.emulator_host {
+            Some(host) => $builder
+                .with_endpoint(format!("http://{host}"))
+                .with_credentials(anonymous::Builder::new().build()),
+            None => $builder,
+        }
+    };
+}
+
+impl PubSubEndpoint {
+    /// Reads `PUBSUB_EMULATOR_HOST`; empty counts as unset.
+    pub fn from_env() -> Self {
+        Self {
+            emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|h| !h.is_empty()),
+        }
+    }
+
+    pub fn emulator(host: impl Into<String>) -> Self {
+        Self {
+            emulator_host: Some(host.into()),
+        }
+    }
+
+    pub async fn topic_admin(&self) -> BuildResult<TopicAdmin> {
+        configure!(TopicAdmin::builder(), self).build().await
+    }
+
+    pub async fn subscription_admin(&self) -> BuildResult<SubscriptionAdmin> {
+        configure!(SubscriptionAdmin::builder(), self).build().await
+    }
+
+    pub async fn publisher(&self, topic_path: &str) -> BuildResult<Publisher> {
+        configure!(Publisher::builder(topic_path), self).build().await
+    }
+
+    pub async fn subscriber(&self) -> BuildResult<Subscriber> {
+        configure!(Subscriber::builder(), self).build().await
+    }
+}
+
+pub fn topic_path(project: &str, topic: &str) -> String {
+    format!("projects/{project}/topics/{topic}")
+}
+
+pub fn subscription_path(project: &str, subscription: &str) -> String {
+    format!("projects/{project}/subscriptions/{subscription}")
+}

@@ -1,0 +1,235 @@
+//! Keeps a PipelineWorker's Pub/Sub topic, subscription and dead-letter topic
+//! in place (`queue.create: true`) or checks that they exist (`false`).
+//!
+//! The subscription carries no Pub/Sub dead-letter policy on purpose: the
+//! operator owns retries and dead-lettering (attempts are counted on the Job,
+//! not in deliveries), and a worker's deferrals must never count as failures.
+
+use std::time::Duration;
+
+use drover_crds::PipelineWorker;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model::RetryPolicy;
+
+use crate::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+
+/// Pub/Sub's own limit on the subscription retry back-off.
+const MAX_PUBSUB_BACKOFF: Duration = Duration::from_secs(600);
+
+/// The fully qualified names of a fleet's queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueNames {
+    pub topic: String,
+    pub subscription: String,
+    pub dead_letter_topic: Option<String>,
+}
+
+impl QueueNames {
+    pub fn of(pw: &PipelineWorker, default_project: &str) -> Self {
+        let queue = &pw.spec.queue;
+        let project = queue.project.as_deref().unwrap_or(default_project);
+        Self {
+            topic: topic_path(project, &queue.topic),
+            subscription: subscription_path(project, &queue.subscription),
+            dead_letter_topic: queue.dead_letter_topic.as_deref().map(|t| topic_path(project, t)),
+        }
+    }
+}
+
+/// Something missing that a person has to create (or let the operator create).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueueProblem {
+    #[error("topic {0} does not exist (queue.create is false)")]
+    TopicNotFound(String),
+    #[error("subscription {0} does not exist (queue.create is false)")]
+    SubscriptionNotFound(String),
+    #[error("dead-letter topic {0} does not exist (queue.create is false)")]
+    DeadLetterTopicNotFound(String),
+    #[error("subscription {subscription} reads topic {actual}, not {expected}")]
+    SubscriptionTopicMismatch {
+        subscription: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl QueueProblem {
+    /// The condition reason a person sees.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            QueueProblem::TopicNotFound(_) => "TopicNotFound",
+            QueueProblem::SubscriptionNotFound(_) => "SubscriptionNotFound",
+            QueueProblem::DeadLetterTopicNotFound(_) => "DeadLetterTopicNotFound",
+            QueueProblem::SubscriptionTopicMismatch { .. } => "SubscriptionTopicMismatch",
+        }
+    }
+}
+
+/// Pub/Sub itself failed (unreachable, permission denied, ...): retried with back-off.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("cannot build a Pub/Sub admin client: {0}")]
+    Client(#[from] google_cloud_gax::client_builder::Error),
+    #[error("Pub/Sub {action} {name} failed: {source}")]
+    Rpc {
+        action: &'static str,
+        name: String,
+        source: google_cloud_pubsub::Error,
+    },
+}
+
+/// Admin clients, built once and shared by every reconcile.
+#[derive(Clone, Debug)]
+pub struct QueueAdmin {
+    topics: TopicAdmin,
+    subscriptions: SubscriptionAdmin,
+}
+
+impl QueueAdmin {
+    pub async fn connect(endpoint: &PubSubEndpoint) -> Result<Self, QueueError> {
+        Ok(Self {
+            topics: endpoint.topic_admin().await?,
+            subscriptions: endpoint.subscription_admin().await?,
+        })
+    }
+
+    /// Brings the queue of `pw` into place; `Ok(Err(problem))` is a state to
+    /// report, `Err` a failure to retry.
+    pub async fn ensure(
+        &self,
+        pw: &PipelineWorker,
+        default_project: &str,
+    ) -> Result<Result<QueueNames, QueueProblem>, QueueError> {
+        let names = QueueNames::of(pw, default_project);
+        let create = pw.spec.queue.create;
+
+        if !self.ensure_topic(&names.topic, create).await? {
+            return Ok(Err(QueueProblem::TopicNotFound(names.topic)));
+        }
+        if let Some(dead_letter) = &names.dead_letter_topic
+            && !self.ensure_topic(dead_letter, create).await?
+        {
+            return Ok(Err(QueueProblem::DeadLetterTopicNotFound(dead_letter.clone())));
+        }
+        match self.ensure_subscription(pw, &names, create).await? {
+            Some(problem) => Ok(Err(problem)),
+            None => Ok(Ok(names)),
+        }
+    }
+
+    /// Whether the topic exists afterwards.
+    async fn ensure_topic(&self, topic: &str, create: bool) -> Result<bool, QueueError> {
+        match self.topics.get_topic().set_topic(topic).send().await {
+            Ok(_) => return Ok(true),
+            Err(e) if is(&e, Code::NotFound) => {}
+            Err(source) => return Err(rpc("get topic", topic, source)),
+        }
+        if !create {
+            return Ok(false);
+        }
+        match self.topics.create_topic().set_name(topic).send().await {
+            // Another operator replica or a person may have been quicker.
+            Ok(_) => Ok(true),
+            Err(e) if is(&e, Code::AlreadyExists) => Ok(true),
+            Err(source) => Err(rpc("create topic", topic, source)),
+        }
+    }
+
+    async fn ensure_subscription(
+        &self,
+        pw: &PipelineWorker,
+        names: &QueueNames,
+        create: bool,
+    ) -> Result<Option<QueueProblem>, QueueError> {
+        let name = &names.subscription;
+        match self.subscriptions.get_subscription().set_subscription(name).send().await {
+            Ok(existing) if existing.topic != names.topic => {
+                return Ok(Some(QueueProblem::SubscriptionTopicMismatch {
+                    subscription: name.clone(),
+                    expected: names.topic.clone(),
+                    actual: existing.topic,
+                }));
+            }
+            Ok(_) => return Ok(None),
+            Err(e) if is(&e, Code::NotFound) => {}
+            Err(source) => return Err(rpc("get subscription", name, source)),
+        }
+        if !create {
+            return Ok(Some(QueueProblem::SubscriptionNotFound(name.clone())));
+        }
+        let retry = &pw.spec.retry;
+        let backoff = |secs: i64| {
+            Duration::from_secs(secs.max(0).unsigned_abs()).min(MAX_PUBSUB_BACKOFF)
+        };
+        let retry_policy = RetryPolicy::new()
+            .set_minimum_backoff(wkt_duration(backoff(retry.initial_backoff_seconds)))
+            .set_maximum_backoff(wkt_duration(backoff(retry.max_backoff_seconds)));
+        let created = self
+            .subscriptions
+            .create_subscription()
+            .set_name(name)
+            .set_topic(&names.topic)
+            .set_ack_deadline_seconds(pw.spec.queue.ack_deadline_seconds)
+            .set_retry_policy(retry_policy)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(None),
+            Err(e) if is(&e, Code::AlreadyExists) => Ok(None),
+            Err(source) => Err(rpc("create subscription", name, source)),
+        }
+    }
+}
+
+fn wkt_duration(d: Duration) -> google_cloud_wkt::Duration {
+    google_cloud_wkt::Duration::clamp(i64::try_from(d.as_secs()).unwrap_or(i64::MAX), 0)
+}
+
+fn is(error: &google_cloud_pubsub::Error, code: Code) -> bool {
+    error.status().is_some_and(|s| s.code == code)
+}
+
+fn rpc(action: &'static str, name: &str, source: google_cloud_pubsub::Error) -> QueueError {
+    QueueError::Rpc {
+        action,
+        name: name.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_use_the_queue_project_or_the_default() {
+        let mut pw = PipelineWorker::new(
+            "w",
+            serde_json::from_value(serde_json::json!({
+                "pipeline": "sleep",
+                "queue": {"topic": "t", "subscription": "s", "deadLetterTopic": "dead"},
+            }))
+            .unwrap(),
+        );
+        assert_eq!(
+            QueueNames::of(&pw, "fallback"),
+            QueueNames {
+                topic: "projects/fallback/topics/t".into(),
+                subscription: "projects/fallback/subscriptions/s".into(),
+                dead_letter_topic: Some("projects/fallback/topics/dead".into()),
+            }
+        );
+        pw.spec.queue.project = Some("team-project".into());
+        assert_eq!(QueueNames::of(&pw, "fallback").topic, "projects/team-project/topics/t");
+    }
+
+    #[test]
+    fn problems_have_condition_reasons() {
+        assert_eq!(QueueProblem::TopicNotFound("t".into()).reason(), "TopicNotFound");
+        assert_eq!(
+            QueueProblem::SubscriptionNotFound("s".into()).to_string(),
+            "subscription s does not exist (queue.create is false)"
+        );
+    }
+}
