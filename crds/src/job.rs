@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 /// One unit of work. The operator validates it, publishes it to its worker's
 /// queue and retries it; a worker claims it, runs its pipeline and reports
 /// every step here.
+// Several printer columns share a `type_`; clippy reads that as a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "drover.dev",
@@ -23,7 +25,11 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.worker == oldSelf.worker")
     .message("spec.worker is immutable: create a new Job to run on another worker"))]

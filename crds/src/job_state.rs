@@ -212,7 +212,12 @@ pub struct ClaimView<'a> {
 ///
 /// Order matters: identity first (a recreated Job is another Job), then
 /// finished Jobs, then attempts, then claims.
-pub fn decide_claim(job: ClaimView<'_>, msg: &JobMessage, me: &str, now: Timestamp) -> ClaimDecision {
+pub fn decide_claim(
+    job: ClaimView<'_>,
+    msg: &JobMessage,
+    me: &str,
+    now: Timestamp,
+) -> ClaimDecision {
     use ClaimDecision::*;
     let status = job.status;
     if job.uid != msg.uid {
@@ -260,7 +265,9 @@ pub fn claim_expiry(claim: &crate::job::Claim) -> Timestamp {
     claim
         .renew_time
         .0
-        .saturating_add(SignedDuration::from_secs(i64::from(claim.lease_seconds.max(0))))
+        .saturating_add(SignedDuration::from_secs(i64::from(
+            claim.lease_seconds.max(0),
+        )))
         .unwrap_or(Timestamp::MAX)
 }
 
@@ -298,7 +305,11 @@ mod tests {
     #[test]
     fn every_allowed_transition_is_accepted() {
         for &(actor, from, to) in ALLOWED {
-            assert_eq!(check_transition(actor, from, to), Ok(()), "{actor:?} {from:?} -> {to:?}");
+            assert_eq!(
+                check_transition(actor, from, to),
+                Ok(()),
+                "{actor:?} {from:?} -> {to:?}"
+            );
         }
     }
 
@@ -348,7 +359,10 @@ mod tests {
     #[test]
     fn refusal_message_names_actor_and_phases() {
         let err = check_transition(Actor::Worker, Backoff, Queued).unwrap_err();
-        assert_eq!(err.to_string(), "Worker may not move a Job from Backoff to Queued");
+        assert_eq!(
+            err.to_string(),
+            "Worker may not move a Job from Backoff to Queued"
+        );
     }
 
     #[test]
@@ -387,7 +401,11 @@ mod tests {
     fn claimed(pod: &str, renewed_secs_ago: i64, lease: i32) -> Option<Claim> {
         Some(Claim {
             pod: pod.into(),
-            renew_time: Time(now().checked_sub(SignedDuration::from_secs(renewed_secs_ago)).unwrap()),
+            renew_time: Time(
+                now()
+                    .checked_sub(SignedDuration::from_secs(renewed_secs_ago))
+                    .unwrap(),
+            ),
             lease_seconds: lease,
         })
     }
@@ -440,7 +458,10 @@ mod tests {
     fn live_claim_of_another_pod_is_skipped() {
         let mut s = status(Running, 1);
         s.claim = claimed("worker-b", 5, 30);
-        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::ClaimedElsewhere));
+        assert_eq!(
+            decide(&s, 1),
+            ClaimDecision::Skip(SkipReason::ClaimedElsewhere)
+        );
     }
 
     #[test]
@@ -454,7 +475,10 @@ mod tests {
     fn duplicate_delivery_to_the_running_pod_is_skipped() {
         let mut s = status(Running, 1);
         s.claim = claimed(ME, 1, 30);
-        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::AlreadyRunningHere));
+        assert_eq!(
+            decide(&s, 1),
+            ClaimDecision::Skip(SkipReason::AlreadyRunningHere)
+        );
     }
 
     #[test]

@@ -51,7 +51,12 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error_not_a_panic() {
-        for body in [&b"not json"[..], b"{}", b"{\"namespace\":\"a\"}", b"\xff\xfe"] {
+        for body in [
+            &b"not json"[..],
+            b"{}",
+            b"{\"namespace\":\"a\"}",
+            b"\xff\xfe",
+        ] {
             assert!(JobMessage::decode(body).is_err());
         }
     }

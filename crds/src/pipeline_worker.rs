@@ -13,13 +13,16 @@ use serde::{Deserialize, Serialize};
 
 /// Pub/Sub resource ids: 3-255 characters, starting with a letter, and never
 /// starting with `goog` (reserved by Google).
-const PUBSUB_ID_RULE: &str = "self.matches('^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$') && !self.startsWith('goog')";
+const PUBSUB_ID_RULE: &str =
+    "self.matches('^[A-Za-z][A-Za-z0-9._~%+-]{2,254}$') && !self.startsWith('goog')";
 const PUBSUB_ID_MESSAGE: &str = "must be a Pub/Sub id: 3-255 letters, digits or ._~%+-, starting with a letter and not with 'goog'";
 
 /// A fleet of workers that run one pipeline. The operator turns it into a
 /// Deployment scaled on the depth of its queue, plus the ServiceAccount, RBAC
 /// and Service the workers need, and keeps the Pub/Sub topic and subscription
 /// in place.
+// Several printer columns share a `type_`; clippy reads that as a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "drover.dev",
@@ -37,16 +40,32 @@ const PUBSUB_ID_MESSAGE: &str = "must be a Pub/Sub id: 3-255 letters, digits or 
         label_selector_path = ".status.selector"
     ),
     printcolumn(name = "Pipeline", type_ = "string", json_path = ".spec.pipeline"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.backlog.queued"),
-    printcolumn(name = "Running", type_ = "integer", json_path = ".status.backlog.running"),
+    printcolumn(
+        name = "Queued",
+        type_ = "integer",
+        json_path = ".status.backlog.queued"
+    ),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.backlog.running"
+    ),
     printcolumn(
         name = "Status",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("self.pipeline != 'consensus' || has(self.consensus)")
     .message("spec.consensus is required when pipeline is consensus (it names the model and the personas)"))]

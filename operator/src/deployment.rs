@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use drover_crds::PipelineWorker;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -30,7 +32,11 @@ const SHUTDOWN_MARGIN_SECONDS: i64 = 30;
 /// The non-root user of the distroless-style worker image.
 const WORKER_UID: i64 = 65532;
 
-pub fn worker_deployment(pw: &PipelineWorker, config: &OperatorConfig, replicas: i32) -> Deployment {
+pub fn worker_deployment(
+    pw: &PipelineWorker,
+    config: &OperatorConfig,
+    replicas: i32,
+) -> Deployment {
     let spec = &pw.spec;
     let mut pod_labels = labels::labels(pw);
     pod_labels.retain(|k, _| k != "app.kubernetes.io/managed-by");
@@ -38,7 +44,11 @@ pub fn worker_deployment(pw: &PipelineWorker, config: &OperatorConfig, replicas:
 
     let container = Container {
         name: "worker".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| config.worker_image.clone())),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| config.worker_image.clone()),
+        ),
         env: Some(worker_env(pw, config)),
         env_from: spec.env_from.clone(),
         ports: Some(vec![ContainerPort {
@@ -83,7 +93,9 @@ pub fn worker_deployment(pw: &PipelineWorker, config: &OperatorConfig, replicas:
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(
-                        spec.service_account_name.clone().unwrap_or_else(|| labels::child_name(pw)),
+                        spec.service_account_name
+                            .clone()
+                            .unwrap_or_else(|| labels::child_name(pw)),
                     ),
                     // A draining worker gets the job timeout to finish what it runs.
                     termination_grace_period_seconds: Some(
@@ -119,7 +131,10 @@ pub fn worker_deployment(pw: &PipelineWorker, config: &OperatorConfig, replicas:
 fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("DROVER_NAMESPACE", "metadata.namespace"),
-        value_env("DROVER_WORKER_NAME", pw.metadata.name.as_deref().unwrap_or_default()),
+        value_env(
+            "DROVER_WORKER_NAME",
+            pw.metadata.name.as_deref().unwrap_or_default(),
+        ),
         field_env("DROVER_POD_NAME", "metadata.name"),
         field_env("DROVER_POD_IP", "status.podIP"),
         // Bind to the pod IP: right in a cluster, and lets several replicas
@@ -136,10 +151,20 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
     }
     if let Some(assembly) = &pw.spec.assembly {
         if let Some(s3) = &assembly.s3 {
-            env.push(secret_env("AWS_ACCESS_KEY_ID", &s3.access_key_id_secret_ref));
-            env.push(secret_env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key_secret_ref));
+            env.push(secret_env(
+                "AWS_ACCESS_KEY_ID",
+                &s3.access_key_id_secret_ref,
+            ));
+            env.push(secret_env(
+                "AWS_SECRET_ACCESS_KEY",
+                &s3.secret_access_key_secret_ref,
+            ));
         }
-        if let Some(key) = assembly.gcs.as_ref().and_then(|g| g.service_account_key_secret_ref.as_ref()) {
+        if let Some(key) = assembly
+            .gcs
+            .as_ref()
+            .and_then(|g| g.service_account_key_secret_ref.as_ref())
+        {
             env.push(secret_env("GOOGLE_SERVICE_ACCOUNT_KEY", key));
         }
     }
@@ -150,7 +175,12 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
 /// Every Secret key the fleet's pods read, for the SecretNotFound check.
 pub fn secret_refs(pw: &PipelineWorker) -> Vec<&SecretKeySelector> {
     let mut refs = Vec::new();
-    if let Some(key) = pw.spec.consensus.as_ref().and_then(|c| c.api_key_secret_ref.as_ref()) {
+    if let Some(key) = pw
+        .spec
+        .consensus
+        .as_ref()
+        .and_then(|c| c.api_key_secret_ref.as_ref())
+    {
         refs.push(key);
     }
     if let Some(assembly) = &pw.spec.assembly {
@@ -158,7 +188,11 @@ pub fn secret_refs(pw: &PipelineWorker) -> Vec<&SecretKeySelector> {
             refs.push(&s3.access_key_id_secret_ref);
             refs.push(&s3.secret_access_key_secret_ref);
         }
-        if let Some(key) = assembly.gcs.as_ref().and_then(|g| g.service_account_key_secret_ref.as_ref()) {
+        if let Some(key) = assembly
+            .gcs
+            .as_ref()
+            .and_then(|g| g.service_account_key_secret_ref.as_ref())
+        {
             refs.push(key);
         }
     }
@@ -279,7 +313,10 @@ mod tests {
     fn deployment_is_owned_by_its_pipeline_worker() {
         let d = worker_deployment(&sample(), &config(), 2);
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("PipelineWorker", "sleeper"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("PipelineWorker", "sleeper")
+        );
         assert_eq!(owner.controller, Some(true));
         assert_eq!(d.metadata.name.as_deref(), Some("sleeper-worker"));
         assert_eq!(d.spec.replicas, Some(2));
@@ -296,7 +333,13 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["DROVER_NAMESPACE", "DROVER_WORKER_NAME", "DROVER_POD_NAME", "DROVER_POD_IP", "DROVER_HTTP_ADDR"]
+            [
+                "DROVER_NAMESPACE",
+                "DROVER_WORKER_NAME",
+                "DROVER_POD_NAME",
+                "DROVER_POD_IP",
+                "DROVER_HTTP_ADDR"
+            ]
         );
     }
 
@@ -309,11 +352,17 @@ mod tests {
     #[test]
     fn container_is_hardened() {
         let d = worker_deployment(&sample(), &config(), 1);
-        let sc = pod_spec(&d).containers[0].security_context.as_ref().unwrap();
+        let sc = pod_spec(&d).containers[0]
+            .security_context
+            .as_ref()
+            .unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
-        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
     }
 
@@ -321,12 +370,16 @@ mod tests {
     fn image_defaults_to_the_operators() {
         let mut pw = sample();
         assert_eq!(
-            pod_spec(&worker_deployment(&pw, &config(), 1)).containers[0].image.as_deref(),
+            pod_spec(&worker_deployment(&pw, &config(), 1)).containers[0]
+                .image
+                .as_deref(),
             Some("drover-worker:test")
         );
         pw.spec.image = Some("registry.example/worker:1".into());
         assert_eq!(
-            pod_spec(&worker_deployment(&pw, &config(), 1)).containers[0].image.as_deref(),
+            pod_spec(&worker_deployment(&pw, &config(), 1)).containers[0]
+                .image
+                .as_deref(),
             Some("registry.example/worker:1")
         );
     }
@@ -347,8 +400,17 @@ mod tests {
         let env = pod_spec(&d).containers[0].env.clone().unwrap();
         let key = env.iter().find(|e| e.name == "DROVER_LLM_API_KEY").unwrap();
         assert!(key.value.is_none());
-        let secret = key.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-        assert_eq!((secret.name.as_str(), secret.key.as_str()), ("llm", "apiKey"));
+        let secret = key
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (secret.name.as_str(), secret.key.as_str()),
+            ("llm", "apiKey")
+        );
         assert_eq!(secret_refs(&pw).len(), 1);
     }
 

@@ -22,8 +22,14 @@ pub fn child_name(pw: &PipelineWorker) -> String {
 /// so they hold only what never changes.
 pub fn selector_labels(pw: &PipelineWorker) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "drover-worker".to_owned()),
-        (WORKER_LABEL.to_owned(), pw.metadata.name.clone().unwrap_or_default()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "drover-worker".to_owned(),
+        ),
+        (
+            WORKER_LABEL.to_owned(),
+            pw.metadata.name.clone().unwrap_or_default(),
+        ),
     ])
 }
 
@@ -35,10 +41,19 @@ pub fn labels(pw: &PipelineWorker) -> BTreeMap<String, String> {
             "app.kubernetes.io/instance".to_owned(),
             pw.metadata.name.clone().unwrap_or_default(),
         ),
-        ("app.kubernetes.io/component".to_owned(), "worker".to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "worker".to_owned(),
+        ),
         ("app.kubernetes.io/part-of".to_owned(), "drover".to_owned()),
-        ("app.kubernetes.io/managed-by".to_owned(), "drover-operator".to_owned()),
-        ("drover.dev/pipeline".to_owned(), pw.spec.pipeline.as_str().to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "drover-operator".to_owned(),
+        ),
+        (
+            "drover.dev/pipeline".to_owned(),
+            pw.spec.pipeline.as_str().to_owned(),
+        ),
     ]);
     labels
 }

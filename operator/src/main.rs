@@ -13,7 +13,11 @@ struct Args {
     pubsub_project: String,
 
     /// Worker image used when a PipelineWorker names none.
-    #[arg(long, env = "DROVER_WORKER_IMAGE", default_value = "drover-worker:latest")]
+    #[arg(
+        long,
+        env = "DROVER_WORKER_IMAGE",
+        default_value = "drover-worker:latest"
+    )]
     worker_image: String,
 
     /// Address of the /healthz, /readyz and /metrics server.

@@ -30,7 +30,9 @@ impl PubSubEndpoint {
     /// Reads `PUBSUB_EMULATOR_HOST`; empty counts as unset.
     pub fn from_env() -> Self {
         Self {
-            emulator_host: std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|h| !h.is_empty()),
+            emulator_host: std::env::var("PUBSUB_EMULATOR_HOST")
+                .ok()
+                .filter(|h| !h.is_empty()),
         }
     }
 
@@ -49,7 +51,9 @@ impl PubSubEndpoint {
     }
 
     pub async fn publisher(&self, topic_path: &str) -> BuildResult<Publisher> {
-        configure!(Publisher::builder(topic_path), self).build().await
+        configure!(Publisher::builder(topic_path), self)
+            .build()
+            .await
     }
 
     pub async fn subscriber(&self) -> BuildResult<Subscriber> {

@@ -32,7 +32,10 @@ impl QueueNames {
         Self {
             topic: topic_path(project, &queue.topic),
             subscription: subscription_path(project, &queue.subscription),
-            dead_letter_topic: queue.dead_letter_topic.as_deref().map(|t| topic_path(project, t)),
+            dead_letter_topic: queue
+                .dead_letter_topic
+                .as_deref()
+                .map(|t| topic_path(project, t)),
         }
     }
 }
@@ -110,7 +113,9 @@ impl QueueAdmin {
         if let Some(dead_letter) = &names.dead_letter_topic
             && !self.ensure_topic(dead_letter, create).await?
         {
-            return Ok(Err(QueueProblem::DeadLetterTopicNotFound(dead_letter.clone())));
+            return Ok(Err(QueueProblem::DeadLetterTopicNotFound(
+                dead_letter.clone(),
+            )));
         }
         match self.ensure_subscription(pw, &names, create).await? {
             Some(problem) => Ok(Err(problem)),
@@ -143,7 +148,13 @@ impl QueueAdmin {
         create: bool,
     ) -> Result<Option<QueueProblem>, QueueError> {
         let name = &names.subscription;
-        match self.subscriptions.get_subscription().set_subscription(name).send().await {
+        match self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(name)
+            .send()
+            .await
+        {
             Ok(existing) if existing.topic != names.topic => {
                 return Ok(Some(QueueProblem::SubscriptionTopicMismatch {
                     subscription: name.clone(),
@@ -159,9 +170,8 @@ impl QueueAdmin {
             return Ok(Some(QueueProblem::SubscriptionNotFound(name.clone())));
         }
         let retry = &pw.spec.retry;
-        let backoff = |secs: i64| {
-            Duration::from_secs(secs.max(0).unsigned_abs()).min(MAX_PUBSUB_BACKOFF)
-        };
+        let backoff =
+            |secs: i64| Duration::from_secs(secs.max(0).unsigned_abs()).min(MAX_PUBSUB_BACKOFF);
         let retry_policy = RetryPolicy::new()
             .set_minimum_backoff(wkt_duration(backoff(retry.initial_backoff_seconds)))
             .set_maximum_backoff(wkt_duration(backoff(retry.max_backoff_seconds)));
@@ -221,12 +231,18 @@ mod tests {
             }
         );
         pw.spec.queue.project = Some("team-project".into());
-        assert_eq!(QueueNames::of(&pw, "fallback").topic, "projects/team-project/topics/t");
+        assert_eq!(
+            QueueNames::of(&pw, "fallback").topic,
+            "projects/team-project/topics/t"
+        );
     }
 
     #[test]
     fn problems_have_condition_reasons() {
-        assert_eq!(QueueProblem::TopicNotFound("t".into()).reason(), "TopicNotFound");
+        assert_eq!(
+            QueueProblem::TopicNotFound("t".into()).reason(),
+            "TopicNotFound"
+        );
         assert_eq!(
             QueueProblem::SubscriptionNotFound("s".into()).to_string(),
             "subscription s does not exist (queue.create is false)"

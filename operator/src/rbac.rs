@@ -22,23 +22,45 @@ pub fn service_account(pw: &PipelineWorker) -> ServiceAccount {
 /// (they arrive as env by reference) nor change a Job's spec.
 pub fn role(pw: &PipelineWorker) -> Role {
     let own_name = pw.metadata.name.clone().unwrap_or_default();
-    let rule = |groups: &[&str], resources: &[&str], names: Option<Vec<String>>, verbs: &[&str]| PolicyRule {
-        api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-        resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-        resource_names: names,
-        verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        non_resource_urls: None,
+    let rule = |groups: &[&str], resources: &[&str], names: Option<Vec<String>>, verbs: &[&str]| {
+        PolicyRule {
+            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            resource_names: names,
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            non_resource_urls: None,
+        }
     };
     Role {
         metadata: labels::child_meta(pw),
         rules: Some(vec![
-            rule(&[drover_crds::GROUP], &["pipelineworkers"], Some(vec![own_name]), &["get", "watch"]),
+            rule(
+                &[drover_crds::GROUP],
+                &["pipelineworkers"],
+                Some(vec![own_name]),
+                &["get", "watch"],
+            ),
             // `list` cannot be limited by name; watching one object by name
             // needs list+watch with a field selector, which resourceNames allows.
             rule(&[drover_crds::GROUP], &["pipelineworkers"], None, &["list"]),
-            rule(&[drover_crds::GROUP], &["jobs"], None, &["get", "list", "watch", "create"]),
-            rule(&[drover_crds::GROUP], &["jobs/status"], None, &["get", "patch", "update"]),
-            rule(&["", "events.k8s.io"], &["events"], None, &["create", "patch"]),
+            rule(
+                &[drover_crds::GROUP],
+                &["jobs"],
+                None,
+                &["get", "list", "watch", "create"],
+            ),
+            rule(
+                &[drover_crds::GROUP],
+                &["jobs/status"],
+                None,
+                &["get", "patch", "update"],
+            ),
+            rule(
+                &["", "events.k8s.io"],
+                &["events"],
+                None,
+                &["create", "patch"],
+            ),
         ]),
     }
 }
@@ -90,7 +112,11 @@ mod tests {
         let role = role(&sample());
         assert!(verbs_on(&role, "secrets").is_empty());
         let job_verbs = verbs_on(&role, "jobs");
-        assert!(!job_verbs.iter().any(|v| v == "update" || v == "patch" || v == "delete"));
+        assert!(
+            !job_verbs
+                .iter()
+                .any(|v| v == "update" || v == "patch" || v == "delete")
+        );
         assert!(verbs_on(&role, "jobs/status").contains(&"patch".to_owned()));
     }
 

@@ -117,7 +117,10 @@ mod tests {
     #[test]
     fn nonsense_limits_never_panic() {
         assert_eq!(recommended_replicas(5, &policy(3, 1, 0, 60)), 3);
-        assert_eq!(recommended_replicas(u32::MAX, &policy(0, i32::MAX, 1, 60)), i32::MAX);
+        assert_eq!(
+            recommended_replicas(u32::MAX, &policy(0, i32::MAX, 1, 60)),
+            i32::MAX
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub fn metrics_service(pw: &PipelineWorker) -> Service {
         spec: Some(ServiceSpec {
             // Headless: Prometheus scrapes each pod, not a load-balanced one.
             cluster_ip: Some("None".into()),
-            selector: Some(labels::selector_labels(pw).into_iter().collect::<BTreeMap<_, _>>()),
+            selector: Some(
+                labels::selector_labels(pw)
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+            ),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: HTTP_PORT,
