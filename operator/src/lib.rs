@@ -1,7 +1,9 @@
 //! The Drover operator: PipelineWorker fleets and Job dispatch.
 
+pub mod backlog;
 pub mod config;
 pub mod deployment;
+pub mod health;
 pub mod labels;
 pub mod pubsub;
 pub mod queue;

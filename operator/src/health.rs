@@ -1,0 +1,258 @@
+//! What a fleet's conditions say, as a pure function of what the operator
+//! observed: the queue, the Secrets the pods read, and the pods themselves.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A problem a person has to fix, with the condition reason it shows as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Everything the conditions are derived from.
+#[derive(Clone, Debug, Default)]
+pub struct Observation {
+    /// `None` when topic and subscription are in place.
+    pub queue_problem: Option<Problem>,
+    /// `secret/key` references that do not resolve.
+    pub missing_secrets: Vec<String>,
+    pub desired_replicas: i32,
+    pub ready_replicas: i32,
+    pub pods: Vec<Pod>,
+}
+
+/// The first pod-level problem: pulls that fail, containers that crash.
+pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
+    let waiting = pods
+        .iter()
+        .filter_map(|pod| {
+            let name = pod.metadata.name.as_deref().unwrap_or("?");
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            statuses.iter().find_map(|c| {
+                let waiting = c.state.as_ref()?.waiting.as_ref()?;
+                let reason = waiting.reason.as_deref()?;
+                Some((name.to_owned(), reason.to_owned(), waiting.message.clone()))
+            })
+        })
+        .collect::<Vec<_>>();
+    for (known, label) in [
+        ("ImagePullBackOff", "ImagePullBackOff"),
+        ("ErrImagePull", "ImagePullBackOff"),
+        ("CrashLoopBackOff", "CrashLoopBackOff"),
+        ("CreateContainerConfigError", "CreateContainerConfigError"),
+    ] {
+        if let Some((pod, _, message)) = waiting.iter().find(|(_, reason, _)| reason == known) {
+            return Some(Problem {
+                reason: label,
+                message: format!(
+                    "pod {pod}: {known}{}",
+                    message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    None
+}
+
+/// `Ready`, `QueueReady` and `Degraded`, keeping each condition's
+/// `lastTransitionTime` while its status does not change.
+pub fn conditions(
+    observed: &Observation,
+    generation: Option<i64>,
+    now: &Time,
+    previous: &[Condition],
+) -> Vec<Condition> {
+    let secret_problem = (!observed.missing_secrets.is_empty()).then(|| Problem {
+        reason: "SecretNotFound",
+        message: format!(
+            "the worker pods read {} which does not exist",
+            observed.missing_secrets.join(", ")
+        ),
+    });
+    let degraded = secret_problem
+        .or_else(|| observed.queue_problem.clone())
+        .or_else(|| pod_problem(&observed.pods));
+
+    let queue = match &observed.queue_problem {
+        None => (
+            true,
+            "QueueInPlace",
+            "topic and subscription exist".to_owned(),
+        ),
+        Some(p) => (false, p.reason, p.message.clone()),
+    };
+    let ready = match &degraded {
+        Some(p) => (false, p.reason, p.message.clone()),
+        None if observed.ready_replicas < observed.desired_replicas => (
+            false,
+            "PodsNotReady",
+            format!(
+                "{} of {} worker pods are ready",
+                observed.ready_replicas, observed.desired_replicas
+            ),
+        ),
+        None if observed.desired_replicas == 0 => (
+            true,
+            "Idle",
+            "no backlog; the fleet is scaled to zero".to_owned(),
+        ),
+        None => (
+            true,
+            "PodsReady",
+            format!("{} worker pods are ready", observed.ready_replicas),
+        ),
+    };
+    let degraded = match &degraded {
+        Some(p) => (true, p.reason, p.message.clone()),
+        None => (false, "AsExpected", "nothing needs attention".to_owned()),
+    };
+
+    [
+        ("Ready", ready),
+        ("QueueReady", queue),
+        ("Degraded", degraded),
+    ]
+    .into_iter()
+    .map(|(type_, (status, reason, message))| {
+        let status = if status { "True" } else { "False" }.to_owned();
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+    };
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(1_800_000_000 + secs).unwrap())
+    }
+
+    fn waiting_pod(name: &str, reason: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.status = Some(PodStatus {
+            container_statuses: Some(vec![ContainerStatus {
+                name: "worker".into(),
+                state: Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.into()),
+                        message: Some("details".into()),
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        });
+        pod
+    }
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn healthy_fleet_is_ready_and_not_degraded() {
+        let observed = Observation {
+            desired_replicas: 2,
+            ready_replicas: 2,
+            ..Observation::default()
+        };
+        let c = conditions(&observed, Some(3), &at(0), &[]);
+        assert_eq!(find(&c, "Ready").status, "True");
+        assert_eq!(find(&c, "QueueReady").status, "True");
+        assert_eq!(find(&c, "Degraded").status, "False");
+        assert_eq!(find(&c, "Ready").observed_generation, Some(3));
+    }
+
+    #[test]
+    fn missing_secret_is_degraded_with_its_name() {
+        let observed = Observation {
+            missing_secrets: vec!["llm-api/apiKey".into()],
+            ..Observation::default()
+        };
+        let c = conditions(&observed, None, &at(0), &[]);
+        let degraded = find(&c, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "SecretNotFound")
+        );
+        assert!(degraded.message.contains("llm-api/apiKey"));
+        assert_eq!(find(&c, "Ready").reason, "SecretNotFound");
+    }
+
+    #[test]
+    fn queue_problem_shows_on_queue_ready_and_degraded() {
+        let observed = Observation {
+            queue_problem: Some(Problem {
+                reason: "SubscriptionNotFound",
+                message: "subscription s does not exist".into(),
+            }),
+            ..Observation::default()
+        };
+        let c = conditions(&observed, None, &at(0), &[]);
+        assert_eq!(find(&c, "QueueReady").reason, "SubscriptionNotFound");
+        assert_eq!(find(&c, "QueueReady").status, "False");
+        assert_eq!(find(&c, "Degraded").reason, "SubscriptionNotFound");
+    }
+
+    #[test]
+    fn image_pull_and_crash_loops_are_named() {
+        let pull = pod_problem(&[waiting_pod("p1", "ErrImagePull")]).unwrap();
+        assert_eq!(pull.reason, "ImagePullBackOff");
+        assert_eq!(pull.message, "pod p1: ErrImagePull: details");
+        let crash = pod_problem(&[waiting_pod("p2", "CrashLoopBackOff")]).unwrap();
+        assert_eq!(crash.reason, "CrashLoopBackOff");
+        assert!(pod_problem(&[waiting_pod("p3", "ContainerCreating")]).is_none());
+    }
+
+    #[test]
+    fn unready_pods_are_not_ready_but_not_degraded() {
+        let observed = Observation {
+            desired_replicas: 3,
+            ready_replicas: 1,
+            ..Observation::default()
+        };
+        let c = conditions(&observed, None, &at(0), &[]);
+        assert_eq!(find(&c, "Ready").reason, "PodsNotReady");
+        assert_eq!(find(&c, "Ready").message, "1 of 3 worker pods are ready");
+        assert_eq!(find(&c, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let healthy = Observation::default();
+        let first = conditions(&healthy, None, &at(0), &[]);
+        let same = conditions(&healthy, None, &at(60), &first);
+        assert_eq!(find(&same, "Ready").last_transition_time, at(0));
+        let broken = Observation {
+            missing_secrets: vec!["s/k".into()],
+            ..Observation::default()
+        };
+        let changed = conditions(&broken, None, &at(90), &same);
+        assert_eq!(find(&changed, "Ready").last_transition_time, at(90));
+        assert_eq!(find(&changed, "QueueReady").last_transition_time, at(0));
+    }
+}
