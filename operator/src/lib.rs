@@ -3,8 +3,11 @@
 pub mod backlog;
 pub mod config;
 pub mod deployment;
+pub mod fleet;
 pub mod health;
+pub mod http;
 pub mod labels;
+pub mod metrics;
 pub mod pubsub;
 pub mod queue;
 pub mod rbac;

@@ -1,0 +1,117 @@
+//! The operator's Prometheus metrics.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FleetLabels {
+    pub namespace: String,
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BacklogLabels {
+    pub namespace: String,
+    pub worker: String,
+    /// queued, running or backoff.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScaleLabels {
+    pub namespace: String,
+    pub worker: String,
+    /// up or down.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+/// Every metric the operator exports; cheap to clone (the families are shared).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub backlog: Family<BacklogLabels, Gauge>,
+    pub desired_replicas: Family<FleetLabels, Gauge>,
+    pub ready_replicas: Family<FleetLabels, Gauge>,
+    pub scale_decisions: Family<ScaleLabels, Counter>,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `drover` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            backlog: Family::default(),
+            desired_replicas: Family::default(),
+            ready_replicas: Family::default(),
+            scale_decisions: Family::default(),
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+        };
+        let r = registry.sub_registry_with_prefix("drover");
+        r.register(
+            "fleet_backlog",
+            "Unfinished Jobs of a fleet by state",
+            metrics.backlog.clone(),
+        );
+        r.register(
+            "fleet_desired_replicas",
+            "Replicas the scaler wants",
+            metrics.desired_replicas.clone(),
+        );
+        r.register(
+            "fleet_ready_replicas",
+            "Worker pods that are ready",
+            metrics.ready_replicas.clone(),
+        );
+        r.register(
+            "fleet_scale_decisions",
+            "Changes of a fleet's replica count",
+            metrics.scale_decisions.clone(),
+        );
+        r.register(
+            "operator_reconciles",
+            "Reconciles run",
+            metrics.reconciles.clone(),
+        );
+        r.register(
+            "operator_reconcile_errors",
+            "Reconciles that failed, by error",
+            metrics.reconcile_errors.clone(),
+        );
+        r.register(
+            "operator_reconcile_duration_seconds",
+            "Time one reconcile took",
+            metrics.reconcile_duration.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe_reconcile(&self, controller: &'static str, took: Duration) {
+        let labels = ControllerLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+}
