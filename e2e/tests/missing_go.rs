@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 /// Runs a binary of this crate with no Go anywhere it looks and an empty cache.
 fn run_without_go(binary: &str, args: &[&str]) -> (Output, Duration) {
+    // With Go reachable this would start a cold build into the scratch cache.
+    assert!(
+        !Path::new("/usr/bin/go").exists() && !Path::new("/bin/go").exists(),
+        "this test hides Go by PATH, but Go is installed in /usr/bin or /bin"
+    );
     let scratch = std::env::temp_dir().join(format!("drover-e2e-nogo-{}-{binary}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let started = Instant::now();
@@ -41,10 +46,6 @@ fn assert_clear_go_error(output: &Output, took: Duration) {
 
 #[test]
 fn sandbox_without_go_says_so() {
-    assert!(
-        !Path::new("/usr/bin/go").exists() && !Path::new("/bin/go").exists(),
-        "this test hides Go by PATH, but Go is installed in /usr/bin or /bin"
-    );
     let state = std::env::temp_dir().join(format!("drover-e2e-nogo-state-{}", std::process::id()));
     let state_arg = state.to_string_lossy().into_owned();
     let (output, took) = run_without_go("sandbox", &["--state-dir", &state_arg]);

@@ -1,7 +1,18 @@
 //! drover-worker: pulls Jobs from Pub/Sub, runs their pipeline and reports
 //! every step to the Job's status.
 
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
 use clap::Parser;
+use drover_crds::PipelineWorker;
+use drover_worker::fleet_config::watch_fleet;
+use drover_worker::http::{self, WorkerState};
+use kube::Api;
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Drover worker. It learns everything but its identity from its PipelineWorker
 /// object, so a setting can never drift between operator and worker.
@@ -22,12 +33,48 @@ struct Args {
 
     /// Address of the /healthz, /readyz, /status and /metrics server.
     #[arg(long, env = "DROVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    http_addr: std::net::SocketAddr,
+    http_addr: SocketAddr,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    tracing_subscriber::fmt().json().init();
-    tracing::info!(?args, "drover-worker configured");
-    anyhow::bail!("the pull runtime is not wired into this build yet")
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "drover-worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let fleets: Api<PipelineWorker> = Api::namespaced(client, &args.namespace);
+    let fleet = watch_fleet(fleets, &args.worker_name);
+    let state = Arc::new(WorkerState {
+        pod: args.pod_name.clone(),
+        fleet,
+        registry: Registry::default(),
+    });
+    tracing::info!(worker = %args.worker_name, namespace = %args.namespace, pod = %args.pod_name, addr = %args.http_addr, "worker starting");
+
+    let server = http::serve(args.http_addr, state);
+    tokio::select! {
+        served = server => served.with_context(|| format!("the HTTP server on {} failed", args.http_addr))?,
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    Ok(())
 }

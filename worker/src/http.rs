@@ -1,0 +1,74 @@
+//! `/healthz`, `/readyz`, `/status` and `/metrics` of a worker.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::fleet_config::FleetConfig;
+
+/// What the endpoints read.
+pub struct WorkerState {
+    pub pod: String,
+    pub fleet: FleetConfig,
+    pub registry: Registry,
+}
+
+pub async fn serve(addr: SocketAddr, state: Arc<WorkerState>) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await
+}
+
+/// Ready once the worker knows its configuration.
+async fn readyz(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
+    if state.fleet.borrow().is_some() {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the PipelineWorker",
+        )
+    }
+}
+
+async fn status(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
+    let fleet = state.fleet.borrow().clone();
+    axum::Json(json!({
+        "pod": state.pod,
+        "worker": fleet.as_ref().and_then(|pw| pw.metadata.name.clone()),
+        "pipeline": fleet.as_ref().map(|pw| pw.spec.pipeline.as_str()),
+        "concurrency": fleet.as_ref().map(|pw| pw.spec.concurrency),
+        "generation": fleet.as_ref().and_then(|pw| pw.metadata.generation),
+    }))
+}
+
+async fn metrics(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("cannot encode metrics: {e}"),
+        ),
+    }
+}
