@@ -88,6 +88,8 @@ struct FleetMemory {
     queue_problem: Option<Problem>,
     missing_secrets: Vec<String>,
     history: RecommendationHistory,
+    /// Replicas this process last set; the status may lag behind it.
+    last_desired: Option<i32>,
     /// Degraded reason last announced with an Event.
     announced_problem: Option<&'static str>,
 }
@@ -226,7 +228,9 @@ async fn reconcile_fleet(pw: &PipelineWorker, ctx: &Context) -> Result<Action, E
     // Size the fleet from the Job cache.
     let jobs = ctx.jobs.state();
     let count = backlog::count(jobs.iter().map(|j| j.as_ref()), &namespace, &name, now);
-    let current = current_replicas(pw);
+    let current = ctx
+        .memory(&key, |m| m.last_desired)
+        .unwrap_or_else(|| current_replicas(pw));
     let desired = match pw.spec.scaling.mode {
         ScalingMode::Manual => pw.spec.scaling.replicas.unwrap_or(current).max(0),
         ScalingMode::Auto => {
@@ -240,6 +244,7 @@ async fn reconcile_fleet(pw: &PipelineWorker, ctx: &Context) -> Result<Action, E
     let deployment = worker_deployment(pw, &ctx.config, desired);
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace);
     let applied = apply(&deployments, "Deployment", &deployment).await?;
+    ctx.memory(&key, |m| m.last_desired = Some(desired));
     let scaled = desired != current;
     if scaled {
         announce_scale(pw, ctx, &namespace, current, desired, count.demand).await;
@@ -311,6 +316,11 @@ async fn reconcile_fleet(pw: &PipelineWorker, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(next_wake(
         pw, ctx, &key, desired, current, now,
     )))
+}
+
+/// After a restart, the replica count last recorded in the status.
+fn current_replicas(pw: &PipelineWorker) -> i32 {
+    pw.status.as_ref().map(|s| s.desired_replicas).unwrap_or(0)
 }
 
 /// ServiceAccount, Role, RoleBinding and Service change only with the spec.
@@ -430,10 +440,6 @@ async fn missing_secrets(
         }
     }
     Ok(missing)
-}
-
-fn current_replicas(pw: &PipelineWorker) -> i32 {
-    pw.status.as_ref().map(|s| s.desired_replicas).unwrap_or(0)
 }
 
 fn scaling_policy(pw: &PipelineWorker) -> ScalingPolicy {

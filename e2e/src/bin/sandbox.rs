@@ -100,7 +100,13 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(), String> {
-    let samples = manifests::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut samples = manifests::read_dir(dir).map_err(|e| e.to_string())?;
+    // Fleets before their Jobs, so a Job never waits on a missing worker.
+    samples.sort_by_key(|m| match m.object.types.as_ref().map(|t| t.kind.as_str()) {
+        Some("Job") => 2,
+        Some("PipelineWorker") => 1,
+        _ => 0,
+    });
     let client = env.control_plane.client().await.map_err(|e| error_chain(&e))?;
     let applied = manifests::apply(&client, namespace, &samples)
         .await
