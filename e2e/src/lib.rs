@@ -12,12 +12,14 @@
 
 pub mod certs;
 pub mod control_plane;
+pub mod drover;
 pub mod kubelet;
 pub mod manifests;
 pub mod ports;
 pub mod process;
 pub mod pubsub_emulator;
 pub mod testenv;
+pub mod wait;
 
 use std::error::Error;
 use std::fs;

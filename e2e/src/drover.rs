@@ -1,0 +1,133 @@
+//! Drover's own binaries in end-to-end tests and the sandbox: where cargo put
+//! them, and how to start the operator as a real process against the test
+//! control plane and emulator.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::TestEnv;
+use crate::process::{ManagedProcess, ProcessError};
+
+/// The project id the sandbox and the tests use with the emulator.
+pub const PUBSUB_PROJECT: &str = "drover-local";
+/// The image name the operator gives worker pods unless told otherwise; the
+/// process kubelet maps it to the locally built `drover-worker`.
+pub const WORKER_IMAGE: &str = "drover-worker:dev";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DroverBinaryError {
+    #[error(
+        "{name} is not built at {}: build it with `cargo build -p {name}` \
+         (`cargo test --workspace` does this)",
+        path.display()
+    )]
+    NotBuilt { name: &'static str, path: PathBuf },
+    #[error("cannot start {name}: {source}")]
+    Start {
+        name: &'static str,
+        source: ProcessError,
+    },
+}
+
+/// `target/<profile>/<name>`, found from the running executable (a test in
+/// `target/<profile>/deps/` or a binary in `target/<profile>/`).
+pub fn binary(name: &'static str) -> Result<PathBuf, DroverBinaryError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DroverBinaryError::NotBuilt { name, path })
+    }
+}
+
+/// Options of one operator process.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// Distinguishes log files and Lease identities of several operators.
+    pub identity: String,
+    pub lease_seconds: u64,
+    pub metrics_port: u16,
+}
+
+/// Starts `drover-operator` with the environment's kubeconfig and emulator,
+/// logging to `<state>/operator-<identity>.log`.
+pub fn start_operator(env: &TestEnv, options: &OperatorOptions) -> Result<ManagedProcess, DroverBinaryError> {
+    let bin = binary("drover-operator")?;
+    let state = env.control_plane.state_dir();
+    let mut command = Command::new(bin);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+        .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
+        .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
+        .env("RUST_LOG", "info,kube=warn,drover_operator=debug")
+        .args(["--worker-image", WORKER_IMAGE])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", options.metrics_port)])
+        .args(["--identity", &options.identity])
+        .args(["--lease-seconds", &options.lease_seconds.to_string()]);
+    let log = state.join(format!("operator-{}.log", options.identity));
+    ManagedProcess::spawn("drover-operator", command, &log)
+        .map_err(|source| DroverBinaryError::Start {
+            name: "drover-operator",
+            source,
+        })
+}
+
+/// The operator and a process kubelet that runs its worker pods.
+pub struct DroverProcesses {
+    pub operator: ManagedProcess,
+    pub kubelet: crate::kubelet::ProcessKubelet,
+    pub operator_metrics: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartDroverError {
+    #[error(transparent)]
+    Binary(#[from] DroverBinaryError),
+    #[error("cannot pick a port: {0}")]
+    Port(std::io::Error),
+    #[error("cannot reach the control plane: {0}")]
+    Client(#[from] crate::ControlPlaneError),
+    #[error("cannot start the process kubelet: {0}")]
+    Kubelet(#[from] crate::kubelet::KubeletError),
+}
+
+/// Starts a process kubelet (worker image -> the built `drover-worker`, with
+/// the admin kubeconfig standing in for a mounted token) and one operator.
+pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverError> {
+    let client = env.control_plane.client().await?;
+    let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
+    let config = crate::kubelet::KubeletConfig::new(
+        "drover-node",
+        env.control_plane.state_dir().join("kubelet"),
+    )
+    .image(WORKER_IMAGE, binary("drover-worker")?)
+    .env("KUBECONFIG", kubeconfig)
+    .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
+    .env("RUST_LOG", "info,kube=warn");
+    let kubelet = crate::kubelet::ProcessKubelet::start(client, config).await?;
+    let port = crate::ports::free_loopback_ports(1)
+        .map_err(StartDroverError::Port)?
+        .first()
+        .copied()
+        .unwrap_or_default();
+    let operator = start_operator(
+        env,
+        &OperatorOptions {
+            identity: "operator-0".into(),
+            lease_seconds: 15,
+            metrics_port: port,
+        },
+    )?;
+    Ok(DroverProcesses {
+        operator,
+        kubelet,
+        operator_metrics: format!("http://127.0.0.1:{port}/metrics"),
+    })
+}

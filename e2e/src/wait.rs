@@ -1,0 +1,24 @@
+//! Polling with a deadline, for tests that wait on a controller.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `probe` every 50 ms until it returns `Some`, and returns that value.
+/// Panics after `timeout`, naming `what` and the last observation.
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(observed) => observed,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,418 @@
+//! The PipelineWorker controller against the real control plane, the Pub/Sub
+//! emulator, the operator binary and worker processes run by the process
+//! kubelet.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drover_crds::{Job, PipelineWorker};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, start_drover};
+use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
+    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
+    DROVER
+        .get_or_init(|| async {
+            start_drover(env)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
+        })
+        .await
+}
+
+struct Fixture {
+    env: &'static TestEnv,
+    processes: &'static DroverProcesses,
+    client: Client,
+    ns: String,
+}
+
+async fn fixture(prefix: &str) -> Fixture {
+    let env = shared().await;
+    let processes = drover(env).await;
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env.control_plane.create_namespace(prefix).await.expect("namespace");
+    Fixture {
+        env,
+        processes,
+        client,
+        ns,
+    }
+}
+
+impl Fixture {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// A sleep fleet whose queue names are unique to this namespace.
+    async fn apply_fleet(&self, name: &str, extra: Value) -> PipelineWorker {
+        let mut spec = json!({
+            "pipeline": "sleep",
+            "queue": {"topic": format!("{}-{name}", self.ns), "subscription": format!("{}-{name}-sub", self.ns)},
+        });
+        merge(&mut spec, extra);
+        let pw = json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+            "metadata": {"name": name}, "spec": spec,
+        });
+        self.api::<PipelineWorker>()
+            .patch(name, &PatchParams::apply("fleet-test").force(), &Patch::Apply(&pw))
+            .await
+            .expect("PipelineWorker applies")
+    }
+
+    async fn condition(&self, fleet: &str, type_: &str) -> Option<(String, String, String)> {
+        let pw = self.api::<PipelineWorker>().get(fleet).await.ok()?;
+        pw.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status, c.reason, c.message))
+    }
+
+    async fn wait_for_condition(&self, fleet: &str, type_: &str, status: &str, reason: &str, within: Duration) {
+        let what = format!("{fleet} condition {type_}={status} ({reason})");
+        wait::until(&what, within, || async {
+            match self.condition(fleet, type_).await {
+                Some((s, r, _)) if s == status && r == reason => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await
+    }
+
+    async fn deployment_replicas(&self, fleet: &str) -> Option<i32> {
+        let d = self.api::<Deployment>().get_opt(&format!("{fleet}-worker")).await.ok()??;
+        d.spec.replicas
+    }
+
+    async fn create_jobs(&self, fleet: &str, count: usize) {
+        let jobs = self.api::<Job>();
+        for i in 0..count {
+            let job: Job = serde_json::from_value(json!({
+                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+                "metadata": {"name": format!("{fleet}-job-{i}")},
+                "spec": {"worker": fleet, "input": {"durationMillis": 10}},
+            }))
+            .expect("job");
+            jobs.create(&PostParams::default(), &job).await.expect("job is created");
+        }
+    }
+
+    fn worker_processes(&self) -> usize {
+        self.processes
+            .kubelet
+            .running_pods()
+            .iter()
+            .filter(|p| p.namespace == self.ns)
+            .count()
+    }
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            for (k, v) in extra {
+                merge(base.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
+fn owned_by(meta: &kube::core::ObjectMeta, owner: &PipelineWorker) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == owner.metadata.uid.as_ref() && o.controller == Some(true))
+}
+
+#[tokio::test]
+async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
+    let f = fixture("owned").await;
+    let pw = f.apply_fleet("gc", json!({})).await;
+    let name = "gc-worker";
+
+    wait::until("all fleet objects", Duration::from_secs(20), || async {
+        let d = f.api::<Deployment>().get_opt(name).await.map_err(|e| e.to_string())?;
+        let sa = f.api::<ServiceAccount>().get_opt(name).await.map_err(|e| e.to_string())?;
+        let role = f.api::<Role>().get_opt(name).await.map_err(|e| e.to_string())?;
+        let binding = f.api::<RoleBinding>().get_opt(name).await.map_err(|e| e.to_string())?;
+        let svc = f.api::<Service>().get_opt(name).await.map_err(|e| e.to_string())?;
+        match (d, sa, role, binding, svc) {
+            (Some(d), Some(sa), Some(role), Some(binding), Some(svc)) => {
+                for (kind, meta) in [
+                    ("Deployment", &d.metadata),
+                    ("ServiceAccount", &sa.metadata),
+                    ("Role", &role.metadata),
+                    ("RoleBinding", &binding.metadata),
+                    ("Service", &svc.metadata),
+                ] {
+                    assert!(owned_by(meta, &pw), "{kind} is not owned by the fleet: {meta:?}");
+                }
+                Ok(())
+            }
+            missing => Err(format!("{missing:?}")),
+        }
+    })
+    .await;
+
+    f.api::<PipelineWorker>()
+        .delete("gc", &DeleteParams::foreground())
+        .await
+        .expect("fleet deletes");
+    wait::until("garbage collection of the fleet objects", Duration::from_secs(30), || async {
+        let left = [
+            f.api::<Deployment>().get_opt(name).await.map(|o| o.is_some()),
+            f.api::<ServiceAccount>().get_opt(name).await.map(|o| o.is_some()),
+            f.api::<Role>().get_opt(name).await.map(|o| o.is_some()),
+            f.api::<RoleBinding>().get_opt(name).await.map(|o| o.is_some()),
+            f.api::<Service>().get_opt(name).await.map(|o| o.is_some()),
+        ];
+        if left.iter().all(|l| matches!(l, Ok(false))) {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spec_edit_rolls_the_deployment_and_hand_edits_are_reverted() {
+    let f = fixture("drift").await;
+    f.apply_fleet("drift", json!({"concurrency": 1})).await;
+    let hash = |d: &Deployment| {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get("drover.dev/config-hash").cloned())
+    };
+    let deployments = f.api::<Deployment>();
+    let first = wait::until("the worker Deployment", Duration::from_secs(20), || async {
+        deployments
+            .get_opt("drift-worker")
+            .await
+            .map_err(|e| e.to_string())?
+            .and_then(|d| hash(&d))
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+
+    f.apply_fleet("drift", json!({"concurrency": 4})).await;
+    wait::until("a new pod template after a spec edit", Duration::from_secs(10), || async {
+        let d = deployments.get("drift-worker").await.map_err(|e| e.to_string())?;
+        match hash(&d) {
+            Some(h) if h != first => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    let tamper = json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "tampered:1"}]}}}});
+    deployments
+        .patch("drift-worker", &PatchParams::default(), &Patch::Strategic(&tamper))
+        .await
+        .expect("hand edit");
+    wait::until("the hand edit to be reverted", Duration::from_secs(10), || async {
+        let d = deployments.get("drift-worker").await.map_err(|e| e.to_string())?;
+        let image = d.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.clone());
+        match image.as_deref() {
+            Some(WORKER_IMAGE) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
+    let f = fixture("problems").await;
+    let topic = format!("{}-byo", f.ns);
+    let subscription = format!("{topic}-sub");
+    let spec = json!({
+        "pipeline": "consensus",
+        "queue": {"topic": topic, "subscription": subscription, "create": false},
+        "consensus": {
+            "baseUrl": "http://127.0.0.1:9/v1", "model": "m",
+            "personas": [{"name": "skeptic", "prompt": "Find the flaw."}],
+            "apiKeySecretRef": {"name": "llm", "key": "apiKey"},
+        },
+    });
+    let started = Instant::now();
+    f.apply_fleet("byo", spec).await;
+    let five = Duration::from_secs(5);
+    f.wait_for_condition("byo", "Degraded", "True", "SecretNotFound", five).await;
+    f.wait_for_condition("byo", "QueueReady", "False", "TopicNotFound", five).await;
+    eprintln!("problems reported {:?} after apply", started.elapsed());
+    let (_, _, message) = f.condition("byo", "Degraded").await.expect("condition");
+    assert!(message.contains("llm/apiKey"), "{message}");
+
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "llm"}, "stringData": {"apiKey": "k"},
+    }))
+    .expect("secret");
+    f.api::<Secret>().create(&PostParams::default(), &secret).await.expect("secret");
+    f.wait_for_condition("byo", "Degraded", "True", "TopicNotFound", five).await;
+
+    let pubsub = PubSubEndpoint::emulator(f.env.pubsub.host_port());
+    let topic_path = topic_path(PUBSUB_PROJECT, &topic);
+    pubsub
+        .topic_admin()
+        .await
+        .expect("client")
+        .create_topic()
+        .set_name(&topic_path)
+        .send()
+        .await
+        .expect("topic");
+    f.wait_for_condition("byo", "QueueReady", "False", "SubscriptionNotFound", five).await;
+
+    pubsub
+        .subscription_admin()
+        .await
+        .expect("client")
+        .create_subscription()
+        .set_name(subscription_path(PUBSUB_PROJECT, &subscription))
+        .set_topic(&topic_path)
+        .send()
+        .await
+        .expect("subscription");
+    f.wait_for_condition("byo", "QueueReady", "True", "QueueInPlace", five).await;
+    f.wait_for_condition("byo", "Degraded", "False", "AsExpected", five).await;
+}
+
+#[tokio::test]
+async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
+    let f = fixture("scale").await;
+    let window = 6;
+    f.apply_fleet(
+        "burst",
+        json!({
+            "concurrency": 10,
+            "scaling": {"minReplicas": 0, "maxReplicas": 5, "jobsPerReplica": 10, "scaleDownStabilizationSeconds": window},
+        }),
+    )
+    .await;
+    f.create_jobs("burst", 25).await;
+
+    wait::until("3 replicas for 25 Jobs", Duration::from_secs(10), || async {
+        match f.deployment_replicas("burst").await {
+            Some(3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let pods = &f.processes.kubelet;
+    let ns = f.ns.clone();
+    pods.wait_for_pods("3 worker processes", Duration::from_secs(30), |running| {
+        running.iter().filter(|p| p.namespace == ns).count() == 3
+    })
+    .await
+    .expect("3 worker processes run");
+    let pw = f.api::<PipelineWorker>().get("burst").await.expect("fleet");
+    let status = pw.status.expect("status");
+    assert_eq!((status.desired_replicas, status.backlog.queued), (3, 25));
+
+    // The backlog disappears; the fleet holds its size for the window.
+    let jobs = f.api::<Job>();
+    for i in 0..25 {
+        jobs.delete(&format!("burst-job-{i}"), &DeleteParams::default())
+            .await
+            .expect("job deletes");
+    }
+    let emptied = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(f.deployment_replicas("burst").await, Some(3), "scaled down inside the window");
+
+    wait::until("scale to zero after the window", Duration::from_secs(window + 10), || async {
+        match f.deployment_replicas("burst").await {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let took = emptied.elapsed();
+    assert!(took >= Duration::from_secs(window), "scaled to zero after {took:?}");
+    pods.wait_for_pods("no worker processes", Duration::from_secs(30), |running| {
+        running.iter().all(|p| p.namespace != ns)
+    })
+    .await
+    .expect("worker processes stop");
+    assert_eq!(f.worker_processes(), 0);
+}
+
+async fn allowed(client: &Client, ns: &str, user: &str, verb: &str, resource: &str, sub: Option<&str>, name: Option<&str>) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.into()),
+                verb: Some(verb.into()),
+                group: Some(if resource == "secrets" { "".into() } else { "drover.dev".into() }),
+                resource: Some(resource.into()),
+                subresource: sub.map(Into::into),
+                name: name.map(Into::into),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await.expect("SubjectAccessReview");
+    answer.status.map(|s| s.allowed).unwrap_or(false)
+}
+
+#[tokio::test]
+async fn worker_identity_cannot_read_secrets_or_change_job_specs() {
+    let f = fixture("rbac").await;
+    f.apply_fleet("least", json!({})).await;
+    let roles = f.api::<RoleBinding>();
+    wait::until("the worker RoleBinding", Duration::from_secs(20), || async {
+        roles.get_opt("least-worker").await.map_err(|e| e.to_string())?.ok_or("not yet".into())
+    })
+    .await;
+    let user = format!("system:serviceaccount:{}:least-worker", f.ns);
+    let can = |verb: &'static str, resource: &'static str, sub: Option<&'static str>, name: Option<&'static str>| {
+        let client = f.client.clone();
+        let ns = f.ns.clone();
+        let user = user.clone();
+        async move { allowed(&client, &ns, &user, verb, resource, sub, name).await }
+    };
+    let expectations = BTreeMap::from([
+        ("get secrets", (can("get", "secrets", None, Some("llm")).await, false)),
+        ("list secrets", (can("list", "secrets", None, None).await, false)),
+        ("update jobs", (can("update", "jobs", None, Some("j")).await, false)),
+        ("patch jobs", (can("patch", "jobs", None, Some("j")).await, false)),
+        ("delete jobs", (can("delete", "jobs", None, Some("j")).await, false)),
+        ("patch jobs/status", (can("patch", "jobs", Some("status"), Some("j")).await, true)),
+        ("create jobs", (can("create", "jobs", None, None).await, true)),
+        ("watch jobs", (can("watch", "jobs", None, None).await, true)),
+        ("get own pipelineworker", (can("get", "pipelineworkers", None, Some("least")).await, true)),
+        ("get another pipelineworker", (can("get", "pipelineworkers", None, Some("other")).await, false)),
+        ("update own pipelineworker", (can("update", "pipelineworkers", None, Some("least")).await, false)),
+    ]);
+    for (what, (actual, expected)) in &expectations {
+        assert_eq!(actual, expected, "{what}: allowed={actual}, expected {expected}");
+    }
+    assert!(f.processes.operator.is_running(), "the operator died");
+}
