@@ -15,10 +15,10 @@ use drover_e2e::shared;
 use futures::TryStreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, Secret};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::watcher::watch_object;
-use kube::Client;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -48,7 +48,11 @@ impl Setup {
             .create_namespace(prefix)
             .await
             .expect("test namespace");
-        let state = env.control_plane.state_dir().join("kubelets").join(&namespace);
+        let state = env
+            .control_plane
+            .state_dir()
+            .join("kubelets")
+            .join(&namespace);
         let markers = state.join("markers");
         std::fs::create_dir_all(&markers).expect("markers directory");
         let config = KubeletConfig::new(format!("node-{namespace}"), &state)
@@ -108,7 +112,12 @@ impl Setup {
             .expect("create pod")
     }
 
-    async fn wait_for_pod(&self, name: &str, what: &str, condition: impl Fn(&Pod) -> bool + Send + 'static) -> Pod {
+    async fn wait_for_pod(
+        &self,
+        name: &str,
+        what: &str,
+        condition: impl Fn(&Pod) -> bool + Send + 'static,
+    ) -> Pod {
         let waited = tokio::time::timeout(
             TIMEOUT,
             await_condition(self.pods(), name, move |pod: Option<&Pod>| {
@@ -131,7 +140,11 @@ impl Setup {
         }
     }
 
-    async fn wait_for_running(&self, what: &str, done: impl FnMut(&[RunningPod]) -> bool) -> Vec<RunningPod> {
+    async fn wait_for_running(
+        &self,
+        what: &str,
+        done: impl FnMut(&[RunningPod]) -> bool,
+    ) -> Vec<RunningPod> {
         self.kubelet
             .wait_for_pods(what, TIMEOUT, done)
             .await
@@ -170,7 +183,13 @@ fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
 }
 
 fn waiting_reason(pod: &Pod) -> Option<&str> {
-    main_status(pod)?.state.as_ref()?.waiting.as_ref()?.reason.as_deref()
+    main_status(pod)?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .as_deref()
 }
 
 fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<(&'a str, Option<&'a str>)> {
@@ -206,7 +225,10 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .await
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -244,13 +266,17 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
         "stringData": {"token": "s3cret"},
     }))
     .expect("secret");
-    secrets.create(&PostParams::default(), &secret).await.expect("create secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
 
     let mut container = t.container(
         IMAGE,
         json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "fixture-secret", "key": "token"}}}]),
     );
-    container["readinessProbe"] = json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1});
+    container["readinessProbe"] =
+        json!({"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1});
     let deployment: Deployment = serde_json::from_value(json!({
         "metadata": {"name": "fixture"},
         "spec": {
@@ -270,7 +296,9 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
         .expect("create deployment");
 
     // Two processes, on distinct loopback IPs.
-    let running = t.wait_for_running("2 fixture processes", |p| p.len() == 2).await;
+    let running = t
+        .wait_for_running("2 fixture processes", |p| p.len() == 2)
+        .await;
     let ips: BTreeSet<_> = running.iter().map(|p| p.pod_ip).collect();
     assert_eq!(ips.len(), 2, "pod IPs must differ: {running:?}");
 
@@ -284,16 +312,27 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
             })
         }
     };
-    tokio::time::timeout(TIMEOUT, await_condition(deployments.clone(), "fixture", ready(2)))
-        .await
-        .expect("deployment has 2 ready replicas in time")
-        .expect("watch deployment");
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(deployments.clone(), "fixture", ready(2)),
+    )
+    .await
+    .expect("deployment has 2 ready replicas in time")
+    .expect("watch deployment");
     for pod in &running {
         let api_pod = t.pods().get(&pod.name).await.expect("get pod");
-        assert!(is_ready(&api_pod), "pod {} not Ready: {:?}", pod.name, api_pod.status);
+        assert!(
+            is_ready(&api_pod),
+            "pod {} not Ready: {:?}",
+            pod.name,
+            api_pod.status
+        );
         assert_eq!(phase(&api_pod), Some("Running"));
         let status = api_pod.status.as_ref().expect("status");
-        assert_eq!(status.pod_ip.as_deref(), Some(pod.pod_ip.to_string().as_str()));
+        assert_eq!(
+            status.pod_ip.as_deref(),
+            Some(pod.pod_ip.to_string().as_str())
+        );
         assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(
             api_pod.spec.as_ref().and_then(|s| s.node_name.as_deref()),
@@ -301,21 +340,51 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
         );
         let container = main_status(&api_pod).expect("container status");
         assert!(container.ready && container.started == Some(true));
-        assert!(container.state.as_ref().is_some_and(|s| s.running.is_some()));
+        assert!(
+            container
+                .state
+                .as_ref()
+                .is_some_and(|s| s.running.is_some())
+        );
 
         // The environment was resolved like a kubelet does, and nothing leaked in.
         let env = fixture_env(pod.pod_ip).await;
         assert_eq!(env_value(&env, "POD_NAME"), Some(pod.name.as_str()));
         assert_eq!(env_value(&env, "POD_NAMESPACE"), Some(t.namespace.as_str()));
-        assert_eq!(env_value(&env, "POD_IP"), Some(pod.pod_ip.to_string().as_str()));
-        assert_eq!(env_value(&env, "LISTEN_ADDR"), Some(format!("{}:8080", pod.pod_ip).as_str()));
+        assert_eq!(
+            env_value(&env, "POD_IP"),
+            Some(pod.pod_ip.to_string().as_str())
+        );
+        assert_eq!(
+            env_value(&env, "LISTEN_ADDR"),
+            Some(format!("{}:8080", pod.pod_ip).as_str())
+        );
         assert_eq!(env_value(&env, "TOKEN"), Some("s3cret"));
-        assert_eq!(env_value(&env, "HOME"), Some(pod.workdir.to_string_lossy().as_ref()));
+        assert_eq!(
+            env_value(&env, "HOME"),
+            Some(pod.workdir.to_string_lossy().as_ref())
+        );
         let names: BTreeSet<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         let expected = BTreeSet::from([
-            "HOME", "LISTEN_ADDR", "PATH", "POD_IP", "POD_NAME", "POD_NAMESPACE", "SIGTERM_MARKER", "TOKEN",
+            "HOME",
+            "LISTEN_ADDR",
+            "PATH",
+            "POD_IP",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "SIGTERM_MARKER",
+            "TOKEN",
         ]);
-        assert_eq!(names, expected, "the process environment must be exactly the pod's");
+        assert_eq!(
+            names, expected,
+            "the process environment must be exactly the pod's"
+        );
+        let log = std::fs::read_to_string(&pod.log_path).unwrap_or_default();
+        assert!(
+            log.contains("probe-fixture: listening on"),
+            "stdout goes to {}: {log:?}",
+            pod.log_path.display()
+        );
     }
 
     // Scale to 1: one process gets SIGTERM, exits, and its pod goes away.
@@ -325,7 +394,9 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
         .await
         .expect("scale to 1");
     let started = Instant::now();
-    let remaining = t.wait_for_running("1 fixture process", |p| p.len() == 1).await;
+    let remaining = t
+        .wait_for_running("1 fixture process", |p| p.len() == 1)
+        .await;
     let stopped: Vec<&RunningPod> = running.iter().filter(|p| !remaining.contains(p)).collect();
     let [stopped] = stopped.as_slice() else {
         panic!("expected exactly one stopped pod: before {running:?}, after {remaining:?}");
@@ -338,45 +409,75 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
         stopped.name,
         marker.display()
     );
-    assert!(!pid_alive(stopped.pid), "process {} still alive", stopped.pid);
+    assert!(
+        !pid_alive(stopped.pid),
+        "process {} still alive",
+        stopped.pid
+    );
     assert!(
         !t.marker(&remaining[0].name).exists(),
         "the remaining pod must not have been signalled"
     );
     tokio::time::timeout(
         TIMEOUT,
-        await_condition(t.pods(), &stopped.name, kube::runtime::conditions::is_deleted(&stopped.uid)),
+        await_condition(
+            t.pods(),
+            &stopped.name,
+            kube::runtime::conditions::is_deleted(&stopped.uid),
+        ),
     )
     .await
     .expect("the stopped pod is removed in time")
     .expect("watch pod");
     // It stopped at once: the fixture exits on SIGTERM, long before its 20 s grace period.
-    assert!(started.elapsed() < Duration::from_secs(10), "scale-down took {:?}", started.elapsed());
-    tokio::time::timeout(TIMEOUT, await_condition(deployments.clone(), "fixture", ready(1)))
-        .await
-        .expect("deployment settles at 1 replica")
-        .expect("watch deployment");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "scale-down took {:?}",
+        started.elapsed()
+    );
+    tokio::time::timeout(
+        TIMEOUT,
+        await_condition(deployments.clone(), "fixture", ready(1)),
+    )
+    .await
+    .expect("deployment settles at 1 replica")
+    .expect("watch deployment");
     let replica_sets: Api<ReplicaSet> = Api::namespaced(t.client.clone(), &t.namespace);
-    let sets = replica_sets.list(&ListParams::default()).await.expect("list replica sets");
+    let sets = replica_sets
+        .list(&ListParams::default())
+        .await
+        .expect("list replica sets");
     let [set] = sets.items.as_slice() else {
         panic!("expected one ReplicaSet, got {}", sets.items.len());
     };
     let set_status = set.status.as_ref().expect("replica set status");
-    assert_eq!((set_status.replicas, set_status.ready_replicas), (1, Some(1)));
+    assert_eq!(
+        (set_status.replicas, set_status.ready_replicas),
+        (1, Some(1))
+    );
 
     // Scale to 0: no process, no pod.
     deployments
         .patch("fixture", &PatchParams::default(), &scale(0))
         .await
         .expect("scale to 0");
-    t.wait_for_running("no fixture process", <[RunningPod]>::is_empty).await;
+    t.wait_for_running("no fixture process", <[RunningPod]>::is_empty)
+        .await;
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let pods = t.pods().list(&ListParams::default()).await.expect("list pods");
+        let pods = t
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .expect("list pods");
         if pods.items.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "pods left after scaling to 0: {}", pods.items.len());
+        assert!(
+            Instant::now() < deadline,
+            "pods left after scaling to 0: {}",
+            pods.items.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!pid_alive(remaining[0].pid));
@@ -408,14 +509,20 @@ async fn deployment_pods_run_as_processes_and_scale_down_stops_them() {
 async fn unmapped_image_reports_image_pull_back_off() {
     let t = Setup::new("kubelet-image").await;
     let image = "drover.test/not-built:1.0";
-    t.create_pod("no-image", t.container(image, json!([])), json!({})).await;
+    t.create_pod("no-image", t.container(image, json!([])), json!({}))
+        .await;
     let pod = t
-        .wait_for_pod("no-image", "ImagePullBackOff", |p| waiting_reason(p) == Some("ImagePullBackOff"))
+        .wait_for_pod("no-image", "ImagePullBackOff", |p| {
+            waiting_reason(p) == Some("ImagePullBackOff")
+        })
         .await;
     let message = main_status(&pod)
         .and_then(|s| s.state.as_ref()?.waiting.as_ref()?.message.clone())
         .unwrap_or_default();
-    assert!(message.contains(image), "message must name the image: {message}");
+    assert!(
+        message.contains(image),
+        "message must name the image: {message}"
+    );
     assert_eq!(phase(&pod), Some("Pending"));
     assert!(!is_ready(&pod));
     assert!(t.kubelet.running_pods().is_empty());
@@ -436,7 +543,8 @@ async fn crashing_process_reports_crash_loop_back_off() {
     .await;
     let pod = t
         .wait_for_pod("crasher", "CrashLoopBackOff after 2 restarts", |p| {
-            waiting_reason(p) == Some("CrashLoopBackOff") && main_status(p).is_some_and(|s| s.restart_count >= 2)
+            waiting_reason(p) == Some("CrashLoopBackOff")
+                && main_status(p).is_some_and(|s| s.restart_count >= 2)
         })
         .await;
     let status = main_status(&pod).expect("container status");
@@ -461,15 +569,26 @@ async fn deletion_waits_the_grace_period_then_sigkills() {
     let t = Setup::new("kubelet-grace").await;
     let probe = json!({"httpGet": {"path": "/readyz", "port": 8080}, "periodSeconds": 1});
     // Ignores SIGTERM far longer than its 1 s grace period.
-    let mut stubborn = t.container(IMAGE, json!([{"name": "SIGTERM_DELAY_MS", "value": "60000"}]));
+    let mut stubborn = t.container(
+        IMAGE,
+        json!([{"name": "SIGTERM_DELAY_MS", "value": "60000"}]),
+    );
     stubborn["readinessProbe"] = probe.clone();
-    t.create_pod("stubborn", stubborn, json!({"terminationGracePeriodSeconds": 1}))
-        .await;
+    t.create_pod(
+        "stubborn",
+        stubborn,
+        json!({"terminationGracePeriodSeconds": 1}),
+    )
+    .await;
     // Takes 300 ms to stop, well within its 30 s.
     let mut polite = t.container(IMAGE, json!([{"name": "SIGTERM_DELAY_MS", "value": "300"}]));
     polite["readinessProbe"] = probe;
-    t.create_pod("polite", polite, json!({"terminationGracePeriodSeconds": 30}))
-        .await;
+    t.create_pod(
+        "polite",
+        polite,
+        json!({"terminationGracePeriodSeconds": 30}),
+    )
+    .await;
     t.wait_for_pod("stubborn", "Ready", is_ready).await;
     t.wait_for_pod("polite", "Ready", is_ready).await;
     let running = t.kubelet.running_pods();
@@ -482,27 +601,45 @@ async fn deletion_waits_the_grace_period_then_sigkills() {
     };
     let (stubborn_pid, polite_pid) = (pid_of("stubborn"), pid_of("polite"));
 
-    let ((stubborn_took, stubborn_last), (polite_took, polite_last)) =
-        tokio::join!(t.delete_and_follow("stubborn"), t.delete_and_follow("polite"));
+    let ((stubborn_took, stubborn_last), (polite_took, polite_last)) = tokio::join!(
+        t.delete_and_follow("stubborn"),
+        t.delete_and_follow("polite")
+    );
 
     // SIGTERM first, SIGKILL only once the 1 s grace period was over.
     assert!(t.marker("stubborn").exists(), "stubborn never got SIGTERM");
-    assert!(stubborn_took >= Duration::from_millis(900), "killed before its grace period: {stubborn_took:?}");
-    assert!(stubborn_took < Duration::from_secs(5), "grace period overrun: {stubborn_took:?}");
+    assert!(
+        stubborn_took >= Duration::from_millis(900),
+        "killed before its grace period: {stubborn_took:?}"
+    );
+    assert!(
+        stubborn_took < Duration::from_secs(5),
+        "grace period overrun: {stubborn_took:?}"
+    );
     let killed = main_status(&stubborn_last)
         .and_then(|s| s.state.as_ref()?.terminated.clone())
         .expect("stubborn's final state is terminated");
-    assert_eq!((killed.exit_code, killed.signal), (137, Some(9)), "{killed:?}");
+    assert_eq!(
+        (killed.exit_code, killed.signal),
+        (137, Some(9)),
+        "{killed:?}"
+    );
     assert_eq!(phase(&stubborn_last), Some("Failed"));
     assert!(!pid_alive(stubborn_pid));
 
     // A process that stops by itself is not waited for beyond that.
     assert!(t.marker("polite").exists(), "polite never got SIGTERM");
-    assert!(polite_took < Duration::from_secs(5), "polite took {polite_took:?}");
+    assert!(
+        polite_took < Duration::from_secs(5),
+        "polite took {polite_took:?}"
+    );
     let exited = main_status(&polite_last)
         .and_then(|s| s.state.as_ref()?.terminated.clone())
         .expect("polite's final state is terminated");
-    assert_eq!((exited.exit_code, exited.reason.as_deref()), (0, Some("Completed")));
+    assert_eq!(
+        (exited.exit_code, exited.reason.as_deref()),
+        (0, Some("Completed"))
+    );
     assert_eq!(phase(&polite_last), Some("Succeeded"));
     assert!(!pid_alive(polite_pid));
     assert!(t.kubelet.running_pods().is_empty());
@@ -539,7 +676,9 @@ async fn missing_secret_is_a_config_error_until_it_exists() {
         .create(&PostParams::default(), &secret)
         .await
         .expect("create secret");
-    let running = t.wait_for_running("the pod to start", |p| p.len() == 1).await;
+    let running = t
+        .wait_for_running("the pod to start", |p| p.len() == 1)
+        .await;
     let env = fixture_env_when_listening(running[0].pod_ip).await;
     assert_eq!(env_value(&env, "TOKEN"), Some("finally"));
     assert_eq!(env_value(&env, "OPTIONAL"), None);
@@ -551,7 +690,10 @@ async fn missing_secret_is_a_config_error_until_it_exists() {
 /// The fixture's environment, once it listens (there is no readiness probe to wait for).
 async fn fixture_env_when_listening(pod_ip: std::net::Ipv4Addr) -> Vec<(String, String)> {
     let deadline = Instant::now() + TIMEOUT;
-    while tokio::net::TcpStream::connect((pod_ip, 8080)).await.is_err() {
+    while tokio::net::TcpStream::connect((pod_ip, 8080))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "{pod_ip}:8080 never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -590,6 +732,11 @@ async fn killed_process_is_restarted() {
     assert_eq!((last.exit_code, last.signal), (137, Some(9)));
     // The restart count survives into the kubelet's view and the pod's status alike.
     assert_eq!(t.kubelet.running_pods()[0].restart_count, 1);
+
+    // Dropping the kubelet kills what it runs, at once.
+    let pid = after[0].pid;
+    drop(t);
+    assert!(!pid_alive(pid), "process {pid} outlived its kubelet");
 }
 
 #[tokio::test]
@@ -602,16 +749,25 @@ async fn probes_drive_readiness_and_liveness_restarts() {
     // A liveness probe on a path that 404s: killed and restarted.
     let mut unhealthy = t.container(IMAGE, json!([]));
     unhealthy["livenessProbe"] = json!({"httpGet": {"path": "/missing", "port": "http"}, "periodSeconds": 1, "failureThreshold": 2});
-    t.create_pod("unhealthy", unhealthy, json!({"terminationGracePeriodSeconds": 5}))
-        .await;
+    t.create_pod(
+        "unhealthy",
+        unhealthy,
+        json!({"terminationGracePeriodSeconds": 5}),
+    )
+    .await;
 
     let pod = t
         .wait_for_pod("exec-probe", "not ready because of the exec probe", |p| {
-            condition(p, "Ready").is_some_and(|(_, m)| m.is_some_and(|m| m.contains("exec probes are not supported")))
+            condition(p, "Ready").is_some_and(|(_, m)| {
+                m.is_some_and(|m| m.contains("exec probes are not supported"))
+            })
         })
         .await;
     assert_eq!(condition(&pod, "Ready").map(|c| c.0), Some("False"));
-    assert_eq!(condition(&pod, "ContainersReady").map(|c| c.0), Some("False"));
+    assert_eq!(
+        condition(&pod, "ContainersReady").map(|c| c.0),
+        Some("False")
+    );
     assert_eq!(phase(&pod), Some("Running"));
 
     let pod = t

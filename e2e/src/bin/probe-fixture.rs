@@ -36,7 +36,8 @@ async fn run() -> Result<ExitCode, String> {
         println!("probe-fixture: exiting with {code} as told");
         return Ok(ExitCode::from(code));
     }
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     if let Ok(addr) = std::env::var("LISTEN_ADDR") {
         let listener = TcpListener::bind(&addr)
             .await

@@ -53,7 +53,17 @@ mod tests {
         let ms = |n| Some(Duration::from_millis(n));
         assert_eq!(
             delays,
-            [None, ms(100), ms(200), ms(400), ms(800), ms(1600), ms(3200), ms(5000), ms(5000)]
+            [
+                None,
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(5000),
+                ms(5000)
+            ]
         );
         backoff.reset();
         assert_eq!(backoff.next_delay(), None);

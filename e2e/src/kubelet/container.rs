@@ -219,7 +219,13 @@ pub(crate) struct PodDirs {
 }
 
 impl PodDirs {
-    pub(crate) fn new(state_dir: &Path, namespace: &str, name: &str, uid: &str, container: &str) -> Self {
+    pub(crate) fn new(
+        state_dir: &Path,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        container: &str,
+    ) -> Self {
         // The uid keeps a recreated pod of the same name (StatefulSets) apart.
         let workdir = state_dir
             .join("pods")

@@ -71,8 +71,9 @@ pub(crate) enum EnvError {
         kind: &'static str,
         namespace: String,
         name: String,
+        /// Boxed: the error travels by value through every resolution step.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -131,7 +132,7 @@ pub(crate) async fn fetch(
                 kind: "ConfigMap",
                 namespace: namespace.to_owned(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if let Some(cm) = found {
             objects.config_maps.insert(name.clone(), cm);
@@ -146,7 +147,7 @@ pub(crate) async fn fetch(
                 kind: "Secret",
                 namespace: namespace.to_owned(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if let Some(secret) = found {
             objects.secrets.insert(name.clone(), secret);
@@ -258,11 +259,17 @@ pub(crate) fn resolve(
 /// other than `=` is valid.
 fn set_from_source(env: &mut Env, prefix: &str, key: &str, value: String) {
     let name = format!("{prefix}{key}");
-    let valid = !name.is_empty() && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'=');
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'=');
     if valid {
         env.set(&name, value);
     } else {
-        tracing::debug!(name, "skipping an envFrom key that is not a valid variable name");
+        tracing::debug!(
+            name,
+            "skipping an envFrom key that is not a valid variable name"
+        );
     }
 }
 
@@ -435,14 +442,19 @@ fn resource_value(
         other => return Err(err(format!("{other:?} is neither limits nor requests"))),
     };
     let value = match amount {
-        Some(text) => quantity::parse_nanos(text)
-            .ok_or_else(|| err(format!("{text:?} is not a quantity")))?,
+        Some(text) => {
+            quantity::parse_nanos(text).ok_or_else(|| err(format!("{text:?} is not a quantity")))?
+        }
         None => 0,
     };
     let divisor_text = selector.divisor.as_ref().map_or("1", |d| d.0.as_str());
     let divisor = quantity::parse_nanos(divisor_text)
         .filter(|d| *d > 0)
-        .ok_or_else(|| err(format!("divisor {divisor_text:?} is not a positive quantity")))?;
+        .ok_or_else(|| {
+            err(format!(
+                "divisor {divisor_text:?} is not a positive quantity"
+            ))
+        })?;
     Ok(quantity::divide_ceil(value, divisor, milli_precision).to_string())
 }
 
@@ -593,15 +605,21 @@ mod tests {
                 .to_string()
         };
         assert_eq!(
-            missing(json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope"}}}]})),
+            missing(
+                json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope"}}}]})
+            ),
             "couldn't find key nope in Secret shop/creds"
         );
         assert_eq!(
-            missing(json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}]})),
+            missing(
+                json!({"env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}]})
+            ),
             "secret \"other\" not found"
         );
         assert_eq!(
-            missing(json!({"env": [{"name": "T", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]})),
+            missing(
+                json!({"env": [{"name": "T", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "nope"}}}]})
+            ),
             "couldn't find key nope in ConfigMap shop/settings"
         );
         assert_eq!(

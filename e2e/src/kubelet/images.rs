@@ -32,9 +32,15 @@ mod tests {
     fn strips_tags_and_digests_but_not_registry_ports() {
         assert_eq!(repository("worker"), "worker");
         assert_eq!(repository("worker:1.0"), "worker");
-        assert_eq!(repository("ghcr.io/drover/worker:1.0"), "ghcr.io/drover/worker");
+        assert_eq!(
+            repository("ghcr.io/drover/worker:1.0"),
+            "ghcr.io/drover/worker"
+        );
         assert_eq!(repository("localhost:5000/worker"), "localhost:5000/worker");
-        assert_eq!(repository("localhost:5000/worker:dev"), "localhost:5000/worker");
+        assert_eq!(
+            repository("localhost:5000/worker:dev"),
+            "localhost:5000/worker"
+        );
         assert_eq!(
             repository("ghcr.io/drover/worker:1.0@sha256:0123abcd"),
             "ghcr.io/drover/worker"
@@ -46,7 +52,10 @@ mod tests {
     fn prefers_the_exact_reference() {
         let images = BTreeMap::from([
             ("drover/worker".to_owned(), PathBuf::from("/bin/any-tag")),
-            ("drover/worker:debug".to_owned(), PathBuf::from("/bin/debug")),
+            (
+                "drover/worker:debug".to_owned(),
+                PathBuf::from("/bin/debug"),
+            ),
         ]);
         assert_eq!(
             resolve(&images, "drover/worker:debug"),

@@ -5,15 +5,15 @@
 //! A [`ProcessKubelet`] plays both missing parts for the namespaces it serves:
 //!
 //! * it registers a Node and keeps it alive with Lease and status heartbeats
-//!   ([`node`]), so kube-controller-manager's node lifecycle controller never
+//!   (`node.rs`), so kube-controller-manager's node lifecycle controller never
 //!   taints it or evicts its pods;
-//! * it binds every unscheduled pod to that Node ([`scheduler`]);
-//! * for each pod bound to the Node ([`supervisor`], [`pod_worker`]) it runs the
+//! * it binds every unscheduled pod to that Node (`scheduler.rs`);
+//! * for each pod bound to the Node (`supervisor.rs`, `pod_worker.rs`) it runs the
 //!   first container's image as a local process: the image maps to an executable
-//!   ([`images`]), the environment is resolved like a kubelet does it ([`env`]),
-//!   each pod gets its own loopback IP ([`ips`]), readiness and liveness come
-//!   from the container's probes ([`probe`]), crashes restart with back-off
-//!   ([`backoff`]), and the Pod's status says all of it ([`status`]);
+//!   (`images.rs`), the environment is resolved like a kubelet does it (`env.rs`),
+//!   each pod gets its own loopback IP (`ips.rs`), readiness and liveness come
+//!   from the container's probes (`probe.rs`), crashes restart with back-off
+//!   (`backoff.rs`), and the Pod's status says all of it (`status.rs`);
 //! * a deleted pod's process gets SIGTERM, its grace period, then SIGKILL, and
 //!   its Pod object is then removed for good, so a scale-down really stops a
 //!   process and the ReplicaSet controller sees the pod go.
@@ -419,7 +419,11 @@ impl RegistryEntry {
     /// Records the pod's current process (or none) and restart count. Returns
     /// `false` if the kubelet is being dropped: the caller must then kill the
     /// process itself, since the drop may already have swept the registry.
-    pub(crate) fn set_process(&self, process: Option<Arc<ManagedProcess>>, restart_count: u32) -> bool {
+    pub(crate) fn set_process(
+        &self,
+        process: Option<Arc<ManagedProcess>>,
+        restart_count: u32,
+    ) -> bool {
         let accepted = {
             let mut registry = self.shared.registry();
             let stopping = registry.stopping;

@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, N
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 
 use super::{FIELD_MANAGER, KubeletError};
 
@@ -74,10 +74,9 @@ pub(crate) async fn register(client: &Client, name: &str) -> Result<NodeHandle, 
             action: "create the Node",
             source,
         })?;
-    let uid = registered
-        .metadata
-        .uid
-        .ok_or_else(|| KubeletError::InvalidConfig(format!("the apiserver returned Node {name} without a uid")))?;
+    let uid = registered.metadata.uid.ok_or_else(|| {
+        KubeletError::InvalidConfig(format!("the apiserver returned Node {name} without a uid"))
+    })?;
     let handle = NodeHandle {
         client: client.clone(),
         name: name.to_owned(),
@@ -146,7 +145,11 @@ impl NodeHandle {
             }),
         };
         leases
-            .patch(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&lease))
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&lease),
+            )
             .await
     }
 
@@ -166,10 +169,30 @@ impl NodeHandle {
             capacity: Some(allocatable()),
             allocatable: Some(allocatable()),
             conditions: Some(vec![
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                condition("Ready", "True", "KubeletReady", "the drover process kubelet is posting ready status"),
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                ),
+                condition(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                ),
+                condition(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                ),
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "the drover process kubelet is posting ready status",
+                ),
             ]),
             addresses: Some(vec![
                 NodeAddress {
@@ -193,7 +216,11 @@ impl NodeHandle {
             ..Node::default()
         };
         nodes
-            .patch_status(&self.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
     }
 }

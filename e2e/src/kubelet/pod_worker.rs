@@ -7,6 +7,7 @@
 //! a deadline), updates its state, and reports the resulting status if it
 //! changed. Only the first container is run.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -79,7 +80,11 @@ pub(crate) async fn run(ctx: Context, pod: Arc<Pod>, desired: watch::Receiver<De
         return;
     };
     let Some(ip) = LeasedIp::allocate() else {
-        tracing::error!(namespace, name, "no loopback pod IP left; cannot run the pod");
+        tracing::error!(
+            namespace,
+            name,
+            "no loopback pod IP left; cannot run the pod"
+        );
         return;
     };
     let dirs = PodDirs::new(
@@ -101,7 +106,12 @@ pub(crate) async fn run(ctx: Context, pod: Arc<Pod>, desired: watch::Receiver<De
         pods: Api::namespaced(ctx.client.clone(), &namespace),
         ctx,
         desired,
-        deleting: pod.metadata.deletion_timestamp.is_some().then_some(Deletion { gone: false }),
+        desired_closed: false,
+        deleting: pod
+            .metadata
+            .deletion_timestamp
+            .is_some()
+            .then_some(Deletion { gone: false }),
         pod,
         namespace,
         name,
@@ -163,7 +173,8 @@ impl Run {
 }
 
 enum Wake {
-    Desired,
+    /// A new version of the Pod; `false` if the channel closed.
+    Desired(bool),
     Exited(ExitStatus),
     Probe(ProbeUpdate),
     KillDeadline,
@@ -175,6 +186,7 @@ struct PodWorker {
     ctx: Context,
     pods: Api<Pod>,
     desired: watch::Receiver<Desired>,
+    desired_closed: bool,
     /// The latest version of the Pod.
     pod: Arc<Pod>,
     namespace: String,
@@ -223,6 +235,8 @@ impl PodWorker {
 
     async fn next_wake(&mut self) -> Wake {
         let status_retry = self.status_retry_at;
+        // A closed channel is reported once; polling it again would spin.
+        let watching = !self.desired_closed;
         let retry_at = if self.deleting.is_some() {
             None
         } else {
@@ -232,7 +246,7 @@ impl PodWorker {
             Some(run) => {
                 let kill_at = run.kill_at;
                 tokio::select! {
-                    _ = self.desired.changed() => Wake::Desired,
+                    changed = self.desired.changed(), if watching => Wake::Desired(changed.is_ok()),
                     status = run.process.exited() => Wake::Exited(status),
                     Some(update) = run.probe_results.recv() => Wake::Probe(update),
                     () = sleep_until(kill_at) => Wake::KillDeadline,
@@ -240,7 +254,7 @@ impl PodWorker {
                 }
             }
             None => tokio::select! {
-                _ = self.desired.changed() => Wake::Desired,
+                changed = self.desired.changed(), if watching => Wake::Desired(changed.is_ok()),
                 () = sleep_until(retry_at) => Wake::Retry,
                 () = sleep_until(status_retry) => Wake::StatusRetry,
             },
@@ -249,13 +263,16 @@ impl PodWorker {
 
     async fn handle(&mut self, wake: Wake) {
         match wake {
-            Wake::Desired => self.pod_changed().await,
+            Wake::Desired(open) => {
+                self.desired_closed |= !open;
+                self.pod_changed().await;
+            }
             Wake::Exited(status) => self.exited(status).await,
             Wake::Probe(update) => self.probed(update).await,
             Wake::KillDeadline => {
                 if let Some(run) = &mut self.run {
                     tracing::info!(namespace = %self.namespace, name = %self.name, pid = run.process.pid(), "grace period over; sending SIGKILL");
-                    /* mutated */
+                    run.process.signal(libc::SIGKILL);
                     run.kill_at = None;
                 }
             }
@@ -269,11 +286,11 @@ impl PodWorker {
     }
 
     async fn pod_changed(&mut self) {
-        // A closed channel means the kubelet is going away: treat it as gone.
-        let desired = if self.desired.has_changed().is_ok() {
-            self.desired.borrow_and_update().clone()
-        } else {
+        // A closed channel means the supervisor is going away: treat it as gone.
+        let desired = if self.desired_closed {
             Desired::Gone
+        } else {
+            self.desired.borrow_and_update().clone()
         };
         let gone = match desired {
             Desired::Present(pod) => {
@@ -294,7 +311,10 @@ impl PodWorker {
         if let Some(run) = &mut self.run {
             run.stop(grace);
             if first {
-                let note = format!("Stopping container {} (grace period {grace:?})", self.container_name);
+                let note = format!(
+                    "Stopping container {} (grace period {grace:?})",
+                    self.container_name
+                );
                 self.event(EventType::Normal, "Killing", "Kill", note).await;
             }
         }
@@ -332,9 +352,20 @@ impl PodWorker {
         };
         let image = container.image.clone().unwrap_or_default();
 
-        let Some(program) = images::resolve(&self.ctx.shared.config.images, &image).map(PathBuf::from) else {
-            let mapped: Vec<&str> = self.ctx.shared.config.images.keys().map(String::as_str).collect();
-            let reason = format!("the process kubelet has no executable for image {image:?} (it maps {mapped:?})");
+        let Some(program) =
+            images::resolve(&self.ctx.shared.config.images, &image).map(PathBuf::from)
+        else {
+            let mapped: Vec<&str> = self
+                .ctx
+                .shared
+                .config
+                .images
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let reason = format!(
+                "the process kubelet has no executable for image {image:?} (it maps {mapped:?})"
+            );
             // Like a kubelet: ErrImagePull on the first failure, ImagePullBackOff
             // while it keeps retrying.
             let pulled_before = self
@@ -345,12 +376,14 @@ impl PodWorker {
                 .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff");
             if pulled_before {
                 let message = format!("Back-off pulling image {image:?}: {reason}");
-                self.state = waiting("ErrImagePull", Some(message.clone()));
-                self.event(EventType::Normal, "BackOff", "Pulling", message).await;
+                self.state = waiting("ImagePullBackOff", Some(message.clone()));
+                self.event(EventType::Normal, "BackOff", "Pulling", message)
+                    .await;
             } else {
                 let message = format!("Failed to pull image {image:?}: {reason}");
                 self.state = waiting("ErrImagePull", Some(message.clone()));
-                self.event(EventType::Warning, "Failed", "Pulling", message).await;
+                self.event(EventType::Warning, "Failed", "Pulling", message)
+                    .await;
             }
             self.retry_at = Some(Instant::now() + self.retry_backoff.next_retry());
             return;
@@ -362,7 +395,13 @@ impl PodWorker {
             Err(error) => {
                 let message = crate::error_chain(&error);
                 self.state = waiting("CreateContainerConfigError", Some(message.clone()));
-                self.event(EventType::Warning, "Failed", "Create", format!("Error: {message}")).await;
+                self.event(
+                    EventType::Warning,
+                    "Failed",
+                    "Create",
+                    format!("Error: {message}"),
+                )
+                .await;
                 self.retry_at = Some(Instant::now() + self.retry_backoff.next_retry());
                 return;
             }
@@ -371,10 +410,18 @@ impl PodWorker {
 
         self.runs += 1;
         let launched = std::fs::create_dir_all(&self.dirs.workdir)
-            .map_err(|e| format!("cannot create the pod directory {}: {e}", self.dirs.workdir.display()))
+            .map_err(|e| {
+                format!(
+                    "cannot create the pod directory {}: {e}",
+                    self.dirs.workdir.display()
+                )
+            })
             .and_then(|()| {
                 ContainerProcess::launch(Launch {
-                    name: format!("pod {}/{} container {}", self.namespace, self.name, self.container_name),
+                    name: format!(
+                        "pod {}/{} container {}",
+                        self.namespace, self.name, self.container_name
+                    ),
                     program: &program,
                     args: container::arguments(&container, &environment),
                     env: &environment,
@@ -396,13 +443,22 @@ impl PodWorker {
                     finished_at: Some(Time(now)),
                     ..ContainerStateTerminated::default()
                 };
-                self.event(EventType::Warning, "Failed", "Start", format!("Error: {message}")).await;
+                self.event(
+                    EventType::Warning,
+                    "Failed",
+                    "Start",
+                    format!("Error: {message}"),
+                )
+                .await;
                 self.entry.set_process(None, self.restart_count());
                 self.after_exit(terminated, Duration::ZERO).await;
                 return;
             }
         };
-        if !self.entry.set_process(Some(process.process().clone()), self.restart_count()) {
+        if !self
+            .entry
+            .set_process(Some(process.process().clone()), self.restart_count())
+        {
             // The kubelet is being dropped; `process` is killed as it goes out of scope.
             return;
         }
@@ -437,35 +493,26 @@ impl PodWorker {
                 self.ip.address(),
                 run.probe_updates.clone(),
             ),
-            None => self.spawn_probers(&mut run, &container),
+            None => spawn_probers(&mut run, &container, self.ip.address()),
         }
         self.run = Some(run);
         tracing::info!(namespace = %self.namespace, name = %self.name, pid, ip = %self.ip.address(), program = %program.display(), "started container process");
-        let note = format!("Started container {} (pid {pid}, ip {})", self.container_name, self.ip.address());
-        self.event(EventType::Normal, "Started", "Start", note).await;
-    }
-
-    /// Readiness and liveness probes start once the container has started.
-    fn spawn_probers(&self, run: &mut Run, container: &Container) {
-        for (kind, probe) in [
-            (ProbeKind::Readiness, &container.readiness_probe),
-            (ProbeKind::Liveness, &container.liveness_probe),
-        ] {
-            if let Some(probe) = probe {
-                probe::spawn(
-                    &mut run.probers,
-                    kind,
-                    probe,
-                    container,
-                    self.ip.address(),
-                    run.probe_updates.clone(),
-                );
-            }
-        }
+        let note = format!(
+            "Started container {} (pid {pid}, ip {})",
+            self.container_name,
+            self.ip.address()
+        );
+        self.event(EventType::Normal, "Started", "Start", note)
+            .await;
     }
 
     async fn resolve_env(&self, container: &Container) -> Result<env::Env, env::EnvError> {
-        let objects = env::fetch(&self.ctx.client, &self.namespace, &env::references(container)).await?;
+        let objects = env::fetch(
+            &self.ctx.client,
+            &self.namespace,
+            &env::references(container),
+        )
+        .await?;
         let allocatable = node::allocatable();
         let ctx = PodContext {
             pod: &self.pod,
@@ -482,7 +529,8 @@ impl PodWorker {
             return;
         };
         let pid = run.process.pid();
-        let terminated = container::terminated(status, pid, run.process.started_at(), Timestamp::now());
+        let terminated =
+            container::terminated(status, pid, run.process.started_at(), Timestamp::now());
         let ran_for = run.process.uptime();
         // Stops the probers; the process is already reaped.
         drop(run);
@@ -528,10 +576,14 @@ impl PodWorker {
                     "back-off {delay:?} restarting failed container={} pod={}_{}({})",
                     self.container_name, self.name, self.namespace, self.uid
                 );
-                self.state = waiting("CrashLoop", Some(message));
+                self.state = waiting("CrashLoopBackOff", Some(message));
                 self.retry_at = Some(Instant::now() + delay);
-                let note = format!("Back-off restarting failed container {} in pod {}", self.container_name, self.name);
-                self.event(EventType::Warning, "BackOff", "Restart", note).await;
+                let note = format!(
+                    "Back-off restarting failed container {} in pod {}",
+                    self.container_name, self.name
+                );
+                self.event(EventType::Warning, "BackOff", "Restart", note)
+                    .await;
             }
         }
     }
@@ -555,18 +607,17 @@ impl PodWorker {
             // The process is on its way out; its results no longer matter.
             return;
         }
-        let failed = update.failure.as_ref().map(|f| format!("{} probe failed: {f}", update.kind.label()));
+        let failed = update
+            .failure
+            .as_ref()
+            .map(|f| format!("{} probe failed: {f}", update.kind.label()));
         let mut restart_for = None;
         match update.kind {
             ProbeKind::Startup => match update.result {
                 ProbeResult::Success => {
                     run.started = true;
                     run.not_ready_detail = None;
-                    let mut run = self.run.take();
-                    if let Some(run) = &mut run {
-                        self.spawn_probers(run, &container);
-                    }
-                    self.run = run;
+                    spawn_probers(run, &container, self.ip.address());
                 }
                 ProbeResult::Failure => restart_for = Some("startup"),
                 ProbeResult::Unknown => run.not_ready_detail = failed.clone(),
@@ -582,7 +633,8 @@ impl PodWorker {
             }
         }
         if let Some(message) = failed {
-            self.event(EventType::Warning, "Unhealthy", "Probe", message).await;
+            self.event(EventType::Warning, "Unhealthy", "Probe", message)
+                .await;
         }
         if let Some(probe) = restart_for {
             // The probe's own grace period if it has one, else the pod's.
@@ -592,12 +644,20 @@ impl PodWorker {
             }
             .and_then(|p| p.termination_grace_period_seconds);
             let seconds = probe_grace
-                .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                .or_else(|| {
+                    self.pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.termination_grace_period_seconds)
+                })
                 .unwrap_or(DEFAULT_GRACE_SECONDS);
             if let Some(run) = &mut self.run {
                 run.stop(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)));
             }
-            let note = format!("Container {} failed {probe} probe, will be restarted", self.container_name);
+            let note = format!(
+                "Container {} failed {probe} probe, will be restarted",
+                self.container_name
+            );
             self.event(EventType::Normal, "Killing", "Kill", note).await;
         }
     }
@@ -618,7 +678,10 @@ impl PodWorker {
                     terminated: Some(ContainerStateTerminated {
                         exit_code: 137,
                         reason: Some("ContainerStatusUnknown".to_owned()),
-                        message: Some("The container could not be located when the pod was terminated".to_owned()),
+                        message: Some(
+                            "The container could not be located when the pod was terminated"
+                                .to_owned(),
+                        ),
                         ..ContainerStateTerminated::default()
                     }),
                     ..ContainerState::default()
@@ -643,7 +706,9 @@ impl PodWorker {
                     return;
                 }
                 // Gone already, or replaced by a pod that reuses the name.
-                Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => return,
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.is_conflict() => {
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(namespace = %self.namespace, name = %self.name, %error, "cannot remove the pod; retrying");
                     tokio::select! {
@@ -677,7 +742,12 @@ impl PodWorker {
         );
         let container_id = run
             .map(|r| container::container_id(r.process.pid()))
-            .or_else(|| self.state.terminated.as_ref().and_then(|t| t.container_id.clone()));
+            .or_else(|| {
+                self.state
+                    .terminated
+                    .as_ref()
+                    .and_then(|t| t.container_id.clone())
+            });
         let image = |c: &Container| c.image.clone().unwrap_or_default();
         let mut statuses = Vec::new();
         for (index, c) in self.pod.spec.iter().flat_map(|s| &s.containers).enumerate() {
@@ -685,7 +755,11 @@ impl PodWorker {
                 ContainerStatus {
                     name: c.name.clone(),
                     image: image(c),
-                    image_id: self.program.as_deref().map(container::image_id).unwrap_or_default(),
+                    image_id: self
+                        .program
+                        .as_deref()
+                        .map(container::image_id)
+                        .unwrap_or_default(),
                     container_id: container_id.clone(),
                     ready,
                     started: Some(started),
@@ -711,7 +785,13 @@ impl PodWorker {
         let host_ip = node::HOST_IP.to_string();
         PodStatus {
             phase: Some(
-                status::phase(&self.restart_policy(), &self.state, self.last_state.as_ref(), self.terminal).to_owned(),
+                status::phase(
+                    &self.restart_policy(),
+                    &self.state,
+                    self.last_state.as_ref(),
+                    self.terminal,
+                )
+                .to_owned(),
             ),
             conditions: Some(conditions),
             host_ip: Some(host_ip.clone()),
@@ -733,7 +813,11 @@ impl PodWorker {
             return;
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        match self.pods.patch_status(&self.name, &params, &Patch::Apply(&body)).await {
+        match self
+            .pods
+            .patch_status(&self.name, &params, &Patch::Apply(&body))
+            .await
+        {
             Ok(_) => {
                 self.last_reported = Some(body);
                 self.status_retry_at = None;
@@ -766,8 +850,32 @@ impl PodWorker {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(error) = self.ctx.recorder.publish(&event, &self.pod.object_ref(&())).await {
+        if let Err(error) = self
+            .ctx
+            .recorder
+            .publish(&event, &self.pod.object_ref(&()))
+            .await
+        {
             tracing::debug!(namespace = %self.namespace, name = %self.name, %error, "cannot record an event");
+        }
+    }
+}
+
+/// Readiness and liveness probes start once the container has started.
+fn spawn_probers(run: &mut Run, container: &Container, pod_ip: Ipv4Addr) {
+    for (kind, probe) in [
+        (ProbeKind::Readiness, &container.readiness_probe),
+        (ProbeKind::Liveness, &container.liveness_probe),
+    ] {
+        if let Some(probe) = probe {
+            probe::spawn(
+                &mut run.probers,
+                kind,
+                probe,
+                container,
+                pod_ip,
+                run.probe_updates.clone(),
+            );
         }
     }
 }

@@ -366,9 +366,14 @@ mod tests {
         let mut liveness = Thresholds::new(ProbeKind::Liveness, &probe(json!({})));
         assert_eq!(liveness.record(false), Success);
         assert_eq!(liveness.record(false), Success);
-        assert_eq!(liveness.record(false), Failure, "default failureThreshold is 3");
+        assert_eq!(
+            liveness.record(false),
+            Failure,
+            "default failureThreshold is 3"
+        );
 
-        let mut startup = Thresholds::new(ProbeKind::Startup, &probe(json!({"failureThreshold": 2})));
+        let mut startup =
+            Thresholds::new(ProbeKind::Startup, &probe(json!({"failureThreshold": 2})));
         assert_eq!(startup.record(false), Unknown);
         assert_eq!(startup.record(false), Failure);
     }
@@ -385,7 +390,10 @@ mod tests {
         match action(&named, &container, ip) {
             Action::Http {
                 host, port, path, ..
-            } => assert_eq!((host.as_str(), port, path.as_str()), ("127.1.0.9", 8080, "/readyz")),
+            } => assert_eq!(
+                (host.as_str(), port, path.as_str()),
+                ("127.1.0.9", 8080, "/readyz")
+            ),
             other => panic!("unexpected {other:?}"),
         }
         let unknown = probe(json!({"tcpSocket": {"port": "grpc"}}));

@@ -32,7 +32,10 @@ pub(crate) fn wants_binding(pod: &Pod) -> bool {
         return false;
     };
     let unbound = spec.node_name.as_deref().is_none_or(str::is_empty);
-    let gated = spec.scheduling_gates.as_ref().is_some_and(|g| !g.is_empty());
+    let gated = spec
+        .scheduling_gates
+        .as_ref()
+        .is_some_and(|g| !g.is_empty());
     let ours = spec
         .scheduler_name
         .as_deref()
@@ -96,7 +99,10 @@ pub(crate) async fn run(shared: Arc<Shared>, client: Client, recorder: Recorder)
 }
 
 async fn bind(client: &Client, recorder: &Recorder, pod: &Pod, node: &str) {
-    let (Some(name), Some(namespace)) = (pod.metadata.name.as_deref(), pod.metadata.namespace.as_deref()) else {
+    let (Some(name), Some(namespace)) = (
+        pod.metadata.name.as_deref(),
+        pod.metadata.namespace.as_deref(),
+    ) else {
         return;
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -126,7 +132,9 @@ async fn bind(client: &Client, recorder: &Recorder, pod: &Pod, node: &str) {
                 let event = Event {
                     type_: EventType::Normal,
                     reason: "Scheduled".into(),
-                    note: Some(format!("Successfully assigned {namespace}/{name} to {node}")),
+                    note: Some(format!(
+                        "Successfully assigned {namespace}/{name} to {node}"
+                    )),
                     action: "Binding".into(),
                     secondary: None,
                 };
@@ -169,7 +177,10 @@ mod tests {
     #[test]
     fn binds_what_kube_scheduler_would() {
         let containers = json!([{"name": "c", "image": "i"}]);
-        assert!(wants_binding(&pod(json!({"containers": containers}), json!({}))));
+        assert!(wants_binding(&pod(
+            json!({"containers": containers}),
+            json!({})
+        )));
         assert!(wants_binding(&pod(
             json!({"containers": containers, "schedulerName": "default-scheduler"}),
             json!({})

@@ -65,7 +65,12 @@ pub(crate) struct Readiness<'a> {
 }
 
 impl Conditions {
-    pub(crate) fn compute(&mut self, pod: &Pod, readiness: &Readiness<'_>, now: Timestamp) -> Vec<PodCondition> {
+    pub(crate) fn compute(
+        &mut self,
+        pod: &Pod,
+        readiness: &Readiness<'_>,
+        now: Timestamp,
+    ) -> Vec<PodCondition> {
         let generation = pod.metadata.generation;
         let existing = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
         // PodScheduled was set by the binding; keep its time.
@@ -117,8 +122,18 @@ impl Conditions {
             condition("PodReadyToStartContainers", true, None, None),
             // No init containers are run, so the pod is initialized at once.
             condition("Initialized", true, None, None),
-            condition("ContainersReady", containers_ready, containers_reason, containers_message),
-            condition("Ready", containers_ready && gates_ready, ready_reason, ready_message),
+            condition(
+                "ContainersReady",
+                containers_ready,
+                containers_reason,
+                containers_message,
+            ),
+            condition(
+                "Ready",
+                containers_ready && gates_ready,
+                ready_reason,
+                ready_message,
+            ),
         ];
         let mut scheduled = condition("PodScheduled", true, None, None);
         if scheduled_at.is_some() {
@@ -199,9 +214,17 @@ mod tests {
     #[test]
     fn phases_follow_get_phase() {
         assert_eq!(phase("Always", &running(), None, false), "Running");
-        assert_eq!(phase("Always", &waiting("ErrImagePull"), None, false), "Pending");
         assert_eq!(
-            phase("Always", &waiting("CrashLoopBackOff"), Some(&terminated(1)), false),
+            phase("Always", &waiting("ErrImagePull"), None, false),
+            "Pending"
+        );
+        assert_eq!(
+            phase(
+                "Always",
+                &waiting("CrashLoopBackOff"),
+                Some(&terminated(1)),
+                false
+            ),
             "Running"
         );
         assert_eq!(phase("Never", &terminated(0), None, false), "Succeeded");
@@ -246,7 +269,10 @@ mod tests {
         let flipped = conditions.compute(&pod, &ready, t2);
         assert_eq!(find(&flipped, "Ready").status, "True");
         assert_eq!(find(&flipped, "Ready").last_transition_time, Some(Time(t2)));
-        assert_eq!(find(&flipped, "Initialized").last_transition_time, Some(Time(t0)));
+        assert_eq!(
+            find(&flipped, "Initialized").last_transition_time,
+            Some(Time(t0))
+        );
     }
 
     #[test]
