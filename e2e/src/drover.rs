@@ -25,7 +25,7 @@ pub enum DroverBinaryError {
     #[error("cannot start {name}: {source}")]
     Start {
         name: &'static str,
-        source: ProcessError,
+        source: Box<ProcessError>,
     },
 }
 
@@ -56,7 +56,10 @@ pub struct OperatorOptions {
 
 /// Starts `drover-operator` with the environment's kubeconfig and emulator,
 /// logging to `<state>/operator-<identity>.log`.
-pub fn start_operator(env: &TestEnv, options: &OperatorOptions) -> Result<ManagedProcess, DroverBinaryError> {
+pub fn start_operator(
+    env: &TestEnv,
+    options: &OperatorOptions,
+) -> Result<ManagedProcess, DroverBinaryError> {
     let bin = binary("drover-operator")?;
     let state = env.control_plane.state_dir();
     let mut command = Command::new(bin);
@@ -68,15 +71,19 @@ pub fn start_operator(env: &TestEnv, options: &OperatorOptions) -> Result<Manage
         .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
         .env("RUST_LOG", "info,kube=warn,drover_operator=debug")
         .args(["--worker-image", WORKER_IMAGE])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", options.metrics_port)])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", options.metrics_port),
+        ])
         .args(["--identity", &options.identity])
         .args(["--lease-seconds", &options.lease_seconds.to_string()]);
     let log = state.join(format!("operator-{}.log", options.identity));
-    ManagedProcess::spawn("drover-operator", command, &log)
-        .map_err(|source| DroverBinaryError::Start {
+    ManagedProcess::spawn("drover-operator", command, &log).map_err(|source| {
+        DroverBinaryError::Start {
             name: "drover-operator",
-            source,
-        })
+            source: Box::new(source),
+        }
+    })
 }
 
 /// The operator and a process kubelet that runs its worker pods.

@@ -59,11 +59,7 @@ impl Manifest {
             .map(|t| t.kind.as_str())
             .unwrap_or("?");
         let name = self.object.metadata.name.as_deref().unwrap_or("?");
-        format!(
-            "{kind}/{name} ({}#{})",
-            self.path.display(),
-            self.index + 1
-        )
+        format!("{kind}/{name} ({}#{})", self.path.display(), self.index + 1)
     }
 }
 
@@ -80,13 +76,12 @@ pub fn read_file(path: &Path) -> Result<Vec<Manifest>, ManifestError> {
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Manifest>, ManifestError> {
     let mut manifests = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document).map_err(|source| {
-            ManifestError::Yaml {
+        let value =
+            serde_yaml::Value::deserialize(document).map_err(|source| ManifestError::Yaml {
                 path: path.to_owned(),
                 index: index + 1,
                 source,
-            }
-        })?;
+            })?;
         if value.is_null() {
             continue;
         }
@@ -157,7 +152,12 @@ pub async fn apply(
             })?;
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Namespaced => {
-                let ns = manifest.object.metadata.namespace.as_deref().unwrap_or(namespace);
+                let ns = manifest
+                    .object
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(namespace);
                 Api::namespaced_with(client.clone(), ns, &resource)
             }
             Scope::Cluster => Api::all_with(client.clone(), &resource),
@@ -190,14 +190,21 @@ mod tests {
     #[test]
     fn malformed_yaml_names_file_document_and_line() {
         let text = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: a\n---\nkind: Job\nmetadata:\n  name: [unclosed\n";
-        let err = parse(Path::new("samples/bad.yaml"), text).unwrap_err().to_string();
-        assert!(err.starts_with("samples/bad.yaml: document 2 is not valid YAML"), "{err}");
+        let err = parse(Path::new("samples/bad.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("samples/bad.yaml: document 2 is not valid YAML"),
+            "{err}"
+        );
         assert!(err.contains("line"), "{err}");
     }
 
     #[test]
     fn object_without_kind_is_refused() {
-        let err = parse(Path::new("a.yaml"), "metadata:\n  name: x\n").unwrap_err().to_string();
+        let err = parse(Path::new("a.yaml"), "metadata:\n  name: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a Kubernetes object"), "{err}");
     }
 }

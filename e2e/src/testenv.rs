@@ -607,9 +607,9 @@ mod tests {
             looked_for: "looked for $DROVER_GO and `go` on PATH".into(),
         }
         .to_string();
-        assert!(message.starts_with(
-            "Go toolchain not found (looked for $DROVER_GO and `go` on PATH)"
-        ));
+        assert!(
+            message.starts_with("Go toolchain not found (looked for $DROVER_GO and `go` on PATH)")
+        );
         assert!(message.ends_with("install Go or set DROVER_GO"));
     }
 }

@@ -11,7 +11,11 @@ use kube::core::ApiResource;
 use serde_json::{Value, json};
 
 async fn client_and_namespace(env: &TestEnv, prefix: &str) -> (kube::Client, String) {
-    let client = env.control_plane.client().await.expect("client for the test apiserver");
+    let client = env
+        .control_plane
+        .client()
+        .await
+        .expect("client for the test apiserver");
     let ns = env
         .control_plane
         .create_namespace(prefix)
@@ -65,8 +69,11 @@ async fn refusal<K: kube::Resource<DynamicType = ()>>(
 async fn samples_apply_and_read_back_unchanged() {
     let env = shared().await;
     let (client, ns) = client_and_namespace(env, "samples").await;
-    let samples = manifests::read_dir(&workspace_root().join("config/samples")).expect("samples parse");
-    let applied = manifests::apply(&client, &ns, &samples).await.expect("samples apply");
+    let samples =
+        manifests::read_dir(&workspace_root().join("config/samples")).expect("samples parse");
+    let applied = manifests::apply(&client, &ns, &samples)
+        .await
+        .expect("samples apply");
     assert!(applied.len() >= 7, "applied {applied:?}");
 
     for manifest in &samples {
@@ -79,7 +86,8 @@ async fn samples_apply_and_read_back_unchanged() {
                     .get(name)
                     .await
                     .expect("PipelineWorker reads back");
-                let expected: PipelineWorker = serde_json::from_value(sent).expect("sample is a PipelineWorker");
+                let expected: PipelineWorker =
+                    serde_json::from_value(sent).expect("sample is a PipelineWorker");
                 // Server-side defaults and the Rust defaults are one source, so they agree.
                 assert_eq!(stored.spec, expected.spec, "{}", manifest.describe());
             }
@@ -166,7 +174,12 @@ async fn negative_timeouts_are_refused() {
 async fn job_without_worker_is_refused() {
     let env = shared().await;
     let (client, ns) = client_and_namespace(env, "noworker").await;
-    let message = refusal::<Job>(&client, &ns, job(json!({ "input": { "durationMillis": 10 } }))).await;
+    let message = refusal::<Job>(
+        &client,
+        &ns,
+        job(json!({ "input": { "durationMillis": 10 } })),
+    )
+    .await;
     assert!(message.contains("spec.worker: Required value"), "{message}");
 }
 
@@ -192,17 +205,32 @@ async fn job_worker_and_cancel_cannot_be_changed_back() {
         "worker": "pw", "input": { "durationMillis": 1 }, "cancel": true
     })))
     .expect("job");
-    let created = jobs.create(&PostParams::default(), &created).await.expect("job is created");
+    let created = jobs
+        .create(&PostParams::default(), &created)
+        .await
+        .expect("job is created");
 
     let mut moved = created.clone();
     moved.spec.worker = "other".into();
-    let err = jobs.replace("job", &PostParams::default(), &moved).await.unwrap_err();
-    assert!(err.to_string().contains("spec.worker is immutable"), "{err}");
+    let err = jobs
+        .replace("job", &PostParams::default(), &moved)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("spec.worker is immutable"),
+        "{err}"
+    );
 
     let mut uncancelled = created;
     uncancelled.spec.cancel = false;
-    let err = jobs.replace("job", &PostParams::default(), &uncancelled).await.unwrap_err();
-    assert!(err.to_string().contains("spec.cancel cannot be undone"), "{err}");
+    let err = jobs
+        .replace("job", &PostParams::default(), &uncancelled)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("spec.cancel cannot be undone"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -247,22 +275,51 @@ async fn kubectl_shows_printer_columns_and_the_drover_category() {
     ];
     for path in samples {
         let objects = manifests::read_file(&path).expect("sample parses");
-        manifests::apply(&client, &ns, &objects).await.expect("sample applies");
+        manifests::apply(&client, &ns, &objects)
+            .await
+            .expect("sample applies");
     }
 
     let pw = stdout_of(env, &["get", "pw", "-n", &ns]);
-    let header: Vec<&str> = pw.lines().next().unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = pw
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(
         header,
-        ["NAME", "PIPELINE", "DESIRED", "READY", "QUEUED", "RUNNING", "STATUS", "AGE"],
+        [
+            "NAME", "PIPELINE", "DESIRED", "READY", "QUEUED", "RUNNING", "STATUS", "AGE"
+        ],
         "{pw}"
     );
-    assert!(pw.lines().nth(1).unwrap_or_default().starts_with("sleeper "), "{pw}");
+    assert!(
+        pw.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .starts_with("sleeper "),
+        "{pw}"
+    );
 
     let jobs = stdout_of(env, &["get", "pjob", "-n", &ns]);
-    let header: Vec<&str> = jobs.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "WORKER", "PHASE", "ATTEMPT", "PROGRESS", "AGE"], "{jobs}");
-    let row: Vec<&str> = jobs.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = jobs
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "WORKER", "PHASE", "ATTEMPT", "PROGRESS", "AGE"],
+        "{jobs}"
+    );
+    let row: Vec<&str> = jobs
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(&row[..2], ["nap", "sleeper"], "{jobs}");
 
     let all = stdout_of(env, &["get", "drover", "-n", &ns, "-o", "name"]);
@@ -289,10 +346,22 @@ async fn malformed_yaml_is_reported_by_kubectl_and_by_the_harness() {
     )
     .expect("write fixture");
 
-    let out = kubectl(env, &["apply", "-n", "default", "-f", path.to_str().unwrap_or_default()]);
+    let out = kubectl(
+        env,
+        &[
+            "apply",
+            "-n",
+            "default",
+            "-f",
+            path.to_str().unwrap_or_default(),
+        ],
+    );
     assert!(!out.status.success(), "kubectl accepted malformed YAML");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bad.yaml") && stderr.contains("line 7"), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("line 7"),
+        "{stderr}"
+    );
 
     let err = manifests::read_file(&path).unwrap_err().to_string();
     assert!(

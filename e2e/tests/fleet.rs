@@ -42,7 +42,11 @@ async fn fixture(prefix: &str) -> Fixture {
     let env = shared().await;
     let processes = drover(env).await;
     let client = env.control_plane.client().await.expect("client");
-    let ns = env.control_plane.create_namespace(prefix).await.expect("namespace");
+    let ns = env
+        .control_plane
+        .create_namespace(prefix)
+        .await
+        .expect("namespace");
     Fixture {
         env,
         processes,
@@ -71,7 +75,11 @@ impl Fixture {
             "metadata": {"name": name}, "spec": spec,
         });
         self.api::<PipelineWorker>()
-            .patch(name, &PatchParams::apply("fleet-test").force(), &Patch::Apply(&pw))
+            .patch(
+                name,
+                &PatchParams::apply("fleet-test").force(),
+                &Patch::Apply(&pw),
+            )
             .await
             .expect("PipelineWorker applies")
     }
@@ -85,7 +93,14 @@ impl Fixture {
             .map(|c| (c.status, c.reason, c.message))
     }
 
-    async fn wait_for_condition(&self, fleet: &str, type_: &str, status: &str, reason: &str, within: Duration) {
+    async fn wait_for_condition(
+        &self,
+        fleet: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+        within: Duration,
+    ) {
         let what = format!("{fleet} condition {type_}={status} ({reason})");
         wait::until(&what, within, || async {
             match self.condition(fleet, type_).await {
@@ -97,7 +112,11 @@ impl Fixture {
     }
 
     async fn deployment_replicas(&self, fleet: &str) -> Option<i32> {
-        let d = self.api::<Deployment>().get_opt(&format!("{fleet}-worker")).await.ok()??;
+        let d = self
+            .api::<Deployment>()
+            .get_opt(&format!("{fleet}-worker"))
+            .await
+            .ok()??;
         d.spec.replicas
     }
 
@@ -110,7 +129,9 @@ impl Fixture {
                 "spec": {"worker": fleet, "input": {"durationMillis": 10}},
             }))
             .expect("job");
-            jobs.create(&PostParams::default(), &job).await.expect("job is created");
+            jobs.create(&PostParams::default(), &job)
+                .await
+                .expect("job is created");
         }
     }
 
@@ -149,11 +170,31 @@ async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
     let name = "gc-worker";
 
     wait::until("all fleet objects", Duration::from_secs(20), || async {
-        let d = f.api::<Deployment>().get_opt(name).await.map_err(|e| e.to_string())?;
-        let sa = f.api::<ServiceAccount>().get_opt(name).await.map_err(|e| e.to_string())?;
-        let role = f.api::<Role>().get_opt(name).await.map_err(|e| e.to_string())?;
-        let binding = f.api::<RoleBinding>().get_opt(name).await.map_err(|e| e.to_string())?;
-        let svc = f.api::<Service>().get_opt(name).await.map_err(|e| e.to_string())?;
+        let d = f
+            .api::<Deployment>()
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sa = f
+            .api::<ServiceAccount>()
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let role = f
+            .api::<Role>()
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let binding = f
+            .api::<RoleBinding>()
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        let svc = f
+            .api::<Service>()
+            .get_opt(name)
+            .await
+            .map_err(|e| e.to_string())?;
         match (d, sa, role, binding, svc) {
             (Some(d), Some(sa), Some(role), Some(binding), Some(svc)) => {
                 for (kind, meta) in [
@@ -163,7 +204,10 @@ async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
                     ("RoleBinding", &binding.metadata),
                     ("Service", &svc.metadata),
                 ] {
-                    assert!(owned_by(meta, &pw), "{kind} is not owned by the fleet: {meta:?}");
+                    assert!(
+                        owned_by(meta, &pw),
+                        "{kind} is not owned by the fleet: {meta:?}"
+                    );
                 }
                 Ok(())
             }
@@ -176,20 +220,33 @@ async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
         .delete("gc", &DeleteParams::foreground())
         .await
         .expect("fleet deletes");
-    wait::until("garbage collection of the fleet objects", Duration::from_secs(30), || async {
-        let left = [
-            f.api::<Deployment>().get_opt(name).await.map(|o| o.is_some()),
-            f.api::<ServiceAccount>().get_opt(name).await.map(|o| o.is_some()),
-            f.api::<Role>().get_opt(name).await.map(|o| o.is_some()),
-            f.api::<RoleBinding>().get_opt(name).await.map(|o| o.is_some()),
-            f.api::<Service>().get_opt(name).await.map(|o| o.is_some()),
-        ];
-        if left.iter().all(|l| matches!(l, Ok(false))) {
-            Ok(())
-        } else {
-            Err(format!("{left:?}"))
-        }
-    })
+    wait::until(
+        "garbage collection of the fleet objects",
+        Duration::from_secs(30),
+        || async {
+            let left = [
+                f.api::<Deployment>()
+                    .get_opt(name)
+                    .await
+                    .map(|o| o.is_some()),
+                f.api::<ServiceAccount>()
+                    .get_opt(name)
+                    .await
+                    .map(|o| o.is_some()),
+                f.api::<Role>().get_opt(name).await.map(|o| o.is_some()),
+                f.api::<RoleBinding>()
+                    .get_opt(name)
+                    .await
+                    .map(|o| o.is_some()),
+                f.api::<Service>().get_opt(name).await.map(|o| o.is_some()),
+            ];
+            if left.iter().all(|l| matches!(l, Ok(false))) {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        },
+    )
     .await;
 }
 
@@ -217,28 +274,51 @@ async fn spec_edit_rolls_the_deployment_and_hand_edits_are_reverted() {
     .await;
 
     f.apply_fleet("drift", json!({"concurrency": 4})).await;
-    wait::until("a new pod template after a spec edit", Duration::from_secs(10), || async {
-        let d = deployments.get("drift-worker").await.map_err(|e| e.to_string())?;
-        match hash(&d) {
-            Some(h) if h != first => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        "a new pod template after a spec edit",
+        Duration::from_secs(10),
+        || async {
+            let d = deployments
+                .get("drift-worker")
+                .await
+                .map_err(|e| e.to_string())?;
+            match hash(&d) {
+                Some(h) if h != first => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 
     let tamper = json!({"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "tampered:1"}]}}}});
     deployments
-        .patch("drift-worker", &PatchParams::default(), &Patch::Strategic(&tamper))
+        .patch(
+            "drift-worker",
+            &PatchParams::default(),
+            &Patch::Strategic(&tamper),
+        )
         .await
         .expect("hand edit");
-    wait::until("the hand edit to be reverted", Duration::from_secs(10), || async {
-        let d = deployments.get("drift-worker").await.map_err(|e| e.to_string())?;
-        let image = d.spec.template.spec.as_ref().and_then(|s| s.containers[0].image.clone());
-        match image.as_deref() {
-            Some(WORKER_IMAGE) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        "the hand edit to be reverted",
+        Duration::from_secs(10),
+        || async {
+            let d = deployments
+                .get("drift-worker")
+                .await
+                .map_err(|e| e.to_string())?;
+            let image = d
+                .spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers[0].image.clone());
+            match image.as_deref() {
+                Some(WORKER_IMAGE) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
 }
 
@@ -259,8 +339,10 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
     let started = Instant::now();
     f.apply_fleet("byo", spec).await;
     let five = Duration::from_secs(5);
-    f.wait_for_condition("byo", "Degraded", "True", "SecretNotFound", five).await;
-    f.wait_for_condition("byo", "QueueReady", "False", "TopicNotFound", five).await;
+    f.wait_for_condition("byo", "Degraded", "True", "SecretNotFound", five)
+        .await;
+    f.wait_for_condition("byo", "QueueReady", "False", "TopicNotFound", five)
+        .await;
     eprintln!("problems reported {:?} after apply", started.elapsed());
     let (_, _, message) = f.condition("byo", "Degraded").await.expect("condition");
     assert!(message.contains("llm/apiKey"), "{message}");
@@ -269,8 +351,12 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
         "metadata": {"name": "llm"}, "stringData": {"apiKey": "k"},
     }))
     .expect("secret");
-    f.api::<Secret>().create(&PostParams::default(), &secret).await.expect("secret");
-    f.wait_for_condition("byo", "Degraded", "True", "TopicNotFound", five).await;
+    f.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    f.wait_for_condition("byo", "Degraded", "True", "TopicNotFound", five)
+        .await;
 
     let pubsub = PubSubEndpoint::emulator(f.env.pubsub.host_port());
     let topic_path = topic_path(PUBSUB_PROJECT, &topic);
@@ -283,7 +369,8 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
         .send()
         .await
         .expect("topic");
-    f.wait_for_condition("byo", "QueueReady", "False", "SubscriptionNotFound", five).await;
+    f.wait_for_condition("byo", "QueueReady", "False", "SubscriptionNotFound", five)
+        .await;
 
     pubsub
         .subscription_admin()
@@ -295,8 +382,10 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
         .send()
         .await
         .expect("subscription");
-    f.wait_for_condition("byo", "QueueReady", "True", "QueueInPlace", five).await;
-    f.wait_for_condition("byo", "Degraded", "False", "AsExpected", five).await;
+    f.wait_for_condition("byo", "QueueReady", "True", "QueueInPlace", five)
+        .await;
+    f.wait_for_condition("byo", "Degraded", "False", "AsExpected", five)
+        .await;
 }
 
 #[tokio::test]
@@ -313,12 +402,16 @@ async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     .await;
     f.create_jobs("burst", 25).await;
 
-    wait::until("3 replicas for 25 Jobs", Duration::from_secs(10), || async {
-        match f.deployment_replicas("burst").await {
-            Some(3) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        "3 replicas for 25 Jobs",
+        Duration::from_secs(10),
+        || async {
+            match f.deployment_replicas("burst").await {
+                Some(3) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let pods = &f.processes.kubelet;
     let ns = f.ns.clone();
@@ -340,17 +433,28 @@ async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     }
     let emptied = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(f.deployment_replicas("burst").await, Some(3), "scaled down inside the window");
+    assert_eq!(
+        f.deployment_replicas("burst").await,
+        Some(3),
+        "scaled down inside the window"
+    );
 
-    wait::until("scale to zero after the window", Duration::from_secs(window + 10), || async {
-        match f.deployment_replicas("burst").await {
-            Some(0) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        "scale to zero after the window",
+        Duration::from_secs(window + 10),
+        || async {
+            match f.deployment_replicas("burst").await {
+                Some(0) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let took = emptied.elapsed();
-    assert!(took >= Duration::from_secs(window), "scaled to zero after {took:?}");
+    assert!(
+        took >= Duration::from_secs(window),
+        "scaled to zero after {took:?}"
+    );
     pods.wait_for_pods("no worker processes", Duration::from_secs(30), |running| {
         running.iter().all(|p| p.namespace != ns)
     })
@@ -359,15 +463,30 @@ async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     assert_eq!(f.worker_processes(), 0);
 }
 
-async fn allowed(client: &Client, ns: &str, user: &str, verb: &str, resource: &str, sub: Option<&str>, name: Option<&str>) -> bool {
+async fn allowed(
+    client: &Client,
+    ns: &str,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    sub: Option<&str>,
+    name: Option<&str>,
+) -> bool {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(user.into()),
-            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}")]),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+            ]),
             resource_attributes: Some(ResourceAttributes {
                 namespace: Some(ns.into()),
                 verb: Some(verb.into()),
-                group: Some(if resource == "secrets" { "".into() } else { "drover.dev".into() }),
+                group: Some(if resource == "secrets" {
+                    "".into()
+                } else {
+                    "drover.dev".into()
+                }),
                 resource: Some(resource.into()),
                 subresource: sub.map(Into::into),
                 name: name.map(Into::into),
@@ -378,7 +497,10 @@ async fn allowed(client: &Client, ns: &str, user: &str, verb: &str, resource: &s
         ..SubjectAccessReview::default()
     };
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let answer = api.create(&PostParams::default(), &review).await.expect("SubjectAccessReview");
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
     answer.status.map(|s| s.allowed).unwrap_or(false)
 }
 
@@ -387,32 +509,85 @@ async fn worker_identity_cannot_read_secrets_or_change_job_specs() {
     let f = fixture("rbac").await;
     f.apply_fleet("least", json!({})).await;
     let roles = f.api::<RoleBinding>();
-    wait::until("the worker RoleBinding", Duration::from_secs(20), || async {
-        roles.get_opt("least-worker").await.map_err(|e| e.to_string())?.ok_or("not yet".into())
-    })
+    wait::until(
+        "the worker RoleBinding",
+        Duration::from_secs(20),
+        || async {
+            roles
+                .get_opt("least-worker")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("not yet".into())
+        },
+    )
     .await;
     let user = format!("system:serviceaccount:{}:least-worker", f.ns);
-    let can = |verb: &'static str, resource: &'static str, sub: Option<&'static str>, name: Option<&'static str>| {
+    let can = |verb: &'static str,
+               resource: &'static str,
+               sub: Option<&'static str>,
+               name: Option<&'static str>| {
         let client = f.client.clone();
         let ns = f.ns.clone();
         let user = user.clone();
         async move { allowed(&client, &ns, &user, verb, resource, sub, name).await }
     };
     let expectations = BTreeMap::from([
-        ("get secrets", (can("get", "secrets", None, Some("llm")).await, false)),
-        ("list secrets", (can("list", "secrets", None, None).await, false)),
-        ("update jobs", (can("update", "jobs", None, Some("j")).await, false)),
-        ("patch jobs", (can("patch", "jobs", None, Some("j")).await, false)),
-        ("delete jobs", (can("delete", "jobs", None, Some("j")).await, false)),
-        ("patch jobs/status", (can("patch", "jobs", Some("status"), Some("j")).await, true)),
-        ("create jobs", (can("create", "jobs", None, None).await, true)),
+        (
+            "get secrets",
+            (can("get", "secrets", None, Some("llm")).await, false),
+        ),
+        (
+            "list secrets",
+            (can("list", "secrets", None, None).await, false),
+        ),
+        (
+            "update jobs",
+            (can("update", "jobs", None, Some("j")).await, false),
+        ),
+        (
+            "patch jobs",
+            (can("patch", "jobs", None, Some("j")).await, false),
+        ),
+        (
+            "delete jobs",
+            (can("delete", "jobs", None, Some("j")).await, false),
+        ),
+        (
+            "patch jobs/status",
+            (can("patch", "jobs", Some("status"), Some("j")).await, true),
+        ),
+        (
+            "create jobs",
+            (can("create", "jobs", None, None).await, true),
+        ),
         ("watch jobs", (can("watch", "jobs", None, None).await, true)),
-        ("get own pipelineworker", (can("get", "pipelineworkers", None, Some("least")).await, true)),
-        ("get another pipelineworker", (can("get", "pipelineworkers", None, Some("other")).await, false)),
-        ("update own pipelineworker", (can("update", "pipelineworkers", None, Some("least")).await, false)),
+        (
+            "get own pipelineworker",
+            (
+                can("get", "pipelineworkers", None, Some("least")).await,
+                true,
+            ),
+        ),
+        (
+            "get another pipelineworker",
+            (
+                can("get", "pipelineworkers", None, Some("other")).await,
+                false,
+            ),
+        ),
+        (
+            "update own pipelineworker",
+            (
+                can("update", "pipelineworkers", None, Some("least")).await,
+                false,
+            ),
+        ),
     ]);
     for (what, (actual, expected)) in &expectations {
-        assert_eq!(actual, expected, "{what}: allowed={actual}, expected {expected}");
+        assert_eq!(
+            actual, expected,
+            "{what}: allowed={actual}, expected {expected}"
+        );
     }
     assert!(f.processes.operator.is_running(), "the operator died");
 }

@@ -18,7 +18,11 @@ const LEASE_SECONDS: u64 = 4;
 async fn standby_takes_over_after_the_leader_is_killed() {
     let env = shared().await;
     let client = env.control_plane.client().await.expect("client");
-    let ns = env.control_plane.create_namespace("leader").await.expect("namespace");
+    let ns = env
+        .control_plane
+        .create_namespace("leader")
+        .await
+        .expect("namespace");
     let ports = ports::free_loopback_ports(2).expect("ports");
     let start = |identity: &str, port: u16| {
         start_operator(
@@ -31,11 +35,17 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         )
         .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)))
     };
-    let operators = [("operator-a", start("operator-a", ports[0])), ("operator-b", start("operator-b", ports[1]))];
+    let operators = [
+        ("operator-a", start("operator-a", ports[0])),
+        ("operator-b", start("operator-b", ports[1])),
+    ];
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     let leader = wait::until("a leader", Duration::from_secs(20), || async {
-        let lease = leases.get_opt("drover-operator").await.map_err(|e| e.to_string())?;
+        let lease = leases
+            .get_opt("drover-operator")
+            .await
+            .map_err(|e| e.to_string())?;
         lease
             .and_then(|l| l.spec?.holder_identity)
             .filter(|h| !h.is_empty())
@@ -54,16 +64,32 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         },
     });
     fleets
-        .patch("takeover", &PatchParams::apply("leader-test").force(), &Patch::Apply(&fleet))
+        .patch(
+            "takeover",
+            &PatchParams::apply("leader-test").force(),
+            &Patch::Apply(&fleet),
+        )
         .await
         .expect("fleet applies");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    wait::until("the leader to create the Deployment", Duration::from_secs(20), || async {
-        deployments.get_opt("takeover-worker").await.map_err(|e| e.to_string())?.ok_or("not yet".into())
-    })
+    wait::until(
+        "the leader to create the Deployment",
+        Duration::from_secs(20),
+        || async {
+            deployments
+                .get_opt("takeover-worker")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("not yet".into())
+        },
+    )
     .await;
 
-    let (killed, standby) = if leader == operators[0].0 { (&operators[0], &operators[1]) } else { (&operators[1], &operators[0]) };
+    let (killed, standby) = if leader == operators[0].0 {
+        (&operators[0], &operators[1])
+    } else {
+        (&operators[1], &operators[0])
+    };
     killed.1.kill_hard();
     let killed_at = Instant::now();
 
@@ -75,12 +101,27 @@ async fn standby_takes_over_after_the_leader_is_killed() {
             "spec": {"worker": "takeover", "input": {}},
         }))
         .expect("job");
-        jobs.create(&PostParams::default(), &job).await.expect("job");
+        jobs.create(&PostParams::default(), &job)
+            .await
+            .expect("job");
     }
-    wait::until("the standby to scale to 4", Duration::from_secs(LEASE_SECONDS + 15), || async {
-        let replicas = deployments.get("takeover-worker").await.map_err(|e| e.to_string())?.spec.replicas;
-        if replicas == Some(4) { Ok(()) } else { Err(format!("{replicas:?}")) }
-    })
+    wait::until(
+        "the standby to scale to 4",
+        Duration::from_secs(LEASE_SECONDS + 15),
+        || async {
+            let replicas = deployments
+                .get("takeover-worker")
+                .await
+                .map_err(|e| e.to_string())?
+                .spec
+                .replicas;
+            if replicas == Some(4) {
+                Ok(())
+            } else {
+                Err(format!("{replicas:?}"))
+            }
+        },
+    )
     .await;
     let took = killed_at.elapsed();
     let holder = leases
@@ -89,7 +130,14 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         .expect("lease")
         .spec
         .and_then(|s| s.holder_identity);
-    assert_eq!(holder.as_deref(), Some(standby.0), "the standby holds the Lease");
+    assert_eq!(
+        holder.as_deref(),
+        Some(standby.0),
+        "the standby holds the Lease"
+    );
     assert!(standby.1.is_running(), "the standby died");
-    eprintln!("{} took over and scaled {took:?} after {} was killed (lease {LEASE_SECONDS} s)", standby.0, killed.0);
+    eprintln!(
+        "{} took over and scaled {took:?} after {} was killed (lease {LEASE_SECONDS} s)",
+        standby.0, killed.0
+    );
 }

@@ -13,7 +13,8 @@ fn run_without_go(binary: &str, args: &[&str]) -> (Output, Duration) {
         !Path::new("/usr/bin/go").exists() && !Path::new("/bin/go").exists(),
         "this test hides Go by PATH, but Go is installed in /usr/bin or /bin"
     );
-    let scratch = std::env::temp_dir().join(format!("drover-e2e-nogo-{}-{binary}", std::process::id()));
+    let scratch =
+        std::env::temp_dir().join(format!("drover-e2e-nogo-{}-{binary}", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch dir");
     let started = Instant::now();
     let output = Command::new(binary_path(binary))

@@ -19,8 +19,16 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
     let subscription = subscription_path(PROJECT, "round-trip-sub");
 
     let topics = endpoint.topic_admin().await.expect("topic admin");
-    topics.create_topic().set_name(&topic).send().await.expect("topic is created");
-    let subscriptions = endpoint.subscription_admin().await.expect("subscription admin");
+    topics
+        .create_topic()
+        .set_name(&topic)
+        .send()
+        .await
+        .expect("topic is created");
+    let subscriptions = endpoint
+        .subscription_admin()
+        .await
+        .expect("subscription admin");
     subscriptions
         .create_subscription()
         .set_name(&subscription)
@@ -39,7 +47,11 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
     for publish in pending {
         message_ids.insert(publish.await.expect("publish is confirmed"));
     }
-    assert_eq!(message_ids.len(), MESSAGES, "every publish got its own message id");
+    assert_eq!(
+        message_ids.len(),
+        MESSAGES,
+        "every publish got its own message id"
+    );
     let published_in = started.elapsed();
 
     let subscriber = endpoint.subscriber().await.expect("subscriber");
@@ -50,7 +62,12 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let next = tokio::time::timeout(remaining, stream.next())
             .await
-            .unwrap_or_else(|_| panic!("only {} of {MESSAGES} messages arrived in 60 s", received.len()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {MESSAGES} messages arrived in 60 s",
+                    received.len()
+                )
+            });
         let (message, handler) = next.expect("stream stays open").expect("message arrives");
         let body = String::from_utf8(message.data.to_vec()).expect("utf-8 body");
         assert!(received.insert(body.clone()), "{body} was delivered twice");
@@ -67,6 +84,9 @@ async fn thousand_messages_round_trip_none_lost_none_left() {
     // None left: past the ack deadline, an unacked message would be redelivered.
     let quiet = tokio::time::timeout(Duration::from_secs(12), stream.next()).await;
     if let Ok(Some(Ok((message, _)))) = quiet {
-        panic!("a message came back after all were acked: {:?}", message.data);
+        panic!(
+            "a message came back after all were acked: {:?}",
+            message.data
+        );
     }
 }

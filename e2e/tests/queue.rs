@@ -32,7 +32,11 @@ async fn create_true_makes_topic_subscription_and_dead_letter_topic() {
     let admin = QueueAdmin::connect(&endpoint).await.expect("admin clients");
     let pw = fleet("made-topic", "made-sub", true);
 
-    let names = admin.ensure(&pw, PROJECT).await.expect("Pub/Sub answers").expect("queue in place");
+    let names = admin
+        .ensure(&pw, PROJECT)
+        .await
+        .expect("Pub/Sub answers")
+        .expect("queue in place");
     let sub = endpoint
         .subscription_admin()
         .await
@@ -44,7 +48,10 @@ async fn create_true_makes_topic_subscription_and_dead_letter_topic() {
         .expect("subscription exists");
     assert_eq!(sub.topic, "projects/drover-queue/topics/made-topic");
     assert_eq!(sub.ack_deadline_seconds, 42);
-    assert!(sub.dead_letter_policy.is_none(), "the operator owns dead-lettering");
+    assert!(
+        sub.dead_letter_policy.is_none(),
+        "the operator owns dead-lettering"
+    );
     let topics = endpoint.topic_admin().await.expect("client");
     topics
         .get_topic()
@@ -70,14 +77,26 @@ async fn create_false_names_what_is_missing_until_it_exists() {
     assert_eq!(state, Err(QueueProblem::TopicNotFound(topic.into())));
 
     let topics = endpoint.topic_admin().await.expect("client");
-    topics.create_topic().set_name(topic).send().await.expect("topic");
+    topics
+        .create_topic()
+        .set_name(topic)
+        .send()
+        .await
+        .expect("topic");
     let state = admin.ensure(&pw, PROJECT).await.expect("Pub/Sub answers");
     assert_eq!(
         state,
-        Err(QueueProblem::DeadLetterTopicNotFound(format!("{topic}-dead")))
+        Err(QueueProblem::DeadLetterTopicNotFound(format!(
+            "{topic}-dead"
+        )))
     );
 
-    topics.create_topic().set_name(format!("{topic}-dead")).send().await.expect("topic");
+    topics
+        .create_topic()
+        .set_name(format!("{topic}-dead"))
+        .send()
+        .await
+        .expect("topic");
     let state = admin.ensure(&pw, PROJECT).await.expect("Pub/Sub answers");
     let problem = state.expect_err("subscription still missing");
     assert_eq!(problem.reason(), "SubscriptionNotFound");
@@ -94,5 +113,11 @@ async fn create_false_names_what_is_missing_until_it_exists() {
         .send()
         .await
         .expect("subscription");
-    assert!(admin.ensure(&pw, PROJECT).await.expect("Pub/Sub answers").is_ok());
+    assert!(
+        admin
+            .ensure(&pw, PROJECT)
+            .await
+            .expect("Pub/Sub answers")
+            .is_ok()
+    );
 }

@@ -9,11 +9,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover};
 use drover_e2e::{TestEnv, error_chain, manifests, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
-
-/// The project id the sandbox's clients use with the emulator.
-const PROJECT_ID: &str = "drover-local";
 
 /// Runs Drover's local sandbox: builds what is missing, starts etcd,
 /// kube-apiserver, kube-controller-manager and the Pub/Sub emulator, installs
@@ -54,13 +52,19 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     // Install the handlers first: a Ctrl-C during a long build must still tear down.
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
 
     let state_dir = absolute(&args.state_dir)?;
     reset_state_dir(&state_dir)?;
     say(&format!("state directory {}", state_dir.display()));
-    say("[1/3] test binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator)");
+    say("[1/4] drover-operator and drover-worker");
+    build_drover_binaries()?;
+    say(
+        "[2/4] test binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator)",
+    );
 
     let mut progress = |line: &str| say(&format!("      {line}"));
     let env = tokio::select! {
@@ -69,19 +73,27 @@ async fn run(args: Args) -> Result<(), String> {
         _ = terminate.recv() => return Err("terminated while starting".into()),
     };
 
-    say("[2/3] samples");
+    say("[3/4] operator and process kubelet");
+    let drover = start_drover(&env).await.map_err(|e| error_chain(&e))?;
+    say(&format!(
+        "      operator running (logs {}), metrics at {}",
+        drover.operator.log_path().display(),
+        drover.operator_metrics
+    ));
+    say("      worker pods run as local processes on node drover-node");
+
+    say("[4/4] samples");
     if args.no_samples {
         say("      skipped (--no-samples)");
     } else {
         apply_samples(&env, &args.samples, &args.namespace).await?;
     }
 
-    say("[3/3] env file");
     let env_file = write_env_file(&env, &state_dir)?;
     say(&format!("      wrote {}", env_file.display()));
 
     say(&format!(
-        "up in {:.1} s\n\n  In another shell:\n    source {}\n    $KUBECTL get drover -A\n    $KUBECTL apply -f config/samples/job-sleep.yaml\n    $KUBECTL get pjob -w\n\n  Logs: {}\n  Stop with Ctrl-C.",
+        "up in {:.1} s\n\n  In another shell:\n    source {}\n    $KUBECTL get drover -A\n    $KUBECTL apply -f config/samples/job-sleep.yaml\n    $KUBECTL get pjob -w\n    $KUBECTL get pw,deploy,pods\n\n  Logs: {}\n  Stop with Ctrl-C.",
         started.elapsed().as_secs_f64(),
         env_file.display(),
         state_dir.display()
@@ -94,6 +106,8 @@ async fn run(args: Args) -> Result<(), String> {
         _ = interrupt.recv() => say("SIGINT: tearing down"),
         _ = terminate.recv() => say("SIGTERM: tearing down"),
     }
+    // Workers and operator first, while the apiserver is still there for them.
+    drop(drover);
     drop(env);
     say("sandbox stopped");
     Ok(())
@@ -107,7 +121,11 @@ async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(),
         Some("PipelineWorker") => 1,
         _ => 0,
     });
-    let client = env.control_plane.client().await.map_err(|e| error_chain(&e))?;
+    let client = env
+        .control_plane
+        .client()
+        .await
+        .map_err(|e| error_chain(&e))?;
     let applied = manifests::apply(&client, namespace, &samples)
         .await
         .map_err(|e| error_chain(&e))?;
@@ -115,6 +133,33 @@ async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(),
         say(&format!("      applied {name} in namespace {namespace}"));
     }
     Ok(())
+}
+
+/// The sandbox runs the operator and workers as local processes; build them
+/// with the same cargo profile the sandbox itself was built with.
+fn build_drover_binaries() -> Result<(), String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = std::process::Command::new(cargo);
+    command.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "drover-operator",
+        "-p",
+        "drover-worker",
+    ]);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo to build the operator and worker: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building drover-operator and drover-worker failed ({status})"
+        ))
+    }
 }
 
 /// Shell lines that point another terminal at this sandbox.
