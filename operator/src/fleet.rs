@@ -45,7 +45,7 @@ const SLOW_CHECK_HEALTHY: Duration = Duration::from_secs(60);
 /// How soon a missing topic, subscription or Secret is looked for again.
 const SLOW_CHECK_BROKEN: Duration = Duration::from_secs(2);
 /// Job events arrive in bursts; one reconcile answers a burst.
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

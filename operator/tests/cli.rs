@@ -11,8 +11,17 @@ fn help_lists_the_settings() {
         .expect("drover-operator runs");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--pubsub-project", "--worker-image", "--metrics-addr", "--lease-namespace", "--lease-seconds"] {
-        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    for flag in [
+        "--pubsub-project",
+        "--worker-image",
+        "--metrics-addr",
+        "--lease-namespace",
+        "--lease-seconds",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
     }
 }
 
