@@ -97,7 +97,7 @@ pub struct DroverProcesses {
 pub enum StartDroverError {
     #[error(transparent)]
     Binary(#[from] DroverBinaryError),
-    #[error("cannot pick a port: {0}")]
+    #[error("cannot pick a port or start a runtime thread: {0}")]
     Port(std::io::Error),
     #[error("cannot reach the control plane: {0}")]
     Client(#[from] crate::ControlPlaneError),
@@ -136,5 +136,43 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
         operator,
         kubelet,
         operator_metrics: format!("http://127.0.0.1:{port}/metrics"),
+    })
+}
+
+/// [`start_drover`] for a `&'static` environment shared by the tests of one
+/// binary. `#[tokio::test]` gives every test its own runtime, which dies with
+/// the test; the kubelet's tasks must outlive the test that started them, so
+/// they run on a runtime of their own, on a thread that lives as long as the
+/// test binary.
+pub async fn start_drover_for_tests(
+    env: &'static TestEnv,
+) -> Result<DroverProcesses, StartDroverError> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("drover-e2e-runtime".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = sender.send(Err(StartDroverError::Port(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let _ = sender.send(start_drover(env).await);
+                std::future::pending::<()>().await
+            });
+        });
+    if let Err(e) = spawned {
+        return Err(StartDroverError::Port(e));
+    }
+    receiver.await.unwrap_or_else(|_| {
+        Err(StartDroverError::Port(std::io::Error::other(
+            "the runtime thread died",
+        )))
     })
 }

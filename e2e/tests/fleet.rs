@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, PipelineWorker};
-use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, start_drover};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, start_drover_for_tests};
 use drover_e2e::{TestEnv, error_chain, shared, wait};
 use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,7 +24,7 @@ async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
     static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
     DROVER
         .get_or_init(|| async {
-            start_drover(env)
+            start_drover_for_tests(env)
                 .await
                 .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
         })
@@ -590,4 +590,171 @@ async fn worker_identity_cannot_read_secrets_or_change_job_specs() {
         );
     }
     assert!(f.processes.operator.is_running(), "the operator died");
+}
+
+#[tokio::test]
+async fn unknown_worker_image_is_reported_as_image_pull_back_off() {
+    let f = fixture("image").await;
+    f.apply_fleet(
+        "badimage",
+        json!({"image": "registry.invalid/none:1", "scaling": {"minReplicas": 1}}),
+    )
+    .await;
+    let pods = f.api::<k8s_openapi::api::core::v1::Pod>();
+    wait::until(
+        "Degraded=True (ImagePullBackOff)",
+        Duration::from_secs(30),
+        || async {
+            match f.condition("badimage", "Degraded").await {
+                Some((s, r, _)) if s == "True" && r == "ImagePullBackOff" => Ok(()),
+                other => {
+                    let pods = pods
+                        .list(&Default::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let states: Vec<_> = pods
+                        .items
+                        .iter()
+                        .map(|p| {
+                            (
+                                p.metadata.name.clone(),
+                                p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                                p.status.as_ref().and_then(|s| s.container_statuses.clone()),
+                            )
+                        })
+                        .collect();
+                    Err(format!("condition {other:?}, pods {states:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let (_, _, message) = f.condition("badimage", "Ready").await.expect("condition");
+    assert!(message.contains("registry.invalid/none:1"), "{message}");
+}
+
+#[tokio::test]
+async fn busy_pods_cost_more_to_delete_and_scale_events_are_recorded() {
+    let f = fixture("cost").await;
+    f.apply_fleet(
+        "busy",
+        json!({"scaling": {"minReplicas": 2, "maxReplicas": 2}}),
+    )
+    .await;
+    let ns = f.ns.clone();
+    let running = f
+        .processes
+        .kubelet
+        .wait_for_pods("2 worker processes", Duration::from_secs(30), |pods| {
+            pods.iter().filter(|p| p.namespace == ns).count() == 2
+        })
+        .await
+        .expect("2 worker processes");
+    let busy_pod = running
+        .iter()
+        .find(|p| p.namespace == ns)
+        .expect("a pod")
+        .name
+        .clone();
+
+    // A Job claimed by that pod, as a worker would write it.
+    f.create_jobs("busy", 1).await;
+    let status = json!({"status": {
+        "phase": "Running", "attempt": 1,
+        "claim": {"pod": busy_pod, "renewTime": "2030-01-01T00:00:00Z", "leaseSeconds": 30},
+    }});
+    f.api::<Job>()
+        .patch_status(
+            "busy-job-0",
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("job status");
+
+    let pods = f.api::<k8s_openapi::api::core::v1::Pod>();
+    wait::until(
+        "deletion costs on both pods",
+        Duration::from_secs(10),
+        || async {
+            let list = pods
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let costs: BTreeMap<String, Option<String>> =
+                list.items
+                    .iter()
+                    .map(|p| {
+                        let cost = p.metadata.annotations.as_ref().and_then(|a| {
+                            a.get("controller.kubernetes.io/pod-deletion-cost").cloned()
+                        });
+                        (p.metadata.name.clone().unwrap_or_default(), cost)
+                    })
+                    .collect();
+            let busy = costs.get(&busy_pod).cloned().flatten();
+            let idle_zero = costs
+                .iter()
+                .filter(|(n, _)| **n != busy_pod)
+                .all(|(_, c)| c.as_deref().is_none_or(|c| c == "0"));
+            if busy.as_deref() == Some("1") && idle_zero {
+                Ok(())
+            } else {
+                Err(format!("{costs:?}"))
+            }
+        },
+    )
+    .await;
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = f.api();
+    let list = events.list(&Default::default()).await.expect("events");
+    assert!(
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Scaled")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("busy")),
+        "no Scaled event: {:?}",
+        list.items
+            .iter()
+            .map(|e| (&e.reason, &e.note))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn manual_mode_follows_the_scale_subresource() {
+    let f = fixture("manual").await;
+    f.apply_fleet(
+        "manual",
+        json!({"scaling": {"mode": "Manual", "replicas": 1, "maxReplicas": 4}}),
+    )
+    .await;
+    wait::until("1 manual replica", Duration::from_secs(15), || async {
+        match f.deployment_replicas("manual").await {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let out = std::process::Command::new(&f.env.binaries.kubectl)
+        .arg("--kubeconfig")
+        .arg(f.env.control_plane.kubeconfig_path())
+        .args(["scale", "pw", "manual", "--replicas", "2", "-n", &f.ns])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl scale: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait::until(
+        "2 replicas after kubectl scale",
+        Duration::from_secs(10),
+        || async {
+            match f.deployment_replicas("manual").await {
+                Some(2) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 }
