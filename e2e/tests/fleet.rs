@@ -425,13 +425,15 @@ async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     assert_eq!((status.desired_replicas, status.backlog.queued), (3, 25));
 
     // The backlog disappears; the fleet holds its size for the window.
+    // The window starts at the last recommendation of 3, which comes after
+    // this instant (while the deletions are under way), never before it.
+    let emptied = Instant::now();
     let jobs = f.api::<Job>();
     for i in 0..25 {
         jobs.delete(&format!("burst-job-{i}"), &DeleteParams::default())
             .await
             .expect("job deletes");
     }
-    let emptied = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         f.deployment_replicas("burst").await,

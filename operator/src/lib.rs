@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod fleet;
 pub mod health;
 pub mod http;
+pub mod job_policy;
 pub mod labels;
 pub mod metrics;
 pub mod pubsub;

@@ -1,0 +1,222 @@
+//! The input each pipeline accepts. The operator checks a Job's `spec.input`
+//! against it before queueing, so a malformed Job fails at once with
+//! InvalidInput instead of failing on a worker after a trip through Pub/Sub;
+//! the worker parses the same types, so both sides agree by construction.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Pipeline;
+
+/// Input of the diagnostic `sleep` pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SleepInput {
+    /// How long the single `sleep` step lasts.
+    pub duration_millis: u64,
+    /// Attempts (from 1) that fail instead of sleeping.
+    #[serde(default)]
+    pub fail_on_attempts: Vec<i32>,
+    /// Whether those failures may be retried. Default true.
+    #[serde(default = "default_true")]
+    pub fail_retryable: bool,
+    /// A directory where every completed run leaves `<namespace>_<name>_<attempt>`,
+    /// so a test can count effects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effects_dir: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Longest sleep the diagnostic pipeline accepts: one day.
+const MAX_SLEEP_MILLIS: u64 = 86_400_000;
+
+/// Input of the `consensus` pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsensusInput {
+    /// The idea or proposal to review.
+    pub text: String,
+    /// Background the reviewers should know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// Input of the `assembly` pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssemblyInput {
+    pub episode_id: String,
+    /// URL of the main content (`file://`, `gs://`, `s3://`, `https://`).
+    pub main_url: String,
+    pub template: AssemblyTemplate,
+    /// Where the finished episode is written.
+    pub output_url: String,
+}
+
+/// Intro, outro, music bed and mixing settings of an episode.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssemblyTemplate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intro_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outro_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub music_bed_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossfade_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loudness_lufs: Option<f64>,
+    /// `mp3`, `wav` or `flac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// Why an input was refused, in words for `kubectl describe`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.input is not valid {pipeline} input: {reason}")]
+pub struct InvalidInput {
+    pub pipeline: &'static str,
+    pub reason: String,
+}
+
+/// Checks `input` against the pipeline's input type and rules.
+pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), InvalidInput> {
+    let invalid = |reason: String| InvalidInput {
+        pipeline: pipeline.as_str(),
+        reason,
+    };
+    match pipeline {
+        Pipeline::Sleep => {
+            let sleep: SleepInput = parse(input).map_err(invalid)?;
+            if sleep.duration_millis > MAX_SLEEP_MILLIS {
+                return Err(invalid(format!(
+                    "durationMillis {} is more than a day",
+                    sleep.duration_millis
+                )));
+            }
+            if let Some(bad) = sleep.fail_on_attempts.iter().find(|a| **a < 1) {
+                return Err(invalid(format!(
+                    "failOnAttempts has {bad}; attempts count from 1"
+                )));
+            }
+        }
+        Pipeline::Consensus => {
+            let consensus: ConsensusInput = parse(input).map_err(invalid)?;
+            if consensus.text.trim().is_empty() {
+                return Err(invalid("text is empty".into()));
+            }
+        }
+        Pipeline::Assembly => {
+            let assembly: AssemblyInput = parse(input).map_err(invalid)?;
+            for (field, url) in [
+                ("mainUrl", &assembly.main_url),
+                ("outputUrl", &assembly.output_url),
+            ] {
+                if !["file://", "gs://", "s3://", "https://", "http://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return Err(invalid(format!(
+                        "{field} {url:?} is not a file://, gs://, s3:// or https:// URL"
+                    )));
+                }
+            }
+            if let Some(format) = &assembly.template.format
+                && !["mp3", "wav", "flac"].contains(&format.as_str())
+            {
+                return Err(invalid(format!(
+                    "template.format {format:?} is not mp3, wav or flac"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(input: &serde_json::Value) -> Result<T, String> {
+    T::deserialize(input).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sleep_input_needs_a_duration() {
+        assert!(validate(Pipeline::Sleep, &json!({"durationMillis": 10})).is_ok());
+        let err = validate(Pipeline::Sleep, &json!({})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "spec.input is not valid sleep input: missing field `durationMillis`"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = validate(
+            Pipeline::Sleep,
+            &json!({"durationMillis": 1, "sleepy": true}),
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("unknown field `sleepy`"), "{err}");
+    }
+
+    #[test]
+    fn attempts_count_from_one() {
+        let err = validate(
+            Pipeline::Sleep,
+            &json!({"durationMillis": 1, "failOnAttempts": [0]}),
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("attempts count from 1"), "{err}");
+    }
+
+    #[test]
+    fn consensus_needs_text() {
+        assert!(validate(Pipeline::Consensus, &json!({"text": "Cache billing reads"})).is_ok());
+        assert!(validate(Pipeline::Consensus, &json!({"text": "  "})).is_err());
+    }
+
+    #[test]
+    fn assembly_urls_and_format_are_checked() {
+        let good = json!({
+            "episodeId": "42", "mainUrl": "file:///m.wav", "outputUrl": "s3://b/o.mp3",
+            "template": {"format": "mp3", "crossfadeSeconds": 2.0},
+        });
+        assert!(validate(Pipeline::Assembly, &good).is_ok());
+        let mut bad = good.clone();
+        bad["mainUrl"] = json!("ftp://x/m.wav");
+        assert!(
+            validate(Pipeline::Assembly, &bad)
+                .unwrap_err()
+                .reason
+                .contains("mainUrl")
+        );
+        let mut bad = good;
+        bad["template"]["format"] = json!("ogg");
+        assert!(
+            validate(Pipeline::Assembly, &bad)
+                .unwrap_err()
+                .reason
+                .contains("format")
+        );
+    }
+
+    #[test]
+    fn samples_are_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/samples");
+        for (file, pipeline) in [
+            ("job-sleep.yaml", Pipeline::Sleep),
+            ("job-consensus.yaml", Pipeline::Consensus),
+            ("job-assembly.yaml", Pipeline::Assembly),
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let job: crate::Job = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(validate(pipeline, &job.spec.input), Ok(()), "{file}");
+        }
+    }
+}

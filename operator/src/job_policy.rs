@@ -1,0 +1,478 @@
+//! What the operator does next with a Job, as a pure function of the Job, its
+//! fleet and the time: publish, republish, retry, give up, cancel, delete, or
+//! wait. The Job controller only carries the answer out.
+
+use std::time::Duration;
+
+use drover_crds::job::{Job, JobPhase};
+use drover_crds::job_state::{claim_expiry, claim_is_live};
+use drover_crds::{PipelineWorker, input};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// Margin past a Job's own timeout before the operator stops waiting for
+/// its worker: the worker enforces the timeout; this only catches a worker
+/// that cannot.
+pub const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// Shortest wait before a Queued Job that nobody claimed is published again.
+pub const MIN_UNCLAIMED_REPUBLISH: Duration = Duration::from_secs(30);
+
+/// The operator's next move for one Job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextStep {
+    /// Nothing to do; look again after the given time if something is due then.
+    Wait(Option<Duration>),
+    /// Publish the message of `attempt` and mark the Job Queued. `republish`
+    /// means the same attempt was already published once (its message may be lost).
+    Publish { attempt: i32, republish: bool },
+    /// An attempt failed and may be retried: wait in Backoff until `retry_at`.
+    ScheduleRetry { retry_at: Timestamp },
+    /// The worker holding the Job stopped renewing its claim.
+    WorkerLost { give_up: bool },
+    /// Finish the Job as Failed, for a reason a person reads.
+    Fail {
+        reason: &'static str,
+        message: String,
+        /// Also publish the Job to the fleet's dead-letter topic.
+        dead_letter: bool,
+    },
+    /// `spec.cancel` is set and no worker is running the Job.
+    Cancel,
+    /// The Job finished longer than its TTL ago.
+    Delete,
+}
+
+/// The settings that decide a Job's retries and deadlines: the fleet's,
+/// overridden by the Job's own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSettings {
+    pub max_attempts: i32,
+    pub initial_backoff: Duration,
+    pub backoff_multiplier: f64,
+    pub max_backoff: Duration,
+    pub timeout: Duration,
+    pub ttl_after_finished: Option<Duration>,
+    pub unclaimed_republish_after: Duration,
+}
+
+impl JobSettings {
+    pub fn of(job: &Job, fleet: &PipelineWorker) -> Self {
+        let retry = &fleet.spec.retry;
+        let secs = |s: i64| Duration::from_secs(s.max(0).unsigned_abs());
+        let ack_deadline = secs(i64::from(fleet.spec.queue.ack_deadline_seconds));
+        Self {
+            max_attempts: job.spec.max_attempts.unwrap_or(retry.max_attempts).max(1),
+            initial_backoff: secs(retry.initial_backoff_seconds),
+            backoff_multiplier: retry.backoff_multiplier.max(1.0),
+            max_backoff: secs(retry.max_backoff_seconds),
+            timeout: secs(
+                job.spec
+                    .timeout_seconds
+                    .unwrap_or(fleet.spec.timeouts.job_seconds),
+            ),
+            ttl_after_finished: job
+                .spec
+                .ttl_seconds_after_finished
+                .or(fleet.spec.ttl_seconds_after_finished)
+                .map(secs),
+            // Pub/Sub redelivers an unacked message after the ack deadline, so
+            // only a message that is gone for good stays unclaimed much longer.
+            unclaimed_republish_after: (ack_deadline * 3).max(MIN_UNCLAIMED_REPUBLISH),
+        }
+    }
+
+    /// Wait before attempt `failed + 1`: `initial * multiplier^(failed - 1)`, at most `max`.
+    pub fn backoff_after(&self, failed: i32) -> Duration {
+        let exponent = f64::from(failed.max(1) - 1);
+        let secs = self.initial_backoff.as_secs_f64() * self.backoff_multiplier.powf(exponent);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// Decides the operator's next step. `fleet` is `None` when the Job's
+/// PipelineWorker does not exist.
+pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> NextStep {
+    let status = job.status.clone().unwrap_or_default();
+    let settings = fleet.map(|f| JobSettings::of(job, f));
+
+    if status.phase.is_terminal() {
+        let ttl = settings
+            .as_ref()
+            .and_then(|s| s.ttl_after_finished)
+            .or_else(|| {
+                job.spec
+                    .ttl_seconds_after_finished
+                    .map(|s| Duration::from_secs(s.max(0).unsigned_abs()))
+            });
+        return match (ttl, &status.finished_at) {
+            (Some(ttl), Some(finished)) => match after(finished.0, ttl, now) {
+                None => NextStep::Delete,
+                Some(wait) => NextStep::Wait(Some(wait)),
+            },
+            _ => NextStep::Wait(None),
+        };
+    }
+
+    if job.spec.cancel {
+        return match (&status.phase, &status.claim) {
+            // The worker stops it and writes Cancelled; step in only if it is gone.
+            (JobPhase::Running, Some(claim)) if claim_is_live(claim, now) => {
+                NextStep::Wait(Some(until(claim_expiry(claim), now)))
+            }
+            _ => NextStep::Cancel,
+        };
+    }
+
+    let (Some(fleet), Some(settings)) = (fleet, settings) else {
+        return NextStep::Fail {
+            reason: "WorkerNotFound",
+            message: format!(
+                "PipelineWorker {:?} does not exist in this namespace",
+                job.spec.worker
+            ),
+            dead_letter: false,
+        };
+    };
+
+    match status.phase {
+        JobPhase::Pending => match input::validate(fleet.spec.pipeline, &job.spec.input) {
+            Err(invalid) => NextStep::Fail {
+                reason: "InvalidInput",
+                message: invalid.to_string(),
+                dead_letter: false,
+            },
+            Ok(()) => NextStep::Publish {
+                attempt: status.attempt.max(1),
+                republish: false,
+            },
+        },
+        JobPhase::Queued => {
+            let queued_at = status.queued_at.as_ref().map_or(now, |t| t.0);
+            match after(queued_at, settings.unclaimed_republish_after, now) {
+                None => NextStep::Publish {
+                    attempt: status.attempt.max(1),
+                    republish: true,
+                },
+                Some(wait) => NextStep::Wait(Some(wait)),
+            }
+        }
+        JobPhase::Running => {
+            let claim = status.claim.as_ref().filter(|c| claim_is_live(c, now));
+            let Some(claim) = claim else {
+                return NextStep::WorkerLost {
+                    give_up: status.attempt >= settings.max_attempts,
+                };
+            };
+            let started = status.started_at.as_ref().map_or(now, |t| t.0);
+            match after(started, settings.timeout + DEADLINE_GRACE, now) {
+                None => NextStep::Fail {
+                    reason: "DeadlineExceeded",
+                    message: format!(
+                        "attempt {} ran longer than its {} s timeout and its worker did not stop it",
+                        status.attempt,
+                        settings.timeout.as_secs()
+                    ),
+                    dead_letter: true,
+                },
+                Some(wait) => NextStep::Wait(Some(wait.min(until(claim_expiry(claim), now)))),
+            }
+        }
+        JobPhase::Backoff => {
+            if status.attempt >= settings.max_attempts {
+                let last = status
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {} ({})", e.message, e.reason))
+                    .unwrap_or_default();
+                return NextStep::Fail {
+                    reason: "MaxAttemptsExceeded",
+                    message: format!("all {} attempts failed{last}", settings.max_attempts),
+                    dead_letter: true,
+                };
+            }
+            match &status.retry_at {
+                None => NextStep::ScheduleRetry {
+                    retry_at: add(now, settings.backoff_after(status.attempt)),
+                },
+                Some(at) if at.0 <= now => NextStep::Publish {
+                    attempt: status.attempt + 1,
+                    republish: false,
+                },
+                Some(at) => NextStep::Wait(Some(until(at.0, now))),
+            }
+        }
+        // Handled above; kept so a new phase cannot slip through.
+        JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => NextStep::Wait(None),
+    }
+}
+
+/// `None` once `start + wait` has passed, else the time left.
+fn after(start: Timestamp, wait: Duration, now: Timestamp) -> Option<Duration> {
+    let due = add(start, wait);
+    (due > now).then(|| until(due, now))
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn until(t: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_crds::JobStatus;
+    use drover_crds::job::{Claim, JobError};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn ago(secs: i64) -> Time {
+        Time(now().checked_sub(SignedDuration::from_secs(secs)).unwrap())
+    }
+
+    fn fleet() -> PipelineWorker {
+        PipelineWorker::new(
+            "w",
+            serde_json::from_value(json!({
+                "pipeline": "sleep",
+                "queue": {"topic": "t", "subscription": "s", "ackDeadlineSeconds": 20},
+                "retry": {"maxAttempts": 3, "initialBackoffSeconds": 2, "backoffMultiplier": 3, "maxBackoffSeconds": 10},
+                "timeouts": {"stepSeconds": 60, "jobSeconds": 120},
+                "ttlSecondsAfterFinished": 600,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn job(phase: JobPhase, attempt: i32) -> Job {
+        let mut job = Job::new(
+            "j",
+            serde_json::from_value(json!({"worker": "w", "input": {"durationMillis": 5}})).unwrap(),
+        );
+        job.status = Some(JobStatus {
+            phase,
+            attempt,
+            ..JobStatus::default()
+        });
+        job
+    }
+
+    fn step(job: &Job) -> NextStep {
+        next_step(job, Some(&fleet()), now())
+    }
+
+    #[test]
+    fn valid_pending_job_is_published_as_attempt_one() {
+        assert_eq!(
+            step(&job(JobPhase::Pending, 0)),
+            NextStep::Publish {
+                attempt: 1,
+                republish: false
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_input_fails_before_any_message() {
+        let mut j = job(JobPhase::Pending, 0);
+        j.spec.input = json!({"duration": 5});
+        let NextStep::Fail {
+            reason,
+            message,
+            dead_letter,
+        } = step(&j)
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(reason, "InvalidInput");
+        assert!(message.contains("unknown field `duration`"), "{message}");
+        assert!(!dead_letter);
+    }
+
+    #[test]
+    fn job_for_a_missing_worker_fails_with_worker_not_found() {
+        let NextStep::Fail {
+            reason, message, ..
+        } = next_step(&job(JobPhase::Pending, 0), None, now())
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(reason, "WorkerNotFound");
+        assert!(message.contains("\"w\""), "{message}");
+    }
+
+    #[test]
+    fn unclaimed_queued_job_is_republished_after_three_ack_deadlines() {
+        let mut j = job(JobPhase::Queued, 1);
+        j.status.as_mut().unwrap().queued_at = Some(ago(59));
+        assert_eq!(step(&j), NextStep::Wait(Some(Duration::from_secs(1))));
+        j.status.as_mut().unwrap().queued_at = Some(ago(60));
+        assert_eq!(
+            step(&j),
+            NextStep::Publish {
+                attempt: 1,
+                republish: true
+            }
+        );
+    }
+
+    #[test]
+    fn expired_claim_is_worker_lost() {
+        let mut j = job(JobPhase::Running, 1);
+        j.status.as_mut().unwrap().claim = Some(Claim {
+            pod: "p".into(),
+            renew_time: ago(31),
+            lease_seconds: 30,
+        });
+        assert_eq!(step(&j), NextStep::WorkerLost { give_up: false });
+        j.status.as_mut().unwrap().attempt = 3;
+        assert_eq!(step(&j), NextStep::WorkerLost { give_up: true });
+    }
+
+    #[test]
+    fn live_claim_is_left_alone_until_it_expires() {
+        let mut j = job(JobPhase::Running, 1);
+        let s = j.status.as_mut().unwrap();
+        s.started_at = Some(ago(10));
+        s.claim = Some(Claim {
+            pod: "p".into(),
+            renew_time: ago(5),
+            lease_seconds: 30,
+        });
+        assert_eq!(step(&j), NextStep::Wait(Some(Duration::from_secs(25))));
+    }
+
+    #[test]
+    fn running_past_timeout_and_grace_fails_with_deadline_exceeded() {
+        let mut j = job(JobPhase::Running, 1);
+        let s = j.status.as_mut().unwrap();
+        s.started_at = Some(ago(151));
+        s.claim = Some(Claim {
+            pod: "p".into(),
+            renew_time: ago(1),
+            lease_seconds: 30,
+        });
+        assert!(matches!(
+            step(&j),
+            NextStep::Fail {
+                reason: "DeadlineExceeded",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_maximum() {
+        let s = JobSettings::of(&job(JobPhase::Backoff, 1), &fleet());
+        assert_eq!(s.backoff_after(1), Duration::from_secs(2));
+        assert_eq!(s.backoff_after(2), Duration::from_secs(6));
+        assert_eq!(s.backoff_after(3), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn backoff_is_scheduled_then_the_next_attempt_published() {
+        let mut j = job(JobPhase::Backoff, 1);
+        assert_eq!(
+            step(&j),
+            NextStep::ScheduleRetry {
+                retry_at: now().checked_add(SignedDuration::from_secs(2)).unwrap()
+            }
+        );
+        j.status.as_mut().unwrap().retry_at = Some(ago(0));
+        assert_eq!(
+            step(&j),
+            NextStep::Publish {
+                attempt: 2,
+                republish: false
+            }
+        );
+    }
+
+    #[test]
+    fn last_failed_attempt_gives_up_with_dead_letter() {
+        let mut j = job(JobPhase::Backoff, 3);
+        j.status.as_mut().unwrap().error = Some(JobError {
+            reason: "StepFailed".into(),
+            message: "boom".into(),
+            retryable: true,
+        });
+        let NextStep::Fail {
+            reason,
+            message,
+            dead_letter,
+        } = step(&j)
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(reason, "MaxAttemptsExceeded");
+        assert_eq!(message, "all 3 attempts failed: boom (StepFailed)");
+        assert!(dead_letter);
+    }
+
+    #[test]
+    fn job_max_attempts_overrides_the_fleet() {
+        let mut j = job(JobPhase::Backoff, 1);
+        j.spec.max_attempts = Some(1);
+        assert!(matches!(
+            step(&j),
+            NextStep::Fail {
+                reason: "MaxAttemptsExceeded",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cancel_waits_for_a_live_worker_but_not_for_a_dead_one() {
+        let mut j = job(JobPhase::Queued, 1);
+        j.spec.cancel = true;
+        assert_eq!(step(&j), NextStep::Cancel);
+        let mut j = job(JobPhase::Running, 1);
+        j.spec.cancel = true;
+        j.status.as_mut().unwrap().claim = Some(Claim {
+            pod: "p".into(),
+            renew_time: ago(10),
+            lease_seconds: 30,
+        });
+        assert_eq!(step(&j), NextStep::Wait(Some(Duration::from_secs(20))));
+        j.status
+            .as_mut()
+            .unwrap()
+            .claim
+            .as_mut()
+            .unwrap()
+            .renew_time = ago(40);
+        assert_eq!(step(&j), NextStep::Cancel);
+    }
+
+    #[test]
+    fn finished_job_is_deleted_after_its_ttl() {
+        let mut j = job(JobPhase::Succeeded, 1);
+        j.status.as_mut().unwrap().finished_at = Some(ago(599));
+        assert_eq!(step(&j), NextStep::Wait(Some(Duration::from_secs(1))));
+        j.status.as_mut().unwrap().finished_at = Some(ago(600));
+        assert_eq!(step(&j), NextStep::Delete);
+        j.spec.ttl_seconds_after_finished = Some(0);
+        j.status.as_mut().unwrap().finished_at = Some(ago(0));
+        assert_eq!(step(&j), NextStep::Delete);
+    }
+
+    #[test]
+    fn finished_job_without_ttl_is_kept() {
+        let mut fleet = fleet();
+        fleet.spec.ttl_seconds_after_finished = None;
+        let mut j = job(JobPhase::Failed, 1);
+        j.status.as_mut().unwrap().finished_at = Some(ago(10_000));
+        assert_eq!(next_step(&j, Some(&fleet), now()), NextStep::Wait(None));
+    }
+}
