@@ -75,7 +75,7 @@ async fn main() {
             let job: Job = serde_json::from_value(json!({
                 "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
                 "metadata": {"name": format!("b{burst}-{i}")},
-                "spec": {"worker": "bench", "input": {}},
+                "spec": {"worker": "bench", "input": {"durationMillis": 10}},
             }))
             .expect("job");
             jobs.create(&PostParams::default(), &job)

@@ -98,7 +98,7 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         let job: Job = serde_json::from_value(json!({
             "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
             "metadata": {"name": format!("after-kill-{i}")},
-            "spec": {"worker": "takeover", "input": {}},
+            "spec": {"worker": "takeover", "input": {"durationMillis": 10}},
         }))
         .expect("job");
         jobs.create(&PostParams::default(), &job)

@@ -140,6 +140,9 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
         // Bind to the pod IP: right in a cluster, and lets several replicas
         // share one host network under the test kubelet.
         value_env("DROVER_HTTP_ADDR", &format!("$(DROVER_POD_IP):{HTTP_PORT}")),
+        // The operator's default project, for a queue that names none: both
+        // sides resolve the same subscription.
+        value_env("PUBSUB_PROJECT_ID", &config.pubsub_project),
     ];
     if let Some(host) = &config.pubsub_emulator_host {
         env.push(value_env("PUBSUB_EMULATOR_HOST", host));
@@ -338,7 +341,8 @@ mod tests {
                 "DROVER_WORKER_NAME",
                 "DROVER_POD_NAME",
                 "DROVER_POD_IP",
-                "DROVER_HTTP_ADDR"
+                "DROVER_HTTP_ADDR",
+                "PUBSUB_PROJECT_ID"
             ]
         );
     }

@@ -3,6 +3,7 @@
 pub mod backlog;
 pub mod config;
 pub mod deployment;
+pub mod dispatch;
 pub mod fleet;
 pub mod health;
 pub mod http;

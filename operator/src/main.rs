@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use clap::Parser;
 use drover_operator::config::OperatorConfig;
-use drover_operator::fleet;
 use drover_operator::http::{self, Health};
 use drover_operator::metrics::Metrics;
 use drover_operator::pubsub::PubSubEndpoint;
 use drover_operator::queue::QueueAdmin;
+use drover_operator::{dispatch, fleet};
 use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -132,7 +132,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
-    let controllers = fleet::run(client, config, queue, recorder, metrics);
+    let controllers = async {
+        tokio::join!(
+            fleet::run(
+                client.clone(),
+                config.clone(),
+                queue,
+                recorder.clone(),
+                metrics.clone()
+            ),
+            dispatch::run(client, config, endpoint, recorder, metrics),
+        );
+    };
     let result = tokio::select! {
         () = controllers => Ok(()),
         lost = lost_leadership(&mut leader) => lost,

@@ -42,6 +42,19 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// failed, cancelled or retry.
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    /// first, retry or republish.
+    pub kind: &'static str,
+}
+
 /// Every metric the operator exports; cheap to clone (the families are shared).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -52,6 +65,9 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub job_outcomes: Family<OutcomeLabels, Counter>,
+    pub jobs_published: Family<PublishLabels, Counter>,
+    pub dispatch_latency: Histogram,
 }
 
 impl Metrics {
@@ -67,6 +83,9 @@ impl Metrics {
             reconcile_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 14))
             }),
+            job_outcomes: Family::default(),
+            jobs_published: Family::default(),
+            dispatch_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
         };
         let r = registry.sub_registry_with_prefix("drover");
         r.register(
@@ -103,6 +122,21 @@ impl Metrics {
             "operator_reconcile_duration_seconds",
             "Time one reconcile took",
             metrics.reconcile_duration.clone(),
+        );
+        r.register(
+            "operator_job_outcomes",
+            "Jobs the operator failed, cancelled or sent back for a retry, by reason",
+            metrics.job_outcomes.clone(),
+        );
+        r.register(
+            "operator_jobs_published",
+            "Job messages published, by kind (first, retry, republish)",
+            metrics.jobs_published.clone(),
+        );
+        r.register(
+            "job_dispatch_latency_seconds",
+            "Time from a Job's creation to its first message",
+            metrics.dispatch_latency.clone(),
         );
         metrics
     }

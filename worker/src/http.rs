@@ -12,12 +12,14 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::fleet_config::FleetConfig;
+use crate::stats::Stats;
 
 /// What the endpoints read.
 pub struct WorkerState {
     pub pod: String,
     pub fleet: FleetConfig,
     pub registry: Registry,
+    pub stats: Arc<Stats>,
 }
 
 pub async fn serve(addr: SocketAddr, state: Arc<WorkerState>) -> std::io::Result<()> {
@@ -51,6 +53,7 @@ async fn status(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
         "pipeline": fleet.as_ref().map(|pw| pw.spec.pipeline.as_str()),
         "concurrency": fleet.as_ref().map(|pw| pw.spec.concurrency),
         "generation": fleet.as_ref().and_then(|pw| pw.metadata.generation),
+        "jobs": state.stats.snapshot(),
     }))
 }
 

@@ -1,5 +1,10 @@
 //! The Drover worker: it learns its settings from its PipelineWorker object,
-//! serves its health, and (with the Job runtime) pulls and runs Jobs.
+//! pulls Job messages from the fleet's subscription, claims and runs each Job,
+//! and reports every step to the Job's status.
 
 pub mod fleet_config;
 pub mod http;
+pub mod job_run;
+pub mod pipelines;
+pub mod pull;
+pub mod stats;

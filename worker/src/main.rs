@@ -8,8 +8,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use drover_crds::PipelineWorker;
+use drover_operator::pubsub::PubSubEndpoint;
 use drover_worker::fleet_config::watch_fleet;
 use drover_worker::http::{self, WorkerState};
+use drover_worker::job_run::Worker;
+use drover_worker::pull::{self, PullSettings};
+use drover_worker::stats::Stats;
 use kube::Api;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -34,6 +38,14 @@ struct Args {
     /// Address of the /healthz, /readyz, /status and /metrics server.
     #[arg(long, env = "DROVER_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
+
+    /// Google Cloud project for a queue that names none (set by the operator).
+    #[arg(long, env = "PUBSUB_PROJECT_ID", default_value = "drover-local")]
+    pubsub_project: String,
+
+    /// Seconds in-flight Jobs may run on after SIGTERM before they are handed back.
+    #[arg(long, env = "DROVER_DRAIN_SECONDS", default_value_t = 25)]
+    drain_seconds: u64,
 }
 
 #[tokio::main]
@@ -61,20 +73,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let fleets: Api<PipelineWorker> = Api::namespaced(client, &args.namespace);
+    let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &args.namespace);
     let fleet = watch_fleet(fleets, &args.worker_name);
+    let mut registry = Registry::default();
+    let stats = Arc::new(Stats::register(&mut registry));
     let state = Arc::new(WorkerState {
         pod: args.pod_name.clone(),
-        fleet,
-        registry: Registry::default(),
+        fleet: fleet.clone(),
+        registry,
+        stats: stats.clone(),
     });
     tracing::info!(worker = %args.worker_name, namespace = %args.namespace, pod = %args.pod_name, addr = %args.http_addr, "worker starting");
 
+    let worker = Arc::new(Worker {
+        client,
+        pod: args.pod_name.clone(),
+        stats,
+    });
+    let settings = PullSettings {
+        endpoint: PubSubEndpoint::from_env(),
+        default_project: args.pubsub_project.clone(),
+        drain_grace: std::time::Duration::from_secs(args.drain_seconds),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut puller = tokio::spawn(pull::run(worker, fleet, settings, stopped));
     let server = http::serve(args.http_addr, state);
+    tokio::pin!(server);
     tokio::select! {
+        served = &mut server => served.with_context(|| format!("the HTTP server on {} failed", args.http_addr))?,
+        pulled = &mut puller => match pulled {
+            Ok(result) => result.context("the pull loop stopped")?,
+            Err(e) => anyhow::bail!("the pull loop panicked: {e}"),
+        },
+        _ = terminate.recv() => tracing::info!("SIGTERM: stop pulling, drain in-flight Jobs"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: stop pulling, drain in-flight Jobs"),
+    }
+    let _ = stop.send(true);
+    // Keep serving health while draining, so probes do not kill a busy pod.
+    tokio::select! {
+        drained = puller => match drained {
+            Ok(result) => result.context("the pull loop failed while draining")?,
+            Err(e) => anyhow::bail!("the pull loop panicked while draining: {e}"),
+        },
         served = server => served.with_context(|| format!("the HTTP server on {} failed", args.http_addr))?,
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
     }
     Ok(())
 }

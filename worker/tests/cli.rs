@@ -11,8 +11,17 @@ fn help_lists_the_identity_it_needs() {
         .expect("drover-worker runs");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--namespace", "--worker-name", "--pod-name", "--http-addr", "DROVER_POD_NAME"] {
-        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    for flag in [
+        "--namespace",
+        "--worker-name",
+        "--pod-name",
+        "--http-addr",
+        "DROVER_POD_NAME",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
     }
 }
 

@@ -60,10 +60,9 @@ async fn run(args: Args) -> Result<(), String> {
     let state_dir = absolute(&args.state_dir)?;
     reset_state_dir(&state_dir)?;
     say(&format!("state directory {}", state_dir.display()));
-    say("[1/4] drover-operator and drover-worker");
-    build_drover_binaries()?;
+    // The Go-built parts first: without Go the sandbox stops here, at once.
     say(
-        "[2/4] test binaries (etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator)",
+        "[1/4] control plane and Pub/Sub emulator (etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator)",
     );
 
     let mut progress = |line: &str| say(&format!("      {line}"));
@@ -73,6 +72,8 @@ async fn run(args: Args) -> Result<(), String> {
         _ = terminate.recv() => return Err("terminated while starting".into()),
     };
 
+    say("[2/4] drover-operator and drover-worker");
+    build_drover_binaries()?;
     say("[3/4] operator and process kubelet");
     let drover = start_drover(&env).await.map_err(|e| error_chain(&e))?;
     say(&format!(

@@ -1,0 +1,332 @@
+//! The operator's half of the life of a Job, against the real control plane
+//! and the Pub/Sub emulator: publish then Queued, InvalidInput and
+//! WorkerNotFound, retries with backoff, dead-lettering after the last
+//! attempt, WorkerLost requeue, cancel and TTL. The test plays the worker's
+//! part by writing the status a worker would write.
+
+use std::time::Duration;
+
+use drover_crds::{Job, JobMessage, JobPhase, JobStatus};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, start_drover_for_tests};
+use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use google_cloud_pubsub::subscriber::MessageStream;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
+    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
+    DROVER
+        .get_or_init(|| async {
+            start_drover_for_tests(env)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
+        })
+        .await
+}
+
+struct Fixture {
+    env: &'static TestEnv,
+    client: Client,
+    ns: String,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> Self {
+        let env = shared().await;
+        drover(env).await;
+        let client = env.control_plane.client().await.expect("client");
+        let ns = env
+            .control_plane
+            .create_namespace(prefix)
+            .await
+            .expect("namespace");
+        Self { env, client, ns }
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn topic(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.ns)
+    }
+
+    async fn fleet(&self, name: &str, extra: Value) {
+        let mut spec = json!({
+            "pipeline": "sleep",
+            "queue": {"topic": self.topic("jobs"), "subscription": self.topic("jobs-sub"), "deadLetterTopic": self.topic("dead")},
+            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 5},
+        });
+        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
+            spec.extend(extra);
+        }
+        let pw = json!({"apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker", "metadata": {"name": name}, "spec": spec});
+        Api::<drover_crds::PipelineWorker>::namespaced(self.client.clone(), &self.ns)
+            .patch(
+                name,
+                &PatchParams::apply("jobs-test").force(),
+                &Patch::Apply(&pw),
+            )
+            .await
+            .expect("fleet applies");
+    }
+
+    async fn create(&self, name: &str, worker: &str, input: Value) -> Job {
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+            "metadata": {"name": name}, "spec": {"worker": worker, "input": input},
+        }))
+        .expect("job");
+        self.jobs()
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("job is created")
+    }
+
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&JobStatus) -> bool,
+    ) -> JobStatus {
+        let jobs = self.jobs();
+        wait::until(&format!("{name}: {what}"), within, || async {
+            let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+            let status = job.status.unwrap_or_default();
+            if done(&status) {
+                Ok(status)
+            } else {
+                Err(format!("{status:?}"))
+            }
+        })
+        .await
+    }
+
+    /// What a worker writes when an attempt fails.
+    async fn worker_reports(&self, name: &str, status: Value) {
+        self.jobs()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await
+            .expect("status write");
+    }
+
+    fn pubsub(&self) -> PubSubEndpoint {
+        PubSubEndpoint::emulator(self.env.pubsub.host_port())
+    }
+
+    /// A subscription of our own on `topic`, made before anything is published to it.
+    async fn tap(&self, topic: &str) -> MessageStream {
+        let pubsub = self.pubsub();
+        let topic_path = topic_path(PUBSUB_PROJECT, topic);
+        let topics = pubsub.topic_admin().await.expect("client");
+        // The operator creates topics too; whoever is first wins.
+        let _ = topics.create_topic().set_name(&topic_path).send().await;
+        let tap = subscription_path(PUBSUB_PROJECT, &format!("{topic}-tap"));
+        pubsub
+            .subscription_admin()
+            .await
+            .expect("client")
+            .create_subscription()
+            .set_name(&tap)
+            .set_topic(&topic_path)
+            .send()
+            .await
+            .expect("tap subscription");
+        pubsub
+            .subscriber()
+            .await
+            .expect("subscriber")
+            .subscribe(&tap)
+            .build()
+    }
+}
+
+async fn next_message(
+    stream: &mut MessageStream,
+) -> (JobMessage, std::collections::HashMap<String, String>) {
+    let next = tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("a message within 15 s")
+        .expect("stream open")
+        .expect("message");
+    let (message, handler) = next;
+    handler.ack();
+    let body = JobMessage::decode(&message.data).expect("a Job message");
+    (body, message.attributes.into_iter().collect())
+}
+
+const SOON: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn valid_job_is_published_then_marked_queued() {
+    let f = Fixture::new("publish").await;
+    let mut tap = f.tap(&f.topic("jobs")).await;
+    f.fleet("sleeper", json!({})).await;
+    let job = f
+        .create("nap", "sleeper", json!({"durationMillis": 10}))
+        .await;
+
+    let status = f
+        .wait_for("nap", "Queued", SOON, |s| s.phase == JobPhase::Queued)
+        .await;
+    assert_eq!(status.attempt, 1);
+    assert!(
+        status.queued_at.is_some() && status.message_id.is_some(),
+        "{status:?}"
+    );
+
+    let (message, attributes) = next_message(&mut tap).await;
+    assert_eq!(
+        message,
+        JobMessage {
+            namespace: f.ns.clone(),
+            name: "nap".into(),
+            uid: job.uid().unwrap_or_default(),
+            attempt: 1
+        }
+    );
+    assert_eq!(attributes.get("attempt").map(String::as_str), Some("1"));
+}
+
+#[tokio::test]
+async fn invalid_input_and_unknown_worker_fail_at_once_with_reasons() {
+    let f = Fixture::new("reject").await;
+    f.fleet("sleeper", json!({})).await;
+    f.create("typo", "sleeper", json!({"durationMilis": 10}))
+        .await;
+    f.create("orphan", "nobody", json!({"durationMillis": 10}))
+        .await;
+
+    let typo = f
+        .wait_for("typo", "Failed", SOON, |s| s.phase == JobPhase::Failed)
+        .await;
+    let error = typo.error.expect("error");
+    assert_eq!(
+        (error.reason.as_str(), error.retryable),
+        ("InvalidInput", false)
+    );
+    assert!(
+        error.message.contains("unknown field `durationMilis`"),
+        "{}",
+        error.message
+    );
+    assert!(typo.message_id.is_none(), "an invalid Job was published");
+
+    let orphan = f
+        .wait_for("orphan", "Failed", SOON, |s| s.phase == JobPhase::Failed)
+        .await;
+    assert_eq!(orphan.error.expect("error").reason, "WorkerNotFound");
+    assert!(
+        orphan
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.status == "True")
+    );
+}
+
+#[tokio::test]
+async fn retryable_failure_is_retried_then_dead_lettered_after_the_last_attempt() {
+    let f = Fixture::new("retry").await;
+    let mut jobs_tap = f.tap(&f.topic("jobs")).await;
+    let mut dead_tap = f.tap(&f.topic("dead")).await;
+    f.fleet("sleeper", json!({})).await;
+    f.create("flaky", "sleeper", json!({"durationMillis": 10}))
+        .await;
+    f.wait_for("flaky", "Queued", SOON, |s| s.phase == JobPhase::Queued)
+        .await;
+    assert_eq!(next_message(&mut jobs_tap).await.0.attempt, 1);
+
+    let failed_attempt = json!({
+        "phase": "Backoff",
+        "error": {"reason": "StepFailed", "message": "boom", "retryable": true},
+    });
+    f.worker_reports("flaky", failed_attempt.clone()).await;
+    let retried = f
+        .wait_for("flaky", "attempt 2 queued", SOON, |s| {
+            s.phase == JobPhase::Queued && s.attempt == 2
+        })
+        .await;
+    assert!(retried.retry_at.is_none());
+    assert_eq!(next_message(&mut jobs_tap).await.0.attempt, 2);
+
+    f.worker_reports("flaky", failed_attempt).await;
+    let failed = f
+        .wait_for("flaky", "Failed", SOON, |s| s.phase == JobPhase::Failed)
+        .await;
+    let error = failed.error.expect("error");
+    assert_eq!(error.reason, "MaxAttemptsExceeded");
+    assert_eq!(error.message, "all 2 attempts failed: boom (StepFailed)");
+
+    let (dead, attributes) = next_message(&mut dead_tap).await;
+    assert_eq!((dead.name.as_str(), dead.attempt), ("flaky", 2));
+    assert_eq!(
+        attributes.get("reason").map(String::as_str),
+        Some("MaxAttemptsExceeded")
+    );
+}
+
+#[tokio::test]
+async fn expired_claim_is_requeued_as_worker_lost() {
+    let f = Fixture::new("lost").await;
+    f.fleet("sleeper", json!({})).await;
+    f.create("orphaned", "sleeper", json!({"durationMillis": 10}))
+        .await;
+    f.wait_for("orphaned", "Queued", SOON, |s| s.phase == JobPhase::Queued)
+        .await;
+    f.worker_reports(
+        "orphaned",
+        json!({"phase": "Running", "startedAt": "2020-01-01T00:00:00Z",
+               "claim": {"pod": "gone-pod", "renewTime": "2020-01-01T00:00:00Z", "leaseSeconds": 30}}),
+    )
+    .await;
+    let requeued = f
+        .wait_for("orphaned", "attempt 2 queued", SOON, |s| {
+            s.phase == JobPhase::Queued && s.attempt == 2
+        })
+        .await;
+    let error = requeued.error.expect("the lost attempt's error is kept");
+    assert_eq!(error.reason, "WorkerLost");
+    assert!(error.message.contains("gone-pod"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn cancelled_job_is_finished_and_deleted_after_its_ttl() {
+    let f = Fixture::new("cancel").await;
+    f.fleet("sleeper", json!({"ttlSecondsAfterFinished": 1}))
+        .await;
+    f.create("unwanted", "sleeper", json!({"durationMillis": 60000}))
+        .await;
+    f.wait_for("unwanted", "Queued", SOON, |s| s.phase == JobPhase::Queued)
+        .await;
+    f.jobs()
+        .patch(
+            "unwanted",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"cancel": true}})),
+        )
+        .await
+        .expect("cancel");
+    let cancelled = f
+        .wait_for("unwanted", "Cancelled", SOON, |s| {
+            s.phase == JobPhase::Cancelled
+        })
+        .await;
+    assert!(cancelled.finished_at.is_some());
+
+    let jobs = f.jobs();
+    wait::until("TTL deletion", SOON, || async {
+        match jobs.get_opt("unwanted").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(job) => Err(format!("{:?}", job.status.map(|s| s.phase))),
+        }
+    })
+    .await;
+}

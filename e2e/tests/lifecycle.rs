@@ -1,0 +1,314 @@
+//! Jobs end to end: the operator publishes, worker processes (run by the
+//! process kubelet) pull, claim, run the diagnostic sleep pipeline and report;
+//! effects are counted in files, so "exactly once" is checked, not assumed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_crds::{Job, JobMessage, JobPhase};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, start_drover_for_tests};
+use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_operator::pubsub::{PubSubEndpoint, topic_path};
+use google_cloud_pubsub::model::Message;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
+    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
+    DROVER
+        .get_or_init(|| async {
+            start_drover_for_tests(env)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
+        })
+        .await
+}
+
+struct Fixture {
+    env: &'static TestEnv,
+    processes: &'static DroverProcesses,
+    client: Client,
+    ns: String,
+    effects: PathBuf,
+}
+
+impl Fixture {
+    async fn new(prefix: &str, fleet: Value) -> Self {
+        let env = shared().await;
+        let processes = drover(env).await;
+        let client = env.control_plane.client().await.expect("client");
+        let ns = env
+            .control_plane
+            .create_namespace(prefix)
+            .await
+            .expect("namespace");
+        let effects = env.control_plane.state_dir().join("effects").join(&ns);
+        std::fs::create_dir_all(&effects).expect("effects dir");
+        let f = Self {
+            env,
+            processes,
+            client,
+            ns,
+            effects,
+        };
+        let mut spec = json!({
+            "pipeline": "sleep",
+            "queue": {"topic": format!("{}-jobs", f.ns), "subscription": format!("{}-jobs-sub", f.ns), "deadLetterTopic": format!("{}-dead", f.ns)},
+            "concurrency": 4,
+            "scaling": {"minReplicas": 1, "maxReplicas": 3, "jobsPerReplica": 4, "scaleDownStabilizationSeconds": 30},
+            "retry": {"maxAttempts": 3, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 4},
+        });
+        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, fleet) {
+            spec.extend(extra);
+        }
+        let pw = json!({"apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker", "metadata": {"name": "sleeper"}, "spec": spec});
+        Api::<drover_crds::PipelineWorker>::namespaced(f.client.clone(), &f.ns)
+            .patch(
+                "sleeper",
+                &PatchParams::apply("lifecycle-test").force(),
+                &Patch::Apply(&pw),
+            )
+            .await
+            .expect("fleet applies");
+        f
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn create(&self, name: &str, input: Value) -> Job {
+        let mut input = input;
+        input["effectsDir"] = json!(self.effects.display().to_string());
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+            "metadata": {"name": name}, "spec": {"worker": "sleeper", "input": input},
+        }))
+        .expect("job");
+        self.jobs()
+            .create(&PostParams::default(), &job)
+            .await
+            .expect("job is created")
+    }
+
+    async fn finished(&self, name: &str, within: Duration) -> drover_crds::JobStatus {
+        let jobs = self.jobs();
+        wait::until(&format!("{name} to finish"), within, || async {
+            let status = jobs
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if status.phase.is_terminal() {
+                Ok(status)
+            } else {
+                Err(format!("{status:?}"))
+            }
+        })
+        .await
+    }
+
+    fn effects(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.effects)
+            .expect("effects dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn publish_raw(&self, data: Vec<u8>) {
+        let pubsub = PubSubEndpoint::emulator(self.env.pubsub.host_port());
+        let topic = topic_path(PUBSUB_PROJECT, &format!("{}-jobs", self.ns));
+        let publisher = pubsub.publisher(&topic).await.expect("publisher");
+        publisher
+            .publish(Message::new().set_data(data))
+            .await
+            .expect("published");
+    }
+
+    /// Sums a counter over every worker pod of this namespace.
+    async fn worker_metric(&self, name: &str) -> f64 {
+        let mut total = 0.0;
+        for pod in self
+            .processes
+            .kubelet
+            .running_pods()
+            .iter()
+            .filter(|p| p.namespace == self.ns)
+        {
+            let url = format!("http://{}:8080/metrics", pod.pod_ip);
+            let Ok(body) = http_get(&url).await else {
+                continue;
+            };
+            total += body
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        total
+    }
+}
+
+/// A tiny HTTP/1.0 GET, enough for a worker's metrics page.
+async fn http_get(url: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    stream
+        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn sleep_jobs_succeed_through_worker_pods_each_effect_once() {
+    let f = Fixture::new("many", json!({})).await;
+    let count = 40;
+    for i in 0..count {
+        f.create(&format!("nap-{i}"), json!({"durationMillis": 100}))
+            .await;
+    }
+    for i in 0..count {
+        let status = f.finished(&format!("nap-{i}"), MINUTE).await;
+        assert_eq!(status.phase, JobPhase::Succeeded, "nap-{i}: {status:?}");
+        assert_eq!(status.result, Some(json!({"sleptMillis": 100})));
+        assert_eq!(status.progress, 100);
+        assert!(status.claim.is_none());
+    }
+    let expected: Vec<String> = {
+        let mut names: Vec<String> = (0..count).map(|i| format!("{}_nap-{i}_1", f.ns)).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(f.effects(), expected, "each Job ran exactly once");
+}
+
+#[tokio::test]
+async fn retryable_failure_then_success_and_permanent_failure_at_once() {
+    let f = Fixture::new("fail", json!({})).await;
+    f.create(
+        "flaky",
+        json!({"durationMillis": 10, "failOnAttempts": [1]}),
+    )
+    .await;
+    f.create(
+        "broken",
+        json!({"durationMillis": 10, "failOnAttempts": [1], "failRetryable": false}),
+    )
+    .await;
+
+    let flaky = f.finished("flaky", MINUTE).await;
+    assert_eq!(
+        (flaky.phase, flaky.attempt),
+        (JobPhase::Succeeded, 2),
+        "{flaky:?}"
+    );
+    let broken = f.finished("broken", MINUTE).await;
+    assert_eq!(
+        (broken.phase, broken.attempt),
+        (JobPhase::Failed, 1),
+        "{broken:?}"
+    );
+    assert_eq!(broken.error.expect("error").reason, "Told");
+    assert_eq!(f.effects(), vec![format!("{}_flaky_2", f.ns)]);
+}
+
+#[tokio::test]
+async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
+    let f = Fixture::new("dupes", json!({})).await;
+    let job = f.create("once", json!({"durationMillis": 10})).await;
+    assert_eq!(f.finished("once", MINUTE).await.phase, JobPhase::Succeeded);
+
+    // The same message again, not JSON, a foreign JSON payload, and a message
+    // for a Job that does not exist.
+    let again = JobMessage {
+        namespace: f.ns.clone(),
+        name: "once".into(),
+        uid: job.uid().unwrap_or_default(),
+        attempt: 1,
+    };
+    f.publish_raw(again.encode()).await;
+    f.publish_raw(b"\xff not json at all".to_vec()).await;
+    f.publish_raw(br#"{"durationMillis": 5}"#.to_vec()).await;
+    let ghost = JobMessage {
+        namespace: f.ns.clone(),
+        name: "ghost".into(),
+        uid: "none".into(),
+        attempt: 1,
+    };
+    f.publish_raw(ghost.encode()).await;
+
+    wait::until(
+        "the duplicate and the ghost to be skipped",
+        MINUTE,
+        || async {
+            let skips = f
+                .worker_metric("drover_worker_idempotent_skips_total")
+                .await;
+            if skips >= 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{skips} skips"))
+            }
+        },
+    )
+    .await;
+    // The foreign JSON object became a Job of its own, which then ran.
+    let jobs = f.jobs();
+    let adopted = wait::until("an adopted Job", MINUTE, || async {
+        let list = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|j| j.name_any().starts_with("adopted-"))
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    assert_eq!(adopted.spec.input, json!({"durationMillis": 5}));
+    wait::until(
+        "the not-JSON message to be dead-lettered",
+        MINUTE,
+        || async {
+            let dead = f
+                .worker_metric("drover_worker_foreign_messages_total{action=\"dead_lettered\"")
+                .await;
+            if dead >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{dead}"))
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(
+        f.effects(),
+        vec![format!("{}_once_1", f.ns)],
+        "the duplicate did not run again"
+    );
+    let pods = f.processes.kubelet.running_pods();
+    let pod = pods
+        .iter()
+        .find(|p| p.namespace == f.ns)
+        .expect("a worker pod");
+    assert_eq!(pod.restart_count, 0, "a bad message crashed the worker");
+    let health = http_get(&format!("http://{}:8080/healthz", pod.pod_ip))
+        .await
+        .expect("healthz");
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+}

@@ -1,0 +1,473 @@
+//! The Job controller: carries out what `job_policy` decides. It publishes a
+//! Job's message before it marks the Job Queued (a crash in between only
+//! publishes again, and duplicates are harmless), owns retries and
+//! dead-lettering, requeues Jobs whose worker vanished, and deletes finished
+//! Jobs after their TTL.
+//!
+//! Every status write carries the Job's resourceVersion: when a worker wrote
+//! in between, the write fails, and the next reconcile decides again from
+//! what the worker wrote.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use drover_crds::job::{JobError, JobPhase};
+use drover_crds::{Job, JobMessage, PipelineWorker};
+use futures::StreamExt;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::config::OperatorConfig;
+use crate::job_policy::{JobSettings, NextStep, next_step};
+use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
+use crate::pubsub::PubSubEndpoint;
+use crate::queue::QueueNames;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Job has no namespace")]
+    MissingNamespace,
+    #[error("cannot build a Pub/Sub publisher for {topic}: {source}")]
+    Publisher {
+        topic: String,
+        source: google_cloud_gax::client_builder::Error,
+    },
+    #[error("cannot publish Job {job} to {topic}: {source}")]
+    Publish {
+        job: String,
+        topic: String,
+        source: google_cloud_pubsub::error::PublishError,
+    },
+    #[error("cannot write the status of Job {job}: {source}")]
+    Status { job: String, source: kube::Error },
+    #[error("cannot delete Job {job}: {source}")]
+    Delete { job: String, source: kube::Error },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "missing_namespace",
+            Error::Publisher { .. } => "publisher",
+            Error::Publish { .. } => "publish",
+            Error::Status { .. } => "status",
+            Error::Delete { .. } => "delete",
+        }
+    }
+
+    /// A write that lost a race with a worker: decide again at once.
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status { source: kube::Error::Api(status), .. } if status.code == 409)
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub endpoint: PubSubEndpoint,
+    pub fleets: Store<PipelineWorker>,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    publishers: Mutex<HashMap<String, Publisher>>,
+}
+
+impl Context {
+    async fn publisher(&self, topic: &str) -> Result<Publisher, Error> {
+        if let Some(publisher) = self.lock_publishers().get(topic) {
+            return Ok(publisher.clone());
+        }
+        let publisher =
+            self.endpoint
+                .publisher(topic)
+                .await
+                .map_err(|source| Error::Publisher {
+                    topic: topic.to_owned(),
+                    source,
+                })?;
+        self.lock_publishers()
+            .insert(topic.to_owned(), publisher.clone());
+        Ok(publisher)
+    }
+
+    fn lock_publishers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Publisher>> {
+        self.publishers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Runs the Job controller until shutdown.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    endpoint: PubSubEndpoint,
+    recorder: Recorder,
+    metrics: Metrics,
+) {
+    let (fleets, fleet_writer) = reflector::store();
+    let fleet_watch = watcher(
+        Api::<PipelineWorker>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(fleet_writer)
+    .touched_objects();
+    // A Job whose fleet is merely not cached yet must not fail as WorkerNotFound.
+    let fleet_task = tokio::spawn(fleet_watch.for_each(|_| async {}));
+    if fleets.wait_until_ready().await.is_err() {
+        tracing::error!("the PipelineWorker cache never became ready");
+        return;
+    }
+
+    let context = Arc::new(Context {
+        client: client.clone(),
+        config,
+        endpoint,
+        fleets,
+        recorder,
+        metrics,
+        publishers: Mutex::default(),
+    });
+    Controller::new(
+        Api::<Job>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "job reconcile did not complete");
+        }
+    })
+    .await;
+    fleet_task.abort();
+}
+
+fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
+    if error.is_conflict() {
+        return Action::requeue(Duration::ZERO);
+    }
+    tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, "job reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: "job",
+            error: error.metric_label(),
+        })
+        .inc();
+    Action::requeue(Duration::from_secs(1))
+}
+
+async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_job(&job, &ctx).await;
+    ctx.metrics.observe_reconcile("job", started.elapsed());
+    result
+}
+
+async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
+    let namespace = job.namespace().ok_or(Error::MissingNamespace)?;
+    if job.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let fleet = ctx
+        .fleets
+        .get(&ObjectRef::new(&job.spec.worker).within(&namespace));
+    let now = Timestamp::now();
+    match next_step(job, fleet.as_deref(), now) {
+        NextStep::Wait(None) => Ok(Action::await_change()),
+        NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
+        NextStep::Publish { attempt, republish } => {
+            let Some(fleet) = fleet else {
+                return Ok(Action::await_change());
+            };
+            publish(job, &fleet, ctx, &namespace, attempt, republish, now).await
+        }
+        NextStep::ScheduleRetry { retry_at } => {
+            write_status(job, ctx, &namespace, json!({"retryAt": Time(retry_at)})).await?;
+            Ok(Action::await_change())
+        }
+        NextStep::WorkerLost { give_up } => {
+            let error = JobError {
+                reason: "WorkerLost".into(),
+                message: lost_message(job),
+                retryable: true,
+            };
+            if give_up {
+                let settings = fleet.as_deref().map(|f| JobSettings::of(job, f));
+                let attempts = settings.map_or(1, |s| s.max_attempts);
+                let message = format!(
+                    "all {attempts} attempts failed: {} (WorkerLost)",
+                    error.message
+                );
+                return fail(
+                    job,
+                    fleet.as_deref(),
+                    ctx,
+                    &namespace,
+                    "MaxAttemptsExceeded",
+                    message,
+                    true,
+                    now,
+                )
+                .await;
+            }
+            ctx.metrics
+                .job_outcomes
+                .get_or_create(&OutcomeLabels {
+                    outcome: "retry",
+                    reason: "WorkerLost",
+                })
+                .inc();
+            tracing::info!(event = "worker_lost", job = %job.name_any(), namespace = %namespace, "claim expired; the attempt counts as failed");
+            let status = json!({
+                "phase": JobPhase::Backoff,
+                "claim": Value::Null,
+                "error": error,
+                "retryAt": Value::Null,
+            });
+            write_status(job, ctx, &namespace, status).await?;
+            Ok(Action::await_change())
+        }
+        NextStep::Fail {
+            reason,
+            message,
+            dead_letter,
+        } => {
+            fail(
+                job,
+                fleet.as_deref(),
+                ctx,
+                &namespace,
+                reason,
+                message,
+                dead_letter,
+                now,
+            )
+            .await
+        }
+        NextStep::Cancel => {
+            let status = json!({
+                "phase": JobPhase::Cancelled,
+                "claim": Value::Null,
+                "finishedAt": Time(now),
+                "conditions": [condition("Failed", "Cancelled", "spec.cancel was set", now)],
+            });
+            write_status(job, ctx, &namespace, status).await?;
+            ctx.metrics
+                .job_outcomes
+                .get_or_create(&OutcomeLabels {
+                    outcome: "cancelled",
+                    reason: "Cancelled",
+                })
+                .inc();
+            tracing::info!(event = "job_cancelled", job = %job.name_any(), namespace = %namespace, "cancelled");
+            Ok(Action::await_change())
+        }
+        NextStep::Delete => {
+            let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: job.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match jobs.delete(&job.name_any(), &params).await {
+                Ok(_) => Ok(Action::await_change()),
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+                    Ok(Action::await_change())
+                }
+                Err(source) => Err(Error::Delete {
+                    job: job.name_any(),
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    job: &Job,
+    fleet: &PipelineWorker,
+    ctx: &Context,
+    namespace: &str,
+    attempt: i32,
+    republish: bool,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let names = QueueNames::of(fleet, &ctx.config.pubsub_project);
+    let message = JobMessage {
+        namespace: namespace.to_owned(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        attempt,
+    };
+    let publisher = ctx.publisher(&names.topic).await?;
+    let message_id = publisher
+        .publish(Message::new().set_data(message.encode()).set_attributes([
+            ("namespace", namespace.to_owned()),
+            ("job", job.name_any()),
+            ("attempt", attempt.to_string()),
+        ]))
+        .await
+        .map_err(|source| Error::Publish {
+            job: job.name_any(),
+            topic: names.topic.clone(),
+            source,
+        })?;
+
+    let kind = match (republish, attempt) {
+        (true, _) => "republish",
+        (false, 1) => "first",
+        (false, _) => "retry",
+    };
+    ctx.metrics
+        .jobs_published
+        .get_or_create(&PublishLabels { kind })
+        .inc();
+    if kind == "first"
+        && let Some(created) = job.meta().creation_timestamp.as_ref()
+    {
+        let waited = now.duration_since(created.0).as_secs_f64().max(0.0);
+        ctx.metrics.dispatch_latency.observe(waited);
+    }
+    tracing::info!(event = "enqueued", job = %job.name_any(), namespace, attempt, %message_id, kind, "published");
+
+    let status = json!({
+        "phase": JobPhase::Queued,
+        "attempt": attempt,
+        "queuedAt": Time(now),
+        "messageId": message_id,
+        "claim": Value::Null,
+        "retryAt": Value::Null,
+        "observedGeneration": job.meta().generation,
+    });
+    write_status(job, ctx, namespace, status).await?;
+    Ok(Action::await_change())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fail(
+    job: &Job,
+    fleet: Option<&PipelineWorker>,
+    ctx: &Context,
+    namespace: &str,
+    reason: &'static str,
+    message: String,
+    dead_letter: bool,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    if dead_letter
+        && let Some(fleet) = fleet
+        && let Some(topic) = QueueNames::of(fleet, &ctx.config.pubsub_project).dead_letter_topic
+    {
+        let status = job.status.clone().unwrap_or_default();
+        let body = JobMessage {
+            namespace: namespace.to_owned(),
+            name: job.name_any(),
+            uid: job.uid().unwrap_or_default(),
+            attempt: status.attempt,
+        };
+        let publisher = ctx.publisher(&topic).await?;
+        publisher
+            .publish(
+                Message::new()
+                    .set_data(body.encode())
+                    .set_attributes([("reason", reason.to_owned()), ("message", message.clone())]),
+            )
+            .await
+            .map_err(|source| Error::Publish {
+                job: job.name_any(),
+                topic: topic.clone(),
+                source,
+            })?;
+    }
+    let status = json!({
+        "phase": JobPhase::Failed,
+        "claim": Value::Null,
+        "retryAt": Value::Null,
+        "finishedAt": Time(now),
+        "error": JobError { reason: reason.into(), message: message.clone(), retryable: false },
+        "conditions": [condition("Failed", reason, &message, now)],
+    });
+    write_status(job, ctx, namespace, status).await?;
+    ctx.metrics
+        .job_outcomes
+        .get_or_create(&OutcomeLabels {
+            outcome: "failed",
+            reason,
+        })
+        .inc();
+    tracing::warn!(event = "job_failed", job = %job.name_any(), namespace, reason, %message, "job failed");
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(message),
+        action: "Dispatch".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::debug!(%error, "cannot publish event");
+    }
+    Ok(Action::await_change())
+}
+
+fn lost_message(job: &Job) -> String {
+    let status = job.status.clone().unwrap_or_default();
+    match status.claim {
+        Some(claim) => format!(
+            "worker pod {} stopped renewing its claim on attempt {}",
+            claim.pod, status.attempt
+        ),
+        None => format!("attempt {} was running without a claim", status.attempt),
+    }
+}
+
+fn condition(type_: &str, reason: &str, message: &str, now: Timestamp) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(now),
+        observed_generation: None,
+    }
+}
+
+/// A JSON merge patch of the status, conditioned on the resourceVersion the
+/// decision was made from.
+async fn write_status(
+    job: &Job,
+    ctx: &Context,
+    namespace: &str,
+    status: Value,
+) -> Result<(), Error> {
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "metadata": {"resourceVersion": job.resource_version()},
+        "status": status,
+    });
+    jobs.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|source| Error::Status {
+        job: job.name_any(),
+        source,
+    })
+}

@@ -1,0 +1,323 @@
+//! One message, start to finish: read the Job it names, decide with the
+//! shared state machine, claim it with a resourceVersion-conditioned status
+//! write, run the pipeline while renewing the claim, write the outcome, and
+//! only then ack. Whatever happens, the message is answered (ack or nack) and
+//! the worker lives on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_crds::job_state::{ClaimDecision, ClaimView, decide_claim};
+use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::pipelines::{self, Attempt, Failure};
+use crate::stats::Stats;
+
+/// Seconds a claim lives without renewal; renewed every third of it.
+pub const CLAIM_LEASE_SECONDS: i32 = 15;
+/// How often a conflicting claim is re-read and decided again before the
+/// message is handed back.
+const CLAIM_TRIES: usize = 5;
+
+/// What the pull loop does with the message afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Ack,
+    Nack,
+}
+
+/// What a handler needs from its worker.
+pub struct Worker {
+    pub client: Client,
+    pub pod: String,
+    pub stats: Arc<Stats>,
+}
+
+/// Handles one Job message to the end.
+pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage) -> Answer {
+    let jobs: Api<Job> = Api::namespaced(worker.client.clone(), &message.namespace);
+    for _ in 0..CLAIM_TRIES {
+        let job = match jobs.get_opt(&message.name).await {
+            Ok(Some(job)) => job,
+            Ok(None) => {
+                tracing::warn!(event = "idempotent_skip", reason = "job_not_found", job = %message.name, namespace = %message.namespace, "the Job is gone");
+                worker.stats.skipped("job_not_found");
+                return Answer::Ack;
+            }
+            Err(error) => {
+                tracing::warn!(job = %message.name, %error, "cannot read the Job; handing the message back");
+                return Answer::Nack;
+            }
+        };
+        let status = job.status.clone().unwrap_or_default();
+        let view = ClaimView {
+            uid: job.metadata.uid.as_deref().unwrap_or_default(),
+            cancel_requested: job.spec.cancel,
+            status: &status,
+        };
+        match decide_claim(view, &message, &worker.pod, Timestamp::now()) {
+            ClaimDecision::Skip(reason) => {
+                tracing::info!(event = "idempotent_skip", reason = reason.as_str(), job = %message.name, namespace = %message.namespace, attempt = message.attempt, "skipped");
+                worker.stats.skipped(reason.as_str());
+                return Answer::Ack;
+            }
+            ClaimDecision::Defer(reason) => {
+                tracing::debug!(?reason, job = %message.name, "status not caught up yet; handing back");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Answer::Nack;
+            }
+            ClaimDecision::Claim => match claim(&jobs, &job, fleet, &worker.pod, message.attempt)
+                .await
+            {
+                Ok(claimed) => return run_claimed(worker, fleet, &jobs, claimed, message).await,
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(error) => {
+                    tracing::warn!(job = %message.name, %error, "cannot claim the Job; handing the message back");
+                    return Answer::Nack;
+                }
+            },
+        }
+    }
+    Answer::Nack
+}
+
+async fn claim(
+    jobs: &Api<Job>,
+    job: &Job,
+    fleet: &PipelineWorker,
+    pod: &str,
+    attempt: i32,
+) -> Result<Job, kube::Error> {
+    let now = Time(Timestamp::now());
+    let steps: Vec<Value> = pipelines::steps(fleet.spec.pipeline)
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if i == 0 {
+                json!({"name": name, "phase": "Running", "startedAt": now, "attempts": 1, "progress": 0})
+            } else {
+                json!({"name": name, "phase": "Pending", "attempts": 0, "progress": 0})
+            }
+        })
+        .collect();
+    let patch = json!({
+        "metadata": {"resourceVersion": job.resource_version()},
+        "status": {
+            "phase": JobPhase::Running,
+            "attempt": attempt,
+            "startedAt": now,
+            "claim": {"pod": pod, "renewTime": now, "leaseSeconds": CLAIM_LEASE_SECONDS},
+            "steps": steps,
+            "progress": 0,
+            "result": Value::Null,
+            "resultRef": Value::Null,
+        },
+    });
+    jobs.patch_status(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+}
+
+async fn run_claimed(
+    worker: &Worker,
+    fleet: &PipelineWorker,
+    jobs: &Api<Job>,
+    job: Job,
+    message: JobMessage,
+) -> Answer {
+    let attempt = Attempt {
+        namespace: message.namespace.clone(),
+        name: message.name.clone(),
+        attempt: message.attempt,
+    };
+    let timeout = Duration::from_secs(
+        job.spec
+            .timeout_seconds
+            .unwrap_or(fleet.spec.timeouts.job_seconds)
+            .max(1)
+            .unsigned_abs(),
+    );
+    tracing::info!(event = "job_started", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, pod = %worker.pod, "claimed");
+    worker.stats.started();
+    for step in pipelines::steps(fleet.spec.pipeline) {
+        tracing::info!(event = "step_started", job = %attempt.name, step = %step, attempt = attempt.attempt, "step started");
+    }
+
+    let pipeline = pipelines::run(fleet.spec.pipeline, &job.spec.input, &attempt);
+    let heartbeat = keep_claim(jobs, &attempt, &worker.pod);
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout(timeout, pipeline) => match outcome {
+            Ok(result) => Outcome::Finished(result),
+            Err(_) => Outcome::Finished(Err(Failure {
+                reason: "JobTimeout",
+                message: format!("attempt {} ran longer than {} s", attempt.attempt, timeout.as_secs()),
+                retryable: true,
+            })),
+        },
+        stop = heartbeat => stop,
+    };
+    let answer = finish(worker, fleet, jobs, &attempt, outcome).await;
+    worker.stats.finished();
+    answer
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    Finished(Result<Value, Failure>),
+    /// `spec.cancel` was set while it ran.
+    Cancelled,
+    /// The Job moved on without us (deleted, or requeued as WorkerLost).
+    Lost(&'static str),
+}
+
+/// Renews the claim every third of its lease and watches for cancel or for
+/// the Job slipping away; returns only when the attempt must stop.
+async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str) -> Outcome {
+    let period = Duration::from_secs(u64::from(CLAIM_LEASE_SECONDS.unsigned_abs()) / 3);
+    loop {
+        tokio::time::sleep(period).await;
+        let job = match jobs.get_opt(&attempt.name).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Outcome::Lost("deleted"),
+            Err(error) => {
+                // A blip: the claim has two more renewals before it expires.
+                tracing::warn!(job = %attempt.name, %error, "cannot renew the claim this time");
+                continue;
+            }
+        };
+        let status = job.status.clone().unwrap_or_default();
+        let ours = status.phase == JobPhase::Running
+            && status.attempt == attempt.attempt
+            && status.claim.as_ref().is_some_and(|c| c.pod == pod);
+        if !ours {
+            return Outcome::Lost("claim_taken");
+        }
+        if job.spec.cancel {
+            return Outcome::Cancelled;
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": job.resource_version()},
+            "status": {"claim": {"renewTime": Time(Timestamp::now())}},
+        });
+        if let Err(error) = jobs
+            .patch_status(
+                &attempt.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
+        }
+    }
+}
+
+/// Writes the outcome (conditioned on still holding the claim), then answers.
+async fn finish(
+    worker: &Worker,
+    fleet: &PipelineWorker,
+    jobs: &Api<Job>,
+    attempt: &Attempt,
+    outcome: Outcome,
+) -> Answer {
+    let now = Time(Timestamp::now());
+    let steps = |phase: &str| -> Vec<Value> {
+        pipelines::steps(fleet.spec.pipeline)
+            .into_iter()
+            .map(|name| json!({"name": name, "phase": phase, "finishedAt": now, "attempts": 1, "progress": if phase == "Succeeded" { 100 } else { 0 }}))
+            .collect()
+    };
+    let status = match &outcome {
+        Outcome::Lost(why) => {
+            tracing::warn!(event = "idempotent_skip", reason = why, job = %attempt.name, "the Job moved on without this worker");
+            worker.stats.skipped(why);
+            return Answer::Ack;
+        }
+        Outcome::Finished(Ok(result)) => {
+            for step in pipelines::steps(fleet.spec.pipeline) {
+                tracing::info!(event = "step_completed", job = %attempt.name, step = %step, attempt = attempt.attempt, "step completed");
+            }
+            tracing::info!(event = "job_completed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, "succeeded");
+            worker.stats.outcome("succeeded");
+            json!({
+                "phase": JobPhase::Succeeded, "finishedAt": now, "progress": 100,
+                "result": result, "error": Value::Null, "claim": Value::Null,
+                "steps": steps("Succeeded"),
+                "conditions": [{"type": "Complete", "status": "True", "reason": "Succeeded", "message": "the pipeline finished", "lastTransitionTime": now}],
+            })
+        }
+        Outcome::Finished(Err(failure)) => {
+            tracing::warn!(event = "job_failed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, reason = failure.reason, retryable = failure.retryable, message = %failure.message, "attempt failed");
+            worker.stats.outcome(if failure.retryable {
+                "retryable"
+            } else {
+                "failed"
+            });
+            let error = json!({"reason": failure.reason, "message": failure.message, "retryable": failure.retryable});
+            if failure.retryable {
+                json!({"phase": JobPhase::Backoff, "error": error, "claim": Value::Null, "retryAt": Value::Null, "steps": steps("Failed")})
+            } else {
+                json!({
+                    "phase": JobPhase::Failed, "finishedAt": now, "error": error, "claim": Value::Null,
+                    "steps": steps("Failed"),
+                    "conditions": [{"type": "Failed", "status": "True", "reason": failure.reason, "message": failure.message, "lastTransitionTime": now}],
+                })
+            }
+        }
+        Outcome::Cancelled => {
+            tracing::info!(event = "job_cancelled", job = %attempt.name, attempt = attempt.attempt, "stopped on cancel");
+            worker.stats.outcome("cancelled");
+            json!({
+                "phase": JobPhase::Cancelled, "finishedAt": now, "claim": Value::Null, "steps": steps("Skipped"),
+                "conditions": [{"type": "Failed", "status": "True", "reason": "Cancelled", "message": "spec.cancel was set", "lastTransitionTime": now}],
+            })
+        }
+    };
+    for _ in 0..CLAIM_TRIES {
+        let job = match jobs.get_opt(&attempt.name).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Answer::Ack,
+            Err(error) => {
+                tracing::warn!(job = %attempt.name, %error, "cannot read the Job to write its outcome");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let current = job.status.clone().unwrap_or_default();
+        if current.phase != JobPhase::Running
+            || current.attempt != attempt.attempt
+            || current.claim.as_ref().is_none_or(|c| c.pod != worker.pod)
+        {
+            // The operator requeued it meanwhile; its decision stands.
+            return Answer::Ack;
+        }
+        let patch =
+            json!({"metadata": {"resourceVersion": job.resource_version()}, "status": status});
+        match jobs
+            .patch_status(
+                &attempt.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => return Answer::Ack,
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(error) => {
+                tracing::warn!(job = %attempt.name, %error, "cannot write the outcome");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Unwritten outcome: let the message come back rather than lose the result.
+    Answer::Nack
+}

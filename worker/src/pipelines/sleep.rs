@@ -1,0 +1,110 @@
+//! The diagnostic `sleep` pipeline: one step that sleeps for the input's
+//! duration, can be told to fail on given attempts, and leaves one file per
+//! completed run in `effectsDir`, so load and fault tests can count effects.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use drover_crds::input::SleepInput;
+use serde_json::{Value, json};
+
+use super::{Attempt, Failure};
+
+pub const STEP: &str = "sleep";
+
+pub async fn run(input: &Value, attempt: &Attempt) -> Result<Value, Failure> {
+    let input = SleepInput::deserialize_from(input)?;
+    tokio::time::sleep(Duration::from_millis(input.duration_millis)).await;
+    if input.fail_on_attempts.contains(&attempt.attempt) {
+        return Err(Failure {
+            reason: "Told",
+            message: format!("the input asked attempt {} to fail", attempt.attempt),
+            retryable: input.fail_retryable,
+        });
+    }
+    if let Some(dir) = &input.effects_dir {
+        record_effect(dir, attempt).await?;
+    }
+    Ok(json!({"sleptMillis": input.duration_millis}))
+}
+
+/// `<dir>/<namespace>_<name>_<attempt>`, created exclusively: a second run of
+/// the same attempt is an error a test can see, not a silent overwrite.
+async fn record_effect(dir: &str, attempt: &Attempt) -> Result<(), Failure> {
+    let path = PathBuf::from(dir).join(format!(
+        "{}_{}_{}",
+        attempt.namespace, attempt.name, attempt.attempt
+    ));
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await
+        .map(|_| ())
+        .map_err(|e| Failure {
+            reason: "EffectNotRecorded",
+            message: format!("cannot create {}: {e}", path.display()),
+            retryable: false,
+        })
+}
+
+trait FromInput: Sized {
+    fn deserialize_from(input: &Value) -> Result<Self, Failure>;
+}
+
+impl FromInput for SleepInput {
+    fn deserialize_from(input: &Value) -> Result<Self, Failure> {
+        serde_json::from_value(input.clone()).map_err(|e| Failure {
+            reason: "InvalidInput",
+            message: format!("spec.input is not valid sleep input: {e}"),
+            retryable: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(n: i32) -> Attempt {
+        Attempt {
+            namespace: "ns".into(),
+            name: "job".into(),
+            attempt: n,
+        }
+    }
+
+    #[tokio::test]
+    async fn sleeps_and_reports_how_long() {
+        let out = run(&json!({"durationMillis": 1}), &attempt(1))
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"sleptMillis": 1}));
+    }
+
+    #[tokio::test]
+    async fn fails_on_the_attempts_it_is_told_to() {
+        let input = json!({"durationMillis": 0, "failOnAttempts": [1], "failRetryable": false});
+        let failure = run(&input, &attempt(1)).await.unwrap_err();
+        assert_eq!((failure.reason, failure.retryable), ("Told", false));
+        assert!(run(&input, &attempt(2)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn each_run_leaves_exactly_one_effect() {
+        let dir = std::env::temp_dir().join(format!("drover-sleep-effects-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = json!({"durationMillis": 0, "effectsDir": dir.to_str().unwrap()});
+        run(&input, &attempt(1)).await.unwrap();
+        let again = run(&input, &attempt(1)).await.unwrap_err();
+        assert_eq!(again.reason, "EffectNotRecorded");
+        assert!(dir.join("ns_job_1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_permanent_failure() {
+        let failure = run(&json!({"sleep": 1}), &attempt(1)).await.unwrap_err();
+        assert_eq!((failure.reason, failure.retryable), ("InvalidInput", false));
+    }
+}

@@ -1,0 +1,246 @@
+//! The pull loop: a streaming pull from the fleet's subscription with flow
+//! control bounded by `concurrency` (the client extends each message's lease
+//! while it is held), one task per message, and a drain on shutdown.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use drover_operator::pubsub::PubSubEndpoint;
+use drover_operator::queue::QueueNames;
+use futures::FutureExt;
+use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::fleet_config::FleetConfig;
+use crate::job_run::{self, Answer, Worker};
+
+/// Where the loop pulls from and how much it may hold.
+pub struct PullSettings {
+    pub endpoint: PubSubEndpoint,
+    pub default_project: String,
+    /// How long in-flight Jobs may run on after SIGTERM before they are
+    /// handed back.
+    pub drain_grace: Duration,
+}
+
+/// Jobs this worker runs now, for handing them back on a forced stop.
+type InFlight = Arc<Mutex<BTreeSet<(String, String, i32)>>>;
+
+/// Pulls and runs Jobs until `stop` turns true, then drains.
+pub async fn run(
+    worker: Arc<Worker>,
+    mut fleet: FleetConfig,
+    settings: PullSettings,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let pw = loop {
+        if let Some(pw) = fleet.borrow_and_update().clone() {
+            break pw;
+        }
+        tokio::select! {
+            changed = fleet.changed() => changed?,
+            _ = stop.changed() => return Ok(()),
+        }
+    };
+    let names = QueueNames::of(&pw, &settings.default_project);
+    let dead_letter = match &names.dead_letter_topic {
+        Some(topic) => Some(settings.endpoint.publisher(topic).await?),
+        None => None,
+    };
+    let subscriber = settings.endpoint.subscriber().await?;
+    let max_lease = Duration::from_secs(pw.spec.timeouts.job_seconds.max(1).unsigned_abs())
+        + Duration::from_secs(60);
+    let mut stream = subscriber
+        .subscribe(&names.subscription)
+        .set_max_outstanding_messages(i64::from(pw.spec.concurrency.max(1)))
+        .set_max_lease(max_lease)
+        .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+        .build();
+    let shutdown = stream.shutdown_token();
+    tracing::info!(subscription = %names.subscription, concurrency = pw.spec.concurrency, "pulling");
+
+    let in_flight: InFlight = Arc::default();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = stream.next() => match next {
+                Some(Ok((message, handler))) => {
+                    let fleet_now = fleet.borrow().clone().unwrap_or_else(|| pw.clone());
+                    tasks.spawn(answer_one(worker.clone(), fleet_now, message, handler, dead_letter.clone(), in_flight.clone()));
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "streaming pull failed; the client retries");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => break,
+            },
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(error) = joined {
+                    tracing::error!(%error, "a message task panicked; its message will be redelivered");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+
+    tracing::info!(in_flight = tasks.len(), grace = ?settings.drain_grace, "stopped pulling; draining");
+    let drained = tokio::time::timeout(settings.drain_grace, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_ok();
+    if !drained {
+        tasks.abort_all();
+        release(&worker, &in_flight).await;
+    }
+    // Sends the outstanding acks and nacks before the process exits.
+    shutdown.shutdown().await;
+    Ok(())
+}
+
+async fn answer_one(
+    worker: Arc<Worker>,
+    fleet: Arc<PipelineWorker>,
+    message: Message,
+    handler: Handler,
+    dead_letter: Option<Publisher>,
+    in_flight: InFlight,
+) {
+    let answer = match JobMessage::decode(&message.data) {
+        Ok(job) => {
+            let key = (job.namespace.clone(), job.name.clone(), job.attempt);
+            lock(&in_flight).insert(key.clone());
+            // A panic in one Job must not take the worker down; the message
+            // is handed back.
+            let answer = std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
+                .catch_unwind()
+                .await
+                .unwrap_or(Answer::Nack);
+            lock(&in_flight).remove(&key);
+            answer
+        }
+        Err(error) => {
+            foreign(
+                &worker,
+                &fleet,
+                &message,
+                dead_letter.as_ref(),
+                &error.to_string(),
+            )
+            .await
+        }
+    };
+    match answer {
+        Answer::Ack => handler.ack(),
+        Answer::Nack => handler.nack(),
+    }
+}
+
+/// A message that names no Job: a JSON object is adopted as the input of a
+/// new Job on this fleet; anything else goes to the dead-letter topic (or is
+/// dropped with a log line when there is none). Either way it is acked.
+async fn foreign(
+    worker: &Worker,
+    fleet: &PipelineWorker,
+    message: &Message,
+    dead_letter: Option<&Publisher>,
+    why: &str,
+) -> Answer {
+    let namespace = fleet.metadata.namespace.clone().unwrap_or_default();
+    let fleet_name = fleet.metadata.name.clone().unwrap_or_default();
+    if let Ok(payload @ Value::Object(_)) = serde_json::from_slice::<Value>(&message.data) {
+        let job: Result<Job, _> = serde_json::from_value(json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+            "metadata": {
+                "generateName": "adopted-",
+                "annotations": {"drover.dev/adopted-message-id": message.message_id},
+            },
+            "spec": {"worker": fleet_name, "input": payload},
+        }));
+        if let Ok(job) = job {
+            let jobs: Api<Job> = Api::namespaced(worker.client.clone(), &namespace);
+            match jobs.create(&PostParams::default(), &job).await {
+                Ok(created) => {
+                    tracing::info!(event = "adopted", message_id = %message.message_id, job = ?created.metadata.name, "made a Job from a foreign message");
+                    worker.stats.foreign("adopted", "not_a_job_message");
+                    return Answer::Ack;
+                }
+                Err(error) => {
+                    tracing::warn!(message_id = %message.message_id, %error, "cannot adopt a foreign message; handing it back");
+                    return Answer::Nack;
+                }
+            }
+        }
+    }
+    let reason = "NotAJobMessage";
+    match dead_letter {
+        Some(publisher) => {
+            let forwarded = Message::new()
+                .set_data(message.data.clone())
+                .set_attributes([
+                    ("reason", reason.to_owned()),
+                    ("message", why.to_owned()),
+                    ("original-message-id", message.message_id.clone()),
+                ]);
+            if let Err(error) = publisher.publish(forwarded).await {
+                tracing::warn!(message_id = %message.message_id, %error, "cannot dead-letter a foreign message; handing it back");
+                return Answer::Nack;
+            }
+            tracing::warn!(event = "dead_lettered", message_id = %message.message_id, reason, why, "foreign message sent to the dead-letter topic");
+            worker.stats.foreign("dead_lettered", "not_json");
+        }
+        None => {
+            tracing::warn!(event = "dropped", message_id = %message.message_id, reason, why, "foreign message dropped: the fleet has no dead-letter topic");
+            worker.stats.foreign("dropped", "not_json");
+        }
+    }
+    Answer::Ack
+}
+
+/// Hands Jobs that did not finish within the grace back to the queue, so
+/// another worker takes them at once instead of after the claim expires.
+async fn release(worker: &Worker, in_flight: &InFlight) {
+    let jobs: Vec<_> = lock(in_flight).iter().cloned().collect();
+    for (namespace, name, attempt) in jobs {
+        let api: Api<Job> = Api::namespaced(worker.client.clone(), &namespace);
+        let Ok(Some(job)) = api.get_opt(&name).await else {
+            continue;
+        };
+        let status = job.status.clone().unwrap_or_default();
+        let ours = status.phase == JobPhase::Running
+            && status.attempt == attempt
+            && status.claim.as_ref().is_some_and(|c| c.pod == worker.pod);
+        if !ours {
+            continue;
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": job.metadata.resource_version},
+            "status": {"phase": JobPhase::Queued, "claim": Value::Null, "queuedAt": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())},
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(event = "released", job = %name, attempt, "handed back on shutdown")
+            }
+            Err(error) => {
+                tracing::warn!(job = %name, %error, "cannot hand the Job back; its claim will expire")
+            }
+        }
+    }
+}
+
+fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, BTreeSet<(String, String, i32)>> {
+    in_flight
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
