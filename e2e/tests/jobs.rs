@@ -1,8 +1,9 @@
 //! The operator's half of the life of a Job, against the real control plane
 //! and the Pub/Sub emulator: publish then Queued, InvalidInput and
 //! WorkerNotFound, retries with backoff, dead-lettering after the last
-//! attempt, WorkerLost requeue, cancel and TTL. The test plays the worker's
-//! part by writing the status a worker would write.
+//! attempt, WorkerLost requeue, cancel and TTL. The fleets run no worker
+//! pods; the test plays the worker's part by writing the status a worker
+//! would write.
 
 use std::time::Duration;
 
@@ -59,6 +60,8 @@ impl Fixture {
             "pipeline": "sleep",
             "queue": {"topic": self.topic("jobs"), "subscription": self.topic("jobs-sub"), "deadLetterTopic": self.topic("dead")},
             "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 5},
+            // No worker pods: the test plays the worker.
+            "scaling": {"mode": "Manual", "replicas": 0},
         });
         if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
             spec.extend(extra);
