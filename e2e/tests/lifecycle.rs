@@ -312,3 +312,77 @@ async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
         "{health}"
     );
 }
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_it() {
+    let f = Fixture::new("cancel", json!({})).await;
+    f.create("long", json!({"durationMillis": 600000})).await;
+    let jobs = f.jobs();
+    wait::until("long to run", MINUTE, || async {
+        let status = jobs
+            .get("long")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if status.phase == JobPhase::Running {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.phase))
+        }
+    })
+    .await;
+    jobs.patch(
+        "long",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"cancel": true}})),
+    )
+    .await
+    .expect("cancel");
+    let status = f.finished("long", Duration::from_secs(20)).await;
+    assert_eq!(status.phase, JobPhase::Cancelled, "{status:?}");
+    assert!(f.effects().is_empty(), "a cancelled Job left an effect");
+}
+
+#[tokio::test]
+async fn killed_worker_loses_its_claim_and_the_job_still_succeeds_once() {
+    let f = Fixture::new(
+        "sigkill",
+        json!({"concurrency": 1, "scaling": {"minReplicas": 1, "maxReplicas": 1}}),
+    )
+    .await;
+    f.create("survivor", json!({"durationMillis": 3000})).await;
+    let jobs = f.jobs();
+    let claimed_by = wait::until("survivor to be claimed", MINUTE, || async {
+        let status = jobs
+            .get("survivor")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        match (status.phase, status.claim) {
+            (JobPhase::Running, Some(claim)) => Ok(claim.pod),
+            (phase, _) => Err(format!("{phase:?}")),
+        }
+    })
+    .await;
+    let pod = f
+        .processes
+        .kubelet
+        .running_pods()
+        .into_iter()
+        .find(|p| p.namespace == f.ns && p.name == claimed_by)
+        .expect("the claiming pod runs");
+    // SAFETY: kill(2) on a pid this test's kubelet started; no memory involved.
+    let killed = unsafe { libc::kill(pod.pid as libc::pid_t, libc::SIGKILL) };
+    assert_eq!(killed, 0, "SIGKILL failed");
+
+    let status = f.finished("survivor", Duration::from_secs(90)).await;
+    assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+    assert!(
+        status.attempt >= 2,
+        "the killed attempt was not counted: {status:?}"
+    );
+    let effects = f.effects();
+    assert_eq!(effects.len(), 1, "ran more than once: {effects:?}");
+}

@@ -23,6 +23,11 @@ pub const CLAIM_LEASE_SECONDS: i32 = 15;
 /// How often a conflicting claim is re-read and decided again before the
 /// message is handed back.
 const CLAIM_TRIES: usize = 5;
+/// The operator publishes before it writes Queued; a message can arrive in
+/// between. Re-read for up to this long before handing the message back, so
+/// the common few-millisecond gap never depends on a redelivery.
+const DEFER_WAIT: Duration = Duration::from_secs(3);
+const DEFER_POLL: Duration = Duration::from_millis(50);
 
 /// What the pull loop does with the message afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +46,9 @@ pub struct Worker {
 /// Handles one Job message to the end.
 pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage) -> Answer {
     let jobs: Api<Job> = Api::namespaced(worker.client.clone(), &message.namespace);
-    for _ in 0..CLAIM_TRIES {
+    let deferred_since = std::time::Instant::now();
+    let mut conflicts = 0;
+    while conflicts < CLAIM_TRIES {
         let job = match jobs.get_opt(&message.name).await {
             Ok(Some(job)) => job,
             Ok(None) => {
@@ -67,15 +74,17 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                 return Answer::Ack;
             }
             ClaimDecision::Defer(reason) => {
-                tracing::debug!(?reason, job = %message.name, "status not caught up yet; handing back");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return Answer::Nack;
+                if deferred_since.elapsed() >= DEFER_WAIT {
+                    tracing::info!(?reason, job = %message.name, attempt = message.attempt, "status still behind the message; handing it back");
+                    return Answer::Nack;
+                }
+                tokio::time::sleep(DEFER_POLL).await;
             }
             ClaimDecision::Claim => match claim(&jobs, &job, fleet, &worker.pod, message.attempt)
                 .await
             {
                 Ok(claimed) => return run_claimed(worker, fleet, &jobs, claimed, message).await,
-                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(kube::Error::Api(status)) if status.code == 409 => conflicts += 1,
                 Err(error) => {
                     tracing::warn!(job = %message.name, %error, "cannot claim the Job; handing the message back");
                     return Answer::Nack;
