@@ -171,9 +171,9 @@ async fn http_get(url: &str) -> std::io::Result<String> {
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test]
-async fn sleep_jobs_succeed_through_worker_pods_each_effect_once() {
+async fn two_hundred_sleep_jobs_succeed_through_three_worker_pods_each_effect_once() {
     let f = Fixture::new("many", json!({})).await;
-    let count = 40;
+    let count = 200;
     for i in 0..count {
         f.create(&format!("nap-{i}"), json!({"durationMillis": 100}))
             .await;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_crds::input::SleepInput;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Attempt, Failure};
@@ -13,7 +14,7 @@ use super::{Attempt, Failure};
 pub const STEP: &str = "sleep";
 
 pub async fn run(input: &Value, attempt: &Attempt) -> Result<Value, Failure> {
-    let input = SleepInput::deserialize_from(input)?;
+    let input = parse(input)?;
     tokio::time::sleep(Duration::from_millis(input.duration_millis)).await;
     if input.fail_on_attempts.contains(&attempt.attempt) {
         return Err(Failure {
@@ -48,18 +49,14 @@ async fn record_effect(dir: &str, attempt: &Attempt) -> Result<(), Failure> {
         })
 }
 
-trait FromInput: Sized {
-    fn deserialize_from(input: &Value) -> Result<Self, Failure>;
-}
-
-impl FromInput for SleepInput {
-    fn deserialize_from(input: &Value) -> Result<Self, Failure> {
-        serde_json::from_value(input.clone()).map_err(|e| Failure {
-            reason: "InvalidInput",
-            message: format!("spec.input is not valid sleep input: {e}"),
-            retryable: false,
-        })
-    }
+/// The operator checked the input before queueing; this only guards against
+/// a Job edited by hand or a newer operator.
+fn parse(input: &Value) -> Result<SleepInput, Failure> {
+    SleepInput::deserialize(input).map_err(|e| Failure {
+        reason: "InvalidInput",
+        message: format!("spec.input is not valid sleep input: {e}"),
+        retryable: false,
+    })
 }
 
 #[cfg(test)]
