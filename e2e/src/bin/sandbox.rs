@@ -103,9 +103,15 @@ async fn run(args: Args) -> Result<(), String> {
     println!("sandbox ready");
     let _ = std::io::stdout().flush();
 
+    let client = env
+        .control_plane
+        .client()
+        .await
+        .map_err(|e| error_chain(&e))?;
     tokio::select! {
         _ = interrupt.recv() => say("SIGINT: tearing down"),
         _ = terminate.recv() => say("SIGTERM: tearing down"),
+        () = report_jobs(client) => say("the Job watch ended"),
     }
     // Workers and operator first, while the apiserver is still there for them.
     drop(drover);
@@ -134,6 +140,43 @@ async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(),
         say(&format!("      applied {name} in namespace {namespace}"));
     }
     Ok(())
+}
+
+/// Prints every Job phase change, so the sandbox shows its Jobs finish.
+async fn report_jobs(client: kube::Client) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let jobs: kube::Api<drover_crds::Job> = kube::Api::all(client);
+    let mut seen = std::collections::HashMap::new();
+    let mut events = watcher(jobs, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(job) = event else { continue };
+        let status = job.status.clone().unwrap_or_default();
+        let key = format!(
+            "{}/{}",
+            job.metadata.namespace.as_deref().unwrap_or_default(),
+            job.metadata.name.as_deref().unwrap_or_default()
+        );
+        let phase = format!("{:?}", status.phase);
+        if seen.get(&key) == Some(&phase) {
+            continue;
+        }
+        let detail = match (&status.error, &status.result) {
+            (Some(error), _) if status.phase.is_terminal() => {
+                format!(" ({}: {})", error.reason, error.message)
+            }
+            (_, Some(result)) => format!(" result {result}"),
+            _ => String::new(),
+        };
+        say(&format!(
+            "job {key}: {phase} (attempt {}){detail}",
+            status.attempt
+        ));
+        seen.insert(key, phase);
+    }
 }
 
 /// The sandbox runs the operator and workers as local processes; build them
