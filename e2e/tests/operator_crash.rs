@@ -1,0 +1,101 @@
+//! SIGKILL the operator in the middle of a burst of 100 Jobs: a new operator
+//! takes the Lease over, and every Job still succeeds exactly once. Own test
+//! binary, so its operators have the cluster to themselves.
+
+use std::time::Duration;
+
+use drover_crds::{Job, JobPhase, PipelineWorker};
+use drover_e2e::drover::{OperatorOptions, start_drover_for_tests, start_operator};
+use drover_e2e::{error_chain, ports, shared, wait};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const JOBS: usize = 100;
+
+#[tokio::test]
+async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
+    let env = shared().await;
+    let drover = start_drover_for_tests(env)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env
+        .control_plane
+        .create_namespace("crash")
+        .await
+        .expect("namespace");
+    let effects = env.control_plane.state_dir().join("effects-crash");
+    std::fs::create_dir_all(&effects).expect("effects dir");
+
+    let fleet = json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+        "metadata": {"name": "burst"},
+        "spec": {
+            "pipeline": "sleep",
+            "queue": {"topic": "crash-jobs", "subscription": "crash-jobs-sub"},
+            "concurrency": 8,
+            "scaling": {"minReplicas": 1, "maxReplicas": 3, "jobsPerReplica": 8},
+        },
+    });
+    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
+        .patch(
+            "burst",
+            &PatchParams::apply("crash-test").force(),
+            &Patch::Apply(&fleet),
+        )
+        .await
+        .expect("fleet applies");
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    for i in 0..JOBS {
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+            "metadata": {"name": format!("j-{i}")},
+            "spec": {"worker": "burst", "input": {"durationMillis": 50, "effectsDir": effects.display().to_string()}},
+        }))
+        .expect("job");
+        jobs.create(&PostParams::default(), &job)
+            .await
+            .expect("job is created");
+        if i == JOBS / 2 {
+            drover.operator.kill_hard();
+        }
+    }
+    let port = ports::free_loopback_ports(1).expect("port")[0];
+    let _successor = start_operator(
+        env,
+        &OperatorOptions {
+            identity: "operator-1".into(),
+            lease_seconds: 15,
+            metrics_port: port,
+        },
+    )
+    .unwrap_or_else(|e| panic!("cannot start the second operator: {}", error_chain(&e)));
+
+    wait::until("every Job to succeed", Duration::from_secs(120), || async {
+        let list = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = list
+            .items
+            .iter()
+            .filter(|j| j.status.as_ref().map(|s| s.phase) == Some(JobPhase::Succeeded))
+            .count();
+        if done == JOBS {
+            Ok(())
+        } else {
+            Err(format!("{done} of {JOBS} succeeded"))
+        }
+    })
+    .await;
+    // One file per completed run, named <namespace>_<job>_<attempt>.
+    let runs: Vec<String> = std::fs::read_dir(&effects)
+        .expect("effects")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let jobs_run: std::collections::BTreeSet<&str> =
+        runs.iter().filter_map(|r| r.split('_').nth(1)).collect();
+    assert_eq!(runs.len(), JOBS, "{} runs for {JOBS} Jobs", runs.len());
+    assert_eq!(jobs_run.len(), JOBS, "some Job ran twice, another never");
+}
