@@ -421,15 +421,30 @@ async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     })
     .await
     .expect("3 worker processes run");
-    let pw = f.api::<PipelineWorker>().get("burst").await.expect("fleet");
-    let status = pw.status.expect("status");
-    assert_eq!(status.desired_replicas, 3);
-    assert_eq!(
-        status.backlog.queued + status.backlog.running,
-        25,
-        "{:?}",
-        status.backlog
-    );
+    // The status follows the Job events; it may trail the last create briefly.
+    let fleets = f.api::<PipelineWorker>();
+    wait::until(
+        "status: 3 desired, backlog 25",
+        Duration::from_secs(10),
+        || async {
+            let status = fleets
+                .get("burst")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let backlog = status.backlog.queued + status.backlog.running;
+            if (status.desired_replicas, backlog) == (3, 25) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "desired {} backlog {:?}",
+                    status.desired_replicas, status.backlog
+                ))
+            }
+        },
+    )
+    .await;
 
     // The backlog disappears; the fleet holds its size for the window.
     // The window starts at the last recommendation of 3, which comes after
