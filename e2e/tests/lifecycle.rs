@@ -55,7 +55,9 @@ impl Fixture {
         };
         let mut spec = json!({
             "pipeline": "sleep",
-            "queue": {"topic": format!("{}-jobs", f.ns), "subscription": format!("{}-jobs-sub", f.ns), "deadLetterTopic": format!("{}-dead", f.ns)},
+            // A short ack deadline: a message the streaming pull fails to surface
+            // (seen rarely with the emulator) comes back within 10 s.
+            "queue": {"topic": format!("{}-jobs", f.ns), "subscription": format!("{}-jobs-sub", f.ns), "deadLetterTopic": format!("{}-dead", f.ns), "ackDeadlineSeconds": 10},
             "concurrency": 4,
             "scaling": {"minReplicas": 1, "maxReplicas": 3, "jobsPerReplica": 4, "scaleDownStabilizationSeconds": 30},
             "retry": {"maxAttempts": 3, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 4},
