@@ -303,7 +303,8 @@ async fn expired_claim_is_requeued_as_worker_lost() {
 #[tokio::test]
 async fn cancelled_job_is_finished_and_deleted_after_its_ttl() {
     let f = Fixture::new("cancel").await;
-    f.fleet("sleeper", json!({"ttlSecondsAfterFinished": 1}))
+    // A TTL long enough that the Cancelled phase is seen before the Job goes.
+    f.fleet("sleeper", json!({"ttlSecondsAfterFinished": 4}))
         .await;
     f.create("unwanted", "sleeper", json!({"durationMillis": 60000}))
         .await;
