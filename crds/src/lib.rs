@@ -8,7 +8,7 @@ pub mod job_state;
 pub mod message;
 pub mod pipeline_worker;
 
-pub use job::{Job, JobPhase, JobSpec, JobStatus};
+pub use job::{Job, JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};
 pub use message::JobMessage;
 pub use pipeline_worker::{Pipeline, PipelineWorker, PipelineWorkerSpec, PipelineWorkerStatus};
 

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_crds::job_state::{ClaimDecision, ClaimView, decide_claim};
-use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker, StepPhase};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::pipelines::{self, Attempt, Failure};
+use crate::pipelines::{self, Attempt, Context, Failure};
+use crate::progress::Progress;
 use crate::stats::Stats;
 
 /// Seconds a claim lives without renewal; renewed every third of it.
@@ -28,6 +29,8 @@ const CLAIM_TRIES: usize = 5;
 /// the common few-millisecond gap never depends on a redelivery.
 const DEFER_WAIT: Duration = Duration::from_secs(3);
 const DEFER_POLL: Duration = Duration::from_millis(50);
+/// Step transitions closer together than this share one status write.
+const MIN_WRITE_GAP: Duration = Duration::from_millis(250);
 
 /// What the pull loop does with the message afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,16 +83,24 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                 }
                 tokio::time::sleep(DEFER_POLL).await;
             }
-            ClaimDecision::Claim => match claim(&jobs, &job, fleet, &worker.pod, message.attempt)
-                .await
-            {
-                Ok(claimed) => return run_claimed(worker, fleet, &jobs, claimed, message).await,
-                Err(kube::Error::Api(status)) if status.code == 409 => conflicts += 1,
-                Err(error) => {
-                    tracing::warn!(job = %message.name, %error, "cannot claim the Job; handing the message back");
-                    return Answer::Nack;
+            ClaimDecision::Claim => {
+                let progress = Progress::new(
+                    fleet.spec.pipeline,
+                    pipelines::steps(&fleet.spec),
+                    Duration::from_secs(fleet.spec.timeouts.step_seconds.max(1).unsigned_abs()),
+                    worker.stats.clone(),
+                );
+                match claim(&jobs, &job, &progress, &worker.pod, message.attempt).await {
+                    Ok(claimed) => {
+                        return run_claimed(worker, fleet, &jobs, claimed, message, progress).await;
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 409 => conflicts += 1,
+                    Err(error) => {
+                        tracing::warn!(job = %message.name, %error, "cannot claim the Job; handing the message back");
+                        return Answer::Nack;
+                    }
                 }
-            },
+            }
         }
     }
     Answer::Nack
@@ -98,22 +109,11 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
 async fn claim(
     jobs: &Api<Job>,
     job: &Job,
-    fleet: &PipelineWorker,
+    progress: &Progress,
     pod: &str,
     attempt: i32,
 ) -> Result<Job, kube::Error> {
     let now = Time(Timestamp::now());
-    let steps: Vec<Value> = pipelines::steps(fleet.spec.pipeline)
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            if i == 0 {
-                json!({"name": name, "phase": "Running", "startedAt": now, "attempts": 1, "progress": 0})
-            } else {
-                json!({"name": name, "phase": "Pending", "attempts": 0, "progress": 0})
-            }
-        })
-        .collect();
     let patch = json!({
         "metadata": {"resourceVersion": job.resource_version()},
         "status": {
@@ -121,7 +121,7 @@ async fn claim(
             "attempt": attempt,
             "startedAt": now,
             "claim": {"pod": pod, "renewTime": now, "leaseSeconds": CLAIM_LEASE_SECONDS},
-            "steps": steps,
+            "steps": progress.snapshot(),
             "progress": 0,
             "result": Value::Null,
             "resultRef": Value::Null,
@@ -141,7 +141,9 @@ async fn run_claimed(
     jobs: &Api<Job>,
     job: Job,
     message: JobMessage,
+    progress: Progress,
 ) -> Answer {
+    let started = std::time::Instant::now();
     let attempt = Attempt {
         namespace: message.namespace.clone(),
         name: message.name.clone(),
@@ -156,12 +158,15 @@ async fn run_claimed(
     );
     tracing::info!(event = "job_started", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, pod = %worker.pod, "claimed");
     worker.stats.started();
-    for step in pipelines::steps(fleet.spec.pipeline) {
-        tracing::info!(event = "step_started", job = %attempt.name, step = %step, attempt = attempt.attempt, "step started");
-    }
 
-    let pipeline = pipelines::run(fleet.spec.pipeline, &job.spec.input, &attempt);
-    let heartbeat = keep_claim(jobs, &attempt, &worker.pod);
+    let span = tracing::info_span!("job", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt);
+    let ctx = Context {
+        attempt: attempt.clone(),
+        fleet: &fleet.spec,
+        progress: progress.clone(),
+    };
+    let pipeline = tracing::Instrument::instrument(pipelines::run(&job.spec.input, &ctx), span);
+    let heartbeat = keep_claim(jobs, &attempt, &worker.pod, &progress);
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(timeout, pipeline) => match outcome {
             Ok(result) => Outcome::Finished(result),
@@ -173,7 +178,7 @@ async fn run_claimed(
         },
         stop = heartbeat => stop,
     };
-    let answer = finish(worker, fleet, jobs, &attempt, outcome).await;
+    let answer = finish(worker, fleet, jobs, &attempt, &progress, outcome, started).await;
     worker.stats.finished();
     answer
 }
@@ -188,12 +193,20 @@ enum Outcome {
     Lost(&'static str),
 }
 
-/// Renews the claim every third of its lease and watches for cancel or for
-/// the Job slipping away; returns only when the attempt must stop.
-async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str) -> Outcome {
+/// Renews the claim every third of its lease, writes step transitions as
+/// they come (coalesced), and watches for cancel or for the Job slipping
+/// away; returns only when the attempt must stop.
+async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str, progress: &Progress) -> Outcome {
     let period = Duration::from_secs(u64::from(CLAIM_LEASE_SECONDS.unsigned_abs()) / 3);
+    let mut next_renewal = tokio::time::Instant::now() + period;
+    let mut last_write = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(period).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next_renewal) => {}
+            () = progress.changed() => {
+                tokio::time::sleep_until(last_write + MIN_WRITE_GAP).await;
+            }
+        }
         let job = match jobs.get_opt(&attempt.name).await {
             Ok(Some(job)) => job,
             Ok(None) => return Outcome::Lost("deleted"),
@@ -215,8 +228,14 @@ async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str) -> Outcome {
         }
         let patch = json!({
             "metadata": {"resourceVersion": job.resource_version()},
-            "status": {"claim": {"renewTime": Time(Timestamp::now())}},
+            "status": {
+                "claim": {"renewTime": Time(Timestamp::now())},
+                "steps": progress.snapshot(),
+                "progress": progress.overall(),
+            },
         });
+        last_write = tokio::time::Instant::now();
+        next_renewal = last_write + period;
         if let Err(error) = jobs
             .patch_status(
                 &attempt.name,
@@ -236,14 +255,16 @@ async fn finish(
     fleet: &PipelineWorker,
     jobs: &Api<Job>,
     attempt: &Attempt,
+    progress: &Progress,
     outcome: Outcome,
+    started: std::time::Instant,
 ) -> Answer {
     let now = Time(Timestamp::now());
-    let steps = |phase: &str| -> Vec<Value> {
-        pipelines::steps(fleet.spec.pipeline)
-            .into_iter()
-            .map(|name| json!({"name": name, "phase": phase, "finishedAt": now, "attempts": 1, "progress": if phase == "Succeeded" { 100 } else { 0 }}))
-            .collect()
+    let pipeline = fleet.spec.pipeline;
+    let took = started.elapsed();
+    let steps = |running: StepPhase| {
+        progress.close(running);
+        progress.snapshot()
     };
     let status = match &outcome {
         Outcome::Lost(why) => {
@@ -252,41 +273,39 @@ async fn finish(
             return Answer::Ack;
         }
         Outcome::Finished(Ok(result)) => {
-            for step in pipelines::steps(fleet.spec.pipeline) {
-                tracing::info!(event = "step_completed", job = %attempt.name, step = %step, attempt = attempt.attempt, "step completed");
-            }
-            tracing::info!(event = "job_completed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, "succeeded");
-            worker.stats.outcome("succeeded");
+            tracing::info!(event = "job_completed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, took_ms = took.as_millis() as u64, "succeeded");
+            worker.stats.outcome(pipeline, "succeeded", took);
             json!({
                 "phase": JobPhase::Succeeded, "finishedAt": now, "progress": 100,
                 "result": result, "error": Value::Null, "claim": Value::Null,
-                "steps": steps("Succeeded"),
+                "steps": steps(StepPhase::Succeeded),
                 "conditions": [{"type": "Complete", "status": "True", "reason": "Succeeded", "message": "the pipeline finished", "lastTransitionTime": now}],
             })
         }
         Outcome::Finished(Err(failure)) => {
             tracing::warn!(event = "job_failed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, reason = failure.reason, retryable = failure.retryable, message = %failure.message, "attempt failed");
-            worker.stats.outcome(if failure.retryable {
+            let outcome = if failure.retryable {
                 "retryable"
             } else {
                 "failed"
-            });
+            };
+            worker.stats.outcome(pipeline, outcome, took);
             let error = json!({"reason": failure.reason, "message": failure.message, "retryable": failure.retryable});
             if failure.retryable {
-                json!({"phase": JobPhase::Backoff, "error": error, "claim": Value::Null, "retryAt": Value::Null, "steps": steps("Failed")})
+                json!({"phase": JobPhase::Backoff, "error": error, "claim": Value::Null, "retryAt": Value::Null, "steps": steps(StepPhase::Failed)})
             } else {
                 json!({
                     "phase": JobPhase::Failed, "finishedAt": now, "error": error, "claim": Value::Null,
-                    "steps": steps("Failed"),
+                    "steps": steps(StepPhase::Failed),
                     "conditions": [{"type": "Failed", "status": "True", "reason": failure.reason, "message": failure.message, "lastTransitionTime": now}],
                 })
             }
         }
         Outcome::Cancelled => {
             tracing::info!(event = "job_cancelled", job = %attempt.name, attempt = attempt.attempt, "stopped on cancel");
-            worker.stats.outcome("cancelled");
+            worker.stats.outcome(pipeline, "cancelled", took);
             json!({
-                "phase": JobPhase::Cancelled, "finishedAt": now, "claim": Value::Null, "steps": steps("Skipped"),
+                "phase": JobPhase::Cancelled, "finishedAt": now, "claim": Value::Null, "steps": steps(StepPhase::Skipped),
                 "conditions": [{"type": "Failed", "status": "True", "reason": "Cancelled", "message": "spec.cancel was set", "lastTransitionTime": now}],
             })
         }

@@ -6,5 +6,6 @@ pub mod fleet_config;
 pub mod http;
 pub mod job_run;
 pub mod pipelines;
+pub mod progress;
 pub mod pull;
 pub mod stats;

@@ -1,17 +1,29 @@
 //! Counters the worker shows on `/status` and `/metrics`.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use drover_crds::Pipeline;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
+    pub pipeline: &'static str,
+    /// succeeded, retryable, failed or cancelled.
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub pipeline: &'static str,
+    pub step: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,13 +38,41 @@ pub struct ForeignLabels {
     pub reason: &'static str,
 }
 
-#[derive(Debug, Default)]
+/// The outcomes `/status` totals, whatever the pipeline.
+const OUTCOMES: [&str; 4] = ["succeeded", "retryable", "failed", "cancelled"];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
 pub struct Stats {
     in_flight: AtomicI64,
     in_flight_gauge: Gauge,
     outcomes: Family<OutcomeLabels, Counter>,
+    outcome_totals: [AtomicU64; OUTCOMES.len()],
     skips: Family<SkipLabels, Counter>,
     foreign: Family<ForeignLabels, Counter>,
+    job_duration: HistogramFamily<OutcomeLabels>,
+    step_duration: HistogramFamily<StepLabels>,
+}
+
+/// 10 ms to about 11 hours: sleep Jobs take milliseconds, assemblies minutes.
+fn duration_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 22))
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicI64::default(),
+            in_flight_gauge: Gauge::default(),
+            outcomes: Family::default(),
+            outcome_totals: Default::default(),
+            skips: Family::default(),
+            foreign: Family::default(),
+            job_duration: Family::new_with_constructor(duration_buckets),
+            step_duration: Family::new_with_constructor(duration_buckets),
+        }
+    }
 }
 
 impl Stats {
@@ -59,6 +99,16 @@ impl Stats {
             "Messages that named no Job, by what was done with them",
             stats.foreign.clone(),
         );
+        r.register(
+            "job_duration_seconds",
+            "Time from claim to outcome of one attempt, by pipeline and outcome",
+            stats.job_duration.clone(),
+        );
+        r.register(
+            "step_duration_seconds",
+            "Time one pipeline step took, by pipeline and step",
+            stats.step_duration.clone(),
+        );
         stats
     }
 
@@ -72,10 +122,30 @@ impl Stats {
         self.in_flight_gauge.dec();
     }
 
-    pub fn outcome(&self, outcome: &'static str) {
-        self.outcomes
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+    /// Counts an attempt's outcome and how long the attempt ran.
+    pub fn outcome(&self, pipeline: Pipeline, outcome: &'static str, took: Duration) {
+        let labels = OutcomeLabels {
+            pipeline: pipeline.as_str(),
+            outcome,
+        };
+        self.outcomes.get_or_create(&labels).inc();
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.outcome_totals[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.job_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn step_finished(&self, pipeline: Pipeline, step: &str, took: Duration) {
+        // Review steps are named per persona; one series per step name is
+        // what the dashboard shows, and personas are few and fixed per fleet.
+        self.step_duration
+            .get_or_create(&StepLabels {
+                pipeline: pipeline.as_str(),
+                step: step.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn skipped(&self, reason: &str) {
@@ -98,20 +168,11 @@ impl Stats {
 
     /// The counters as JSON, for `/status`.
     pub fn snapshot(&self) -> Value {
-        let outcomes: serde_json::Map<String, Value> =
-            ["succeeded", "retryable", "failed", "cancelled"]
-                .into_iter()
-                .map(|o| {
-                    (
-                        o.to_owned(),
-                        json!(
-                            self.outcomes
-                                .get_or_create(&OutcomeLabels { outcome: o })
-                                .get()
-                        ),
-                    )
-                })
-                .collect();
+        let outcomes: serde_json::Map<String, Value> = OUTCOMES
+            .iter()
+            .zip(&self.outcome_totals)
+            .map(|(name, total)| ((*name).to_owned(), json!(total.load(Ordering::Relaxed))))
+            .collect();
         json!({"inFlight": self.in_flight(), "outcomes": outcomes})
     }
 }

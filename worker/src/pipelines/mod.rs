@@ -4,8 +4,10 @@
 
 pub mod sleep;
 
-use drover_crds::Pipeline;
+use drover_crds::{Pipeline, PipelineWorkerSpec};
 use serde_json::Value;
+
+use crate::progress::Progress;
 
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,18 +26,30 @@ pub struct Attempt {
     pub attempt: i32,
 }
 
-/// The step names of a pipeline, in order.
-pub fn steps(pipeline: Pipeline) -> Vec<String> {
-    match pipeline {
+/// What a pipeline gets for one attempt besides its input.
+pub struct Context<'a> {
+    pub attempt: Attempt,
+    /// The fleet's spec as the worker saw it when the attempt started:
+    /// model and personas, sample rate, storage settings.
+    pub fleet: &'a PipelineWorkerSpec,
+    /// Where the pipeline runs its named steps (see [`Progress::step`]).
+    pub progress: Progress,
+}
+
+/// The step names of a fleet's pipeline, in order; they become
+/// `status.steps`, so every step a pipeline runs must be listed here.
+pub fn steps(fleet: &PipelineWorkerSpec) -> Vec<String> {
+    match fleet.pipeline {
         Pipeline::Sleep => vec![sleep::STEP.to_owned()],
         Pipeline::Consensus | Pipeline::Assembly => Vec::new(),
     }
 }
 
 /// Runs the whole pipeline for one attempt.
-pub async fn run(pipeline: Pipeline, input: &Value, attempt: &Attempt) -> Result<Value, Failure> {
+pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
+    let pipeline = ctx.fleet.pipeline;
     match pipeline {
-        Pipeline::Sleep => sleep::run(input, attempt).await,
+        Pipeline::Sleep => sleep::run(input, ctx).await,
         Pipeline::Consensus | Pipeline::Assembly => Err(Failure {
             reason: "PipelineUnavailable",
             message: format!(
@@ -44,5 +58,38 @@ pub async fn run(pipeline: Pipeline, input: &Value, attempt: &Attempt) -> Result
             ),
             retryable: false,
         }),
+    }
+}
+
+/// Contexts for pipeline unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::Stats;
+
+    /// A fleet spec from its JSON form, with the required queue filled in.
+    pub fn fleet(mut spec: Value) -> PipelineWorkerSpec {
+        spec["queue"] = serde_json::json!({"topic": "t", "subscription": "s"});
+        serde_json::from_value(spec).expect("a valid fleet spec")
+    }
+
+    pub fn context(fleet: &PipelineWorkerSpec, attempt: i32) -> Context<'_> {
+        Context {
+            attempt: Attempt {
+                namespace: "ns".into(),
+                name: "job".into(),
+                attempt,
+            },
+            fleet,
+            progress: Progress::new(
+                fleet.pipeline,
+                steps(fleet),
+                Duration::from_secs(fleet.timeouts.step_seconds.unsigned_abs()),
+                Arc::new(Stats::default()),
+            ),
+        }
     }
 }

@@ -9,12 +9,18 @@ use drover_crds::input::SleepInput;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Attempt, Failure};
+use super::{Attempt, Context, Failure};
 
 pub const STEP: &str = "sleep";
 
-pub async fn run(input: &Value, attempt: &Attempt) -> Result<Value, Failure> {
+pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     let input = parse(input)?;
+    ctx.progress
+        .step(STEP, sleep_once(&input, &ctx.attempt))
+        .await
+}
+
+async fn sleep_once(input: &SleepInput, attempt: &Attempt) -> Result<Value, Failure> {
     tokio::time::sleep(Duration::from_millis(input.duration_millis)).await;
     if input.fail_on_attempts.contains(&attempt.attempt) {
         return Err(Failure {
@@ -62,29 +68,25 @@ fn parse(input: &Value) -> Result<SleepInput, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipelines::testing;
 
-    fn attempt(n: i32) -> Attempt {
-        Attempt {
-            namespace: "ns".into(),
-            name: "job".into(),
-            attempt: n,
-        }
+    async fn run_attempt(input: &Value, attempt: i32) -> Result<Value, Failure> {
+        let fleet = testing::fleet(json!({"pipeline": "sleep"}));
+        run(input, &testing::context(&fleet, attempt)).await
     }
 
     #[tokio::test]
     async fn sleeps_and_reports_how_long() {
-        let out = run(&json!({"durationMillis": 1}), &attempt(1))
-            .await
-            .unwrap();
+        let out = run_attempt(&json!({"durationMillis": 1}), 1).await.unwrap();
         assert_eq!(out, json!({"sleptMillis": 1}));
     }
 
     #[tokio::test]
     async fn fails_on_the_attempts_it_is_told_to() {
         let input = json!({"durationMillis": 0, "failOnAttempts": [1], "failRetryable": false});
-        let failure = run(&input, &attempt(1)).await.unwrap_err();
+        let failure = run_attempt(&input, 1).await.unwrap_err();
         assert_eq!((failure.reason, failure.retryable), ("Told", false));
-        assert!(run(&input, &attempt(2)).await.is_ok());
+        assert!(run_attempt(&input, 2).await.is_ok());
     }
 
     #[tokio::test]
@@ -92,8 +94,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("drover-sleep-effects-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let input = json!({"durationMillis": 0, "effectsDir": dir.to_str().unwrap()});
-        run(&input, &attempt(1)).await.unwrap();
-        let again = run(&input, &attempt(1)).await.unwrap_err();
+        run_attempt(&input, 1).await.unwrap();
+        let again = run_attempt(&input, 1).await.unwrap_err();
         assert_eq!(again.reason, "EffectNotRecorded");
         assert!(dir.join("ns_job_1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
@@ -101,7 +103,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_input_is_a_permanent_failure() {
-        let failure = run(&json!({"sleep": 1}), &attempt(1)).await.unwrap_err();
+        let failure = run_attempt(&json!({"sleep": 1}), 1).await.unwrap_err();
         assert_eq!((failure.reason, failure.retryable), ("InvalidInput", false));
     }
 }
