@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use drover_crds::job::{JobError, JobPhase};
 use drover_crds::{Job, JobMessage, PipelineWorker};
 use futures::StreamExt;
+use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -31,7 +33,7 @@ use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
 use crate::pubsub::PubSubEndpoint;
-use crate::queue::QueueNames;
+use crate::queue::{QueueAdmin, QueueNames};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,6 +78,9 @@ pub struct Context {
     pub config: OperatorConfig,
     pub endpoint: PubSubEndpoint,
     pub fleets: Store<PipelineWorker>,
+    /// Recreates a queue that vanished under a publish (an emulator restart,
+    /// a topic deleted by hand) instead of waiting for the fleet's next check.
+    pub queue: QueueAdmin,
     pub recorder: Recorder,
     pub metrics: Metrics,
     publishers: Mutex<HashMap<String, Publisher>>,
@@ -111,6 +116,7 @@ pub async fn run(
     client: Client,
     config: OperatorConfig,
     endpoint: PubSubEndpoint,
+    queue: QueueAdmin,
     recorder: Recorder,
     metrics: Metrics,
 ) {
@@ -134,6 +140,7 @@ pub async fn run(
         config,
         endpoint,
         fleets,
+        queue,
         recorder,
         metrics,
         publishers: Mutex::default(),
@@ -297,6 +304,30 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+fn topic_not_found(error: &PublishError) -> bool {
+    matches!(error, PublishError::Rpc(e) if e.status().is_some_and(|s| s.code == Code::NotFound))
+}
+
+/// Brings back a fleet's vanished queue; whether the publish may be tried
+/// again. Only the topic and subscription come back: the messages they held
+/// are gone, and the watchdog republishes the Jobs that waited on them.
+async fn requeue_queue(fleet: &PipelineWorker, ctx: &Context) -> bool {
+    match ctx.queue.ensure(fleet, &ctx.config.pubsub_project).await {
+        Ok(Ok(names)) => {
+            tracing::warn!(event = "queue_recreated", topic = %names.topic, subscription = %names.subscription, "the fleet's queue had vanished; recreated it");
+            true
+        }
+        Ok(Err(problem)) => {
+            tracing::warn!(%problem, "the fleet's queue is missing and is not Drover's to create");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot recreate the fleet's queue");
+            false
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn publish(
     job: &Job,
@@ -315,18 +346,22 @@ async fn publish(
         attempt,
     };
     let publisher = ctx.publisher(&names.topic).await?;
-    let message_id = publisher
-        .publish(Message::new().set_data(message.encode()).set_attributes([
+    let send = || {
+        publisher.publish(Message::new().set_data(message.encode()).set_attributes([
             ("namespace", namespace.to_owned()),
             ("job", job.name_any()),
             ("attempt", attempt.to_string()),
         ]))
-        .await
-        .map_err(|source| Error::Publish {
-            job: job.name_any(),
-            topic: names.topic.clone(),
-            source,
-        })?;
+    };
+    let message_id = match send().await {
+        Err(error) if topic_not_found(&error) && requeue_queue(fleet, ctx).await => send().await,
+        sent => sent,
+    }
+    .map_err(|source| Error::Publish {
+        job: job.name_any(),
+        topic: names.topic.clone(),
+        source,
+    })?;
 
     let kind = match (republish, attempt) {
         (true, _) => "republish",

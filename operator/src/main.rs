@@ -137,11 +137,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             fleet::run(
                 client.clone(),
                 config.clone(),
-                queue,
+                queue.clone(),
                 recorder.clone(),
                 metrics.clone()
             ),
-            dispatch::run(client, config, endpoint, recorder, metrics),
+            dispatch::run(client, config, endpoint, queue, recorder, metrics),
         );
     };
     let result = tokio::select! {

@@ -1,6 +1,10 @@
 //! The pull loop: a streaming pull from the fleet's subscription with flow
 //! control bounded by `concurrency` (the client extends each message's lease
 //! while it is held), one task per message, and a drain on shutdown.
+//!
+//! The bound is enforced here, with a semaphore taken before the next message
+//! is read: `max_outstanding_messages` is only a request to the server, and
+//! the emulator ignores it.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::fleet_config::FleetConfig;
@@ -68,13 +72,21 @@ pub async fn run(
     tracing::info!(subscription = %names.subscription, concurrency = pw.spec.concurrency, "pulling");
 
     let in_flight: InFlight = Arc::default();
+    let slots = Arc::new(Semaphore::new(
+        usize::try_from(pw.spec.concurrency.max(1)).unwrap_or(1),
+    ));
     let mut tasks = JoinSet::new();
     loop {
+        let next_in_a_free_slot = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, stream.next().await)
+        };
         tokio::select! {
-            next = stream.next() => match next {
+            (slot, next) = next_in_a_free_slot => match next {
                 Some(Ok((message, handler))) => {
+                    let slot = slot.expect("the semaphore is never closed");
                     let fleet_now = fleet.borrow().clone().unwrap_or_else(|| pw.clone());
-                    tasks.spawn(answer_one(worker.clone(), fleet_now, message, handler, dead_letter.clone(), in_flight.clone()));
+                    tasks.spawn(answer_one(worker.clone(), fleet_now, message, handler, dead_letter.clone(), in_flight.clone(), slot));
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "streaming pull failed; the client retries");
@@ -113,6 +125,7 @@ async fn answer_one(
     handler: Handler,
     dead_letter: Option<Publisher>,
     in_flight: InFlight,
+    _slot: OwnedSemaphorePermit,
 ) {
     let answer = match JobMessage::decode(&message.data) {
         Ok(job) => {

@@ -1,0 +1,183 @@
+//! Restart the Pub/Sub emulator in the middle of a run: it comes back empty,
+//! without topics, subscriptions or messages. Two fleets show the two ways
+//! this hurts:
+//! * `live` has a worker pulling through the restart. Jobs created after it
+//!   find their topic gone: the operator recreates the queue on the failed
+//!   publish, and the worker's streaming pull reconnects to it.
+//! * `parked` has no workers while its Jobs are Queued, so their messages
+//!   exist only in the emulator and are lost. The watchdog republishes them
+//!   once the fleet scales up.
+//!
+//! Every Job still succeeds exactly once. Own test binary, so the restart
+//! disturbs no other test.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use drover_crds::{Job, JobPhase, PipelineWorker};
+use drover_e2e::drover::start_drover_for_tests;
+use drover_e2e::{error_chain, shared, wait};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const PER_FLEET: usize = 12;
+
+#[tokio::test]
+async fn every_job_succeeds_once_after_the_emulator_loses_every_message() {
+    let env = shared().await;
+    let _drover = start_drover_for_tests(env)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env
+        .control_plane
+        .create_namespace("amnesia")
+        .await
+        .expect("namespace");
+    let effects = env.control_plane.state_dir().join("effects-amnesia");
+    std::fs::create_dir_all(&effects).expect("effects dir");
+
+    let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &ns);
+    let apply_fleet = |name: &'static str, replicas: i32| {
+        let fleets = fleets.clone();
+        async move {
+            let fleet = json!({
+                "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+                "metadata": {"name": name},
+                "spec": {
+                    "pipeline": "sleep",
+                    "queue": {"topic": format!("{name}-jobs"), "subscription": format!("{name}-jobs-sub"), "ackDeadlineSeconds": 10},
+                    "concurrency": 4,
+                    "scaling": {"mode": "Manual", "replicas": replicas, "maxReplicas": 2},
+                },
+            });
+            fleets
+                .patch(
+                    name,
+                    &PatchParams::apply("emulator-restart-test").force(),
+                    &Patch::Apply(&fleet),
+                )
+                .await
+                .expect("fleet applies");
+        }
+    };
+    apply_fleet("live", 1).await;
+    apply_fleet("parked", 0).await;
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let create = |fleet: &'static str, i: usize| {
+        let jobs = jobs.clone();
+        let effects = effects.display().to_string();
+        async move {
+            let job: Job = serde_json::from_value(json!({
+                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+                "metadata": {"name": format!("{fleet}-{i}")},
+                "spec": {"worker": fleet, "input": {"durationMillis": 300, "effectsDir": effects}},
+            }))
+            .expect("job");
+            jobs.create(&PostParams::default(), &job)
+                .await
+                .expect("job is created");
+        }
+    };
+    let statuses = || async {
+        let list = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            list.items
+                .into_iter()
+                .map(|j| {
+                    (
+                        j.metadata.name.unwrap_or_default(),
+                        j.status.unwrap_or_default(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    // A first Job through `live`, so its worker is connected and pulling.
+    create("live", 0).await;
+    for i in 0..PER_FLEET {
+        create("parked", i).await;
+    }
+    wait::until(
+        "live-0 done, parked Jobs queued",
+        Duration::from_secs(60),
+        || async {
+            let all = statuses().await?;
+            let live_done = all
+                .iter()
+                .any(|(n, s)| n == "live-0" && s.phase == JobPhase::Succeeded);
+            let parked_queued = all
+                .iter()
+                .filter(|(n, s)| n.starts_with("parked") && s.phase == JobPhase::Queued)
+                .count();
+            if live_done && parked_queued == PER_FLEET {
+                Ok(())
+            } else {
+                Err(format!(
+                    "live-0 done: {live_done}, {parked_queued} parked queued"
+                ))
+            }
+        },
+    )
+    .await;
+
+    let restarted_at = Timestamp::now();
+    env.pubsub
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("cannot restart the emulator: {}", error_chain(&e)));
+
+    for i in 1..PER_FLEET {
+        create("live", i).await;
+    }
+    apply_fleet("parked", 2).await;
+
+    wait::until("every Job to succeed", Duration::from_secs(150), || async {
+        let all = statuses().await?;
+        let pending: Vec<_> = all
+            .iter()
+            .filter(|(_, s)| s.phase != JobPhase::Succeeded)
+            .map(|(n, s)| format!("{n}: {:?}", s.phase))
+            .collect();
+        if pending.is_empty() && all.len() == 2 * PER_FLEET {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} of {} not done: {pending:?}",
+                pending.len(),
+                all.len()
+            ))
+        }
+    })
+    .await;
+
+    // The parked Jobs ran from messages published after the restart: the
+    // watchdog's republish, not a message that survived somewhere.
+    for (name, status) in statuses().await.expect("jobs") {
+        if name.starts_with("parked") {
+            let queued = status.queued_at.expect("queuedAt").0;
+            assert!(
+                queued > restarted_at,
+                "{name} was queued at {queued}, before the restart at {restarted_at}"
+            );
+        }
+    }
+    // One file per completed run, named <namespace>_<job>_<attempt>.
+    let runs: Vec<String> = std::fs::read_dir(&effects)
+        .expect("effects")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    let jobs_run: BTreeSet<&str> = runs.iter().filter_map(|r| r.split('_').nth(1)).collect();
+    assert_eq!(runs.len(), 2 * PER_FLEET, "{} runs: {runs:?}", runs.len());
+    assert_eq!(
+        jobs_run.len(),
+        2 * PER_FLEET,
+        "some Job ran twice, another never"
+    );
+}
