@@ -46,6 +46,12 @@ const SLOW_CHECK_HEALTHY: Duration = Duration::from_secs(60);
 const SLOW_CHECK_BROKEN: Duration = Duration::from_secs(2);
 /// Job events arrive in bursts; one reconcile answers a burst.
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Under a stream of Job events a fleet is reconciled many times a second.
+/// A reconcile that changes no replica count writes nothing (no Deployment
+/// apply, pod costs or status) if the last full sync is younger than this;
+/// it schedules one for when the interval is up instead, so a hand edit is
+/// still reverted and the status still catches up within it.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,6 +98,8 @@ struct FleetMemory {
     last_desired: Option<i32>,
     /// Degraded reason last announced with an Event.
     announced_problem: Option<&'static str>,
+    /// When the Deployment, pod costs and status were last written.
+    last_sync: Option<Instant>,
 }
 
 /// Shared by every reconcile.
@@ -240,6 +248,16 @@ async fn reconcile_fleet(pw: &PipelineWorker, ctx: &Context) -> Result<Action, E
             })
         }
     };
+
+    let since_sync = ctx.memory(&key, |m| m.last_sync.map(|at| at.elapsed()));
+    if desired == current
+        && let Some(since) = since_sync
+        && since < SYNC_INTERVAL
+        && pw.status.as_ref().and_then(|s| s.observed_generation) == generation
+    {
+        return Ok(Action::requeue(SYNC_INTERVAL - since));
+    }
+    ctx.memory(&key, |m| m.last_sync = Some(Instant::now()));
 
     let deployment = worker_deployment(pw, &ctx.config, desired);
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace);

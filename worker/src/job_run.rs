@@ -4,7 +4,7 @@
 //! only then ack. Whatever happens, the message is answered (ack or nack) and
 //! the worker lives on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_crds::job_state::{ClaimDecision, ClaimView, decide_claim};
@@ -28,7 +28,7 @@ const CLAIM_TRIES: usize = 5;
 /// between. Re-read for up to this long before handing the message back, so
 /// the common few-millisecond gap never depends on a redelivery.
 const DEFER_WAIT: Duration = Duration::from_secs(3);
-const DEFER_POLL: Duration = Duration::from_millis(50);
+const DEFER_POLL: Duration = Duration::from_millis(10);
 /// Step transitions closer together than this share one status write.
 const MIN_WRITE_GAP: Duration = Duration::from_millis(250);
 
@@ -143,11 +143,16 @@ async fn run_claimed(
     message: JobMessage,
     progress: Progress,
 ) -> Answer {
-    let started = std::time::Instant::now();
     let attempt = Attempt {
         namespace: message.namespace.clone(),
         name: message.name.clone(),
         attempt: message.attempt,
+    };
+    let claimed = Claimed {
+        attempt: attempt.clone(),
+        progress: progress.clone(),
+        started: std::time::Instant::now(),
+        version: Mutex::new(job.resource_version().unwrap_or_default()),
     };
     let timeout = Duration::from_secs(
         job.spec
@@ -166,7 +171,7 @@ async fn run_claimed(
         progress: progress.clone(),
     };
     let pipeline = tracing::Instrument::instrument(pipelines::run(&job.spec.input, &ctx), span);
-    let heartbeat = keep_claim(jobs, &attempt, &worker.pod, &progress);
+    let heartbeat = keep_claim(jobs, &claimed, &worker.pod);
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(timeout, pipeline) => match outcome {
             Ok(result) => Outcome::Finished(result),
@@ -178,9 +183,26 @@ async fn run_claimed(
         },
         stop = heartbeat => stop,
     };
-    let answer = finish(worker, fleet, jobs, &attempt, &progress, outcome, started).await;
+    let answer = finish(worker, fleet, jobs, &claimed, outcome).await;
     worker.stats.finished();
     answer
+}
+
+/// One attempt this worker holds the claim of.
+struct Claimed {
+    attempt: Attempt,
+    progress: Progress,
+    started: std::time::Instant,
+    /// The Job's resourceVersion after this worker's last write to it.
+    version: Mutex<String>,
+}
+
+impl Claimed {
+    fn remember(&self, written: &Job) {
+        if let (Ok(mut version), Some(new)) = (self.version.lock(), written.resource_version()) {
+            *version = new;
+        }
+    }
 }
 
 /// How an attempt ended.
@@ -196,7 +218,8 @@ enum Outcome {
 /// Renews the claim every third of its lease, writes step transitions as
 /// they come (coalesced), and watches for cancel or for the Job slipping
 /// away; returns only when the attempt must stop.
-async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str, progress: &Progress) -> Outcome {
+async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
+    let (attempt, progress) = (&claimed.attempt, &claimed.progress);
     let period = Duration::from_secs(u64::from(CLAIM_LEASE_SECONDS.unsigned_abs()) / 3);
     let mut next_renewal = tokio::time::Instant::now() + period;
     let mut last_write = tokio::time::Instant::now();
@@ -236,7 +259,7 @@ async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str, progress: &Pr
         });
         last_write = tokio::time::Instant::now();
         next_renewal = last_write + period;
-        if let Err(error) = jobs
+        match jobs
             .patch_status(
                 &attempt.name,
                 &PatchParams::default(),
@@ -244,7 +267,10 @@ async fn keep_claim(jobs: &Api<Job>, attempt: &Attempt, pod: &str, progress: &Pr
             )
             .await
         {
-            tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
+            Ok(written) => claimed.remember(&written),
+            Err(error) => {
+                tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
+            }
         }
     }
 }
@@ -254,14 +280,13 @@ async fn finish(
     worker: &Worker,
     fleet: &PipelineWorker,
     jobs: &Api<Job>,
-    attempt: &Attempt,
-    progress: &Progress,
+    claimed: &Claimed,
     outcome: Outcome,
-    started: std::time::Instant,
 ) -> Answer {
+    let (attempt, progress) = (&claimed.attempt, &claimed.progress);
     let now = Time(Timestamp::now());
     let pipeline = fleet.spec.pipeline;
-    let took = started.elapsed();
+    let took = claimed.started.elapsed();
     let steps = |running: StepPhase| {
         progress.close(running);
         progress.snapshot()
@@ -310,26 +335,34 @@ async fn finish(
             })
         }
     };
+    // The version of our own last write: if the Job is still at it, nothing
+    // has touched it since and the claim is ours, so the first try needs no
+    // read. A conflict means something did; read and check then.
+    let mut unchanged_since_our_write = claimed.version.lock().ok().map(|v| v.clone());
     for _ in 0..CLAIM_TRIES {
-        let job = match jobs.get_opt(&attempt.name).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return Answer::Ack,
-            Err(error) => {
-                tracing::warn!(job = %attempt.name, %error, "cannot read the Job to write its outcome");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+        let version = match unchanged_since_our_write.take() {
+            Some(version) => version,
+            None => match jobs.get_opt(&attempt.name).await {
+                Ok(Some(job)) => {
+                    let current = job.status.clone().unwrap_or_default();
+                    if current.phase != JobPhase::Running
+                        || current.attempt != attempt.attempt
+                        || current.claim.as_ref().is_none_or(|c| c.pod != worker.pod)
+                    {
+                        // The operator requeued it meanwhile; its decision stands.
+                        return Answer::Ack;
+                    }
+                    job.resource_version().unwrap_or_default()
+                }
+                Ok(None) => return Answer::Ack,
+                Err(error) => {
+                    tracing::warn!(job = %attempt.name, %error, "cannot read the Job to write its outcome");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
         };
-        let current = job.status.clone().unwrap_or_default();
-        if current.phase != JobPhase::Running
-            || current.attempt != attempt.attempt
-            || current.claim.as_ref().is_none_or(|c| c.pod != worker.pod)
-        {
-            // The operator requeued it meanwhile; its decision stands.
-            return Answer::Ack;
-        }
-        let patch =
-            json!({"metadata": {"resourceVersion": job.resource_version()}, "status": status});
+        let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
         match jobs
             .patch_status(
                 &attempt.name,
