@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
 use drover_e2e::drover::start_drover;
+use drover_e2e::latency::{ms, quantile};
 use drover_e2e::{TestEnv, error_chain, wait};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -36,8 +37,15 @@ const BURST_JOBS: usize = 500;
 const WRITERS: usize = 16;
 const FLEET: &str = "noop";
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(run());
+    // The process kubelet leaves blocking waits on its children behind; do
+    // not let them hold the bench open once the numbers are printed.
+    std::process::exit(0);
+}
+
+async fn run() {
     let state = std::env::temp_dir().join(format!("drover-bench-{}", std::process::id()));
     let mut progress = |line: &str| eprintln!("bench: {line}");
     let env = TestEnv::start(&state, &mut progress)
@@ -56,7 +64,7 @@ async fn main() {
     let baseline = burst(&jobs, &seen, "base", direct_lifecycle).await;
 
     eprintln!("bench: starting Drover");
-    let _drover = start_drover(&env)
+    let drover_processes = start_drover(&env)
         .await
         .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
     let ns = env
@@ -76,18 +84,19 @@ async fn main() {
     eprintln!("bench: throughput, {BURST_JOBS} Jobs through Drover");
     let drover = burst(&jobs, &seen, "burst", create_noop).await;
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "dispatch latency (create -> Running) at {STEADY_RATE} Jobs/s, {} Jobs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         latencies.len(),
-        ms(percentile(&latencies, 0.50)),
-        ms(percentile(&latencies, 0.99)),
+        ms(quantile(&latencies, 0.50)),
+        ms(quantile(&latencies, 0.99)),
         ms(*latencies.last().expect("latencies")),
     );
     println!("no-op throughput, {BURST_JOBS} Jobs, {WRITERS} writers:");
     println!("  drover:   {drover:.1} Jobs/s (4 writes per Job: create, Queued, claim, outcome)");
     println!("  baseline: {baseline:.1} Jobs/s (the same 4 writes per Job, done directly)");
     println!("  ratio:    {:.2}", drover / baseline);
+    drop(drover_processes);
+    drop(env);
 }
 
 /// What a watch on the namespace has seen, and when.
@@ -294,9 +303,4 @@ async fn steady(jobs: &Api<Job>, seen: &Seen) -> Vec<Duration> {
     sent.iter()
         .map(|(name, at)| inner.started[name].duration_since(*at))
         .collect()
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::{Job, PipelineWorker};
 use drover_e2e::drover::{OperatorOptions, start_operator};
+use drover_e2e::latency::{ms, quantile};
 use drover_e2e::{TestEnv, error_chain, ports};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -182,13 +183,5 @@ async fn wait_for(replicas: &watch::Receiver<Option<i32>>, expected: i32, timeou
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort();
-    let at = |q: f64| {
-        let index = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples[index.min(samples.len() - 1)]
-    };
-    (at(0.50), at(0.99))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+    (quantile(samples, 0.50), quantile(samples, 0.99))
 }

@@ -176,3 +176,18 @@ pub async fn start_drover_for_tests(
         )))
     })
 }
+
+/// Drover for the tests of one binary, on the binary's shared environment
+/// ([`crate::shared`]): started by the first test that asks, then shared.
+pub async fn shared_drover() -> (&'static TestEnv, &'static DroverProcesses) {
+    static DROVER: tokio::sync::OnceCell<DroverProcesses> = tokio::sync::OnceCell::const_new();
+    let env = crate::shared().await;
+    let processes = DROVER
+        .get_or_init(|| async {
+            start_drover_for_tests(env)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start Drover: {}", crate::error_chain(&e)))
+        })
+        .await;
+    (env, processes)
+}

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod control_plane;
 pub mod drover;
 pub mod kubelet;
+pub mod latency;
 pub mod manifests;
 pub mod ports;
 pub mod process;

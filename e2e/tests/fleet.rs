@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, PipelineWorker};
-use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, start_drover_for_tests};
-use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, shared_drover};
+use drover_e2e::{TestEnv, wait};
 use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -18,18 +18,6 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
-
-async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
-    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
-    DROVER
-        .get_or_init(|| async {
-            start_drover_for_tests(env)
-                .await
-                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
-        })
-        .await
-}
 
 struct Fixture {
     env: &'static TestEnv,
@@ -39,8 +27,7 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let env = shared().await;
-    let processes = drover(env).await;
+    let (env, processes) = shared_drover().await;
     let client = env.control_plane.client().await.expect("client");
     let ns = env
         .control_plane

@@ -6,25 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase};
-use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, start_drover_for_tests};
-use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, shared_drover};
+use drover_e2e::{TestEnv, wait};
 use drover_operator::pubsub::{PubSubEndpoint, topic_path};
 use google_cloud_pubsub::model::Message;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::OnceCell;
-
-async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
-    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
-    DROVER
-        .get_or_init(|| async {
-            start_drover_for_tests(env)
-                .await
-                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
-        })
-        .await
-}
 
 struct Fixture {
     env: &'static TestEnv,
@@ -36,8 +24,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new(prefix: &str, fleet: Value) -> Self {
-        let env = shared().await;
-        let processes = drover(env).await;
+        let (env, processes) = shared_drover().await;
         let client = env.control_plane.client().await.expect("client");
         let ns = env
             .control_plane

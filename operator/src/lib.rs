@@ -15,3 +15,4 @@ pub mod queue;
 pub mod rbac;
 pub mod scaler;
 pub mod service;
+pub mod telemetry;

@@ -14,6 +14,7 @@ use drover_operator::http::{self, Health};
 use drover_operator::metrics::Metrics;
 use drover_operator::pubsub::PubSubEndpoint;
 use drover_operator::queue::QueueAdmin;
+use drover_operator::telemetry::init_json_logs;
 use drover_operator::{dispatch, fleet};
 use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -61,13 +62,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    init_json_logs("info,kube=warn");
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

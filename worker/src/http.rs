@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use drover_operator::telemetry::metrics_response;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
@@ -57,21 +58,6 @@ async fn status(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
     }))
 }
 
-async fn metrics(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            format!("cannot encode metrics: {e}"),
-        ),
-    }
+async fn metrics(State(state): State<Arc<WorkerState>>) -> Response {
+    metrics_response(&state.registry)
 }

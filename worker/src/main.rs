@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use drover_crds::PipelineWorker;
 use drover_operator::pubsub::PubSubEndpoint;
+use drover_operator::telemetry::init_json_logs;
 use drover_worker::fleet_config::watch_fleet;
 use drover_worker::http::{self, WorkerState};
 use drover_worker::job_run::Worker;
@@ -50,13 +51,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .init();
+    init_json_logs("info,kube=warn");
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
