@@ -3,7 +3,9 @@
 //!
 //! * Latency: Jobs created at a steady 100 per second for 10 s, each timed
 //!   from the create request being sent to a watch seeing the Job Running (the
-//!   claim that starts its first step).
+//!   claim that starts its first step). Then again at half the rate the
+//!   baseline reached, when that is lower: above the apiserver's capacity
+//!   the first run only measures the queue in front of it.
 //! * Throughput: 500 no-op Jobs (the sleep pipeline, 0 ms) created by 16
 //!   concurrent writers, timed from the first create to the watch seeing the
 //!   last one Succeeded.
@@ -79,18 +81,24 @@ async fn run() {
     burst_of(&jobs, &seen, "warm", 50).await;
 
     eprintln!("bench: {STEADY_RATE} Jobs/s for {STEADY_SECONDS} s");
-    let mut latencies = steady(&jobs, &seen).await;
-    latencies.sort();
+    let at_goal = steady(&jobs, &seen, STEADY_RATE, "steady").await;
+    // A rate this machine's apiserver sustains with room to spare, so the
+    // latency shown is Drover's own, not a queue behind a saturated apiserver.
+    let sustainable = ((baseline / 2.0) as u64).clamp(1, STEADY_RATE);
+    eprintln!("bench: {sustainable} Jobs/s for {STEADY_SECONDS} s");
+    let below_capacity = steady(&jobs, &seen, sustainable, "easy").await;
     eprintln!("bench: throughput, {BURST_JOBS} Jobs through Drover");
     let drover = burst(&jobs, &seen, "burst", create_noop).await;
 
-    println!(
-        "dispatch latency (create -> Running) at {STEADY_RATE} Jobs/s, {} Jobs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        latencies.len(),
-        ms(quantile(&latencies, 0.50)),
-        ms(quantile(&latencies, 0.99)),
-        ms(*latencies.last().expect("latencies")),
-    );
+    for (rate, latencies) in [(STEADY_RATE, at_goal), (sustainable, below_capacity)] {
+        println!(
+            "dispatch latency (create -> Running) at {rate} Jobs/s, {} Jobs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            ms(quantile(&latencies, 0.50)),
+            ms(quantile(&latencies, 0.99)),
+            ms(*latencies.last().expect("latencies")),
+        );
+    }
     println!("no-op throughput, {BURST_JOBS} Jobs, {WRITERS} writers:");
     println!("  drover:   {drover:.1} Jobs/s (4 writes per Job: create, Queued, claim, outcome)");
     println!("  baseline: {baseline:.1} Jobs/s (the same 4 writes per Job, done directly)");
@@ -281,16 +289,16 @@ async fn burst_of(jobs: &Api<Job>, seen: &Seen, prefix: &str, count: usize) {
     burst_with(jobs, seen, prefix, count, create_noop).await;
 }
 
-/// Creates Jobs at [`STEADY_RATE`] for [`STEADY_SECONDS`]; the time from each
-/// create request to the watch seeing it Running.
-async fn steady(jobs: &Api<Job>, seen: &Seen) -> Vec<Duration> {
-    let count = usize::try_from(STEADY_RATE * STEADY_SECONDS).expect("count");
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / STEADY_RATE));
+/// Creates Jobs at `rate` per second for [`STEADY_SECONDS`]; the time from
+/// each create request to the watch seeing it Running, sorted.
+async fn steady(jobs: &Api<Job>, seen: &Seen, rate: u64, prefix: &str) -> Vec<Duration> {
+    let count = usize::try_from(rate * STEADY_SECONDS).expect("count");
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut sent = Vec::with_capacity(count);
     let mut creates = tokio::task::JoinSet::new();
     for i in 0..count {
         ticker.tick().await;
-        let name = format!("steady-{i}");
+        let name = format!("{prefix}-{i}");
         sent.push((name.clone(), Instant::now()));
         creates.spawn(create_noop(jobs.clone(), name));
     }
@@ -300,7 +308,10 @@ async fn steady(jobs: &Api<Job>, seen: &Seen) -> Vec<Duration> {
     let names: Vec<String> = sent.iter().map(|(n, _)| n.clone()).collect();
     seen.all_succeeded(&names).await;
     let inner = seen.lock();
-    sent.iter()
+    let mut latencies: Vec<Duration> = sent
+        .iter()
         .map(|(name, at)| inner.started[name].duration_since(*at))
-        .collect()
+        .collect();
+    latencies.sort();
+    latencies
 }
