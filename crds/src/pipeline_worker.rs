@@ -414,17 +414,25 @@ pub struct ConsensusSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeySelector>,
 
-    /// Tries per persona after the first, for 429, 5xx, timeouts and invalid
-    /// output. Default 3.
+    /// Tries per persona after the first, for 429, 5xx, timeouts, lost
+    /// connections and output that is still invalid after a repair request;
+    /// other 4xx answers are not retried. The `expand` step retries the same
+    /// way. Default 3.
     #[serde(default = "default_persona_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub max_retries_per_persona: i32,
 
-    /// Wait before a persona's first retry, in milliseconds; doubles each
-    /// retry. Default 1000.
+    /// Wait before a persona's first retry, in milliseconds; each further
+    /// retry waits `backoffMultiplier` times longer (at most 60 s, or longer
+    /// when a 429 answer asks for it with Retry-After). Default 1000.
     #[serde(default = "default_persona_backoff_ms")]
     #[schemars(range(min = 0, max = 60000))]
     pub initial_backoff_millis: i64,
+
+    /// Factor a persona's wait between tries grows by. Default 2.
+    #[serde(default = "default_backoff_multiplier")]
+    #[schemars(range(min = 1.0, max = 10.0))]
+    pub backoff_multiplier: f64,
 
     /// Longest one model request may take, in seconds. Default 120.
     #[serde(default = "default_request_timeout")]

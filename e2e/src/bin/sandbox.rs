@@ -122,6 +122,7 @@ async fn run(args: Args) -> Result<(), String> {
 
 async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(), String> {
     let mut samples = manifests::read_dir(dir).map_err(|e| e.to_string())?;
+    point_consensus_samples_at_llm(&mut samples);
     // Fleets before their Jobs, so a Job never waits on a missing worker.
     samples.sort_by_key(|m| match m.object.types.as_ref().map(|t| t.kind.as_str()) {
         Some("Job") => 2,
@@ -140,6 +141,93 @@ async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(),
         say(&format!("      applied {name} in namespace {namespace}"));
     }
     Ok(())
+}
+
+/// The consensus samples need an OpenAI-compatible endpoint. With
+/// `DROVER_LLM_BASE_URL` set (and optionally `DROVER_LLM_MODEL` and
+/// `DROVER_LLM_API_KEY`) their fleet is pointed at it; without it the
+/// consensus fleet, its Jobs and its key Secret are left out, and the sandbox
+/// says so rather than show a Job that cannot connect.
+fn point_consensus_samples_at_llm(samples: &mut Vec<manifests::Manifest>) {
+    let var = |name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v: &String| !v.trim().is_empty())
+    };
+    let kind = |m: &manifests::Manifest| m.object.types.as_ref().map(|t| t.kind.clone());
+    let name = |m: &manifests::Manifest| m.object.metadata.name.clone().unwrap_or_default();
+    // Each consensus fleet, with the Secret key reference of its API key.
+    let fleets: Vec<(String, serde_json::Value)> = samples
+        .iter()
+        .filter(|m| kind(m).as_deref() == Some("PipelineWorker"))
+        .filter(|m| m.object.data["spec"]["pipeline"] == "consensus")
+        .map(|m| {
+            (
+                name(m),
+                m.object.data["spec"]["consensus"]["apiKeySecretRef"].clone(),
+            )
+        })
+        .collect();
+    let is_fleet = |n: &str| fleets.iter().any(|(fleet, _)| fleet == n);
+    let key_ref = |secret: &str| {
+        fleets
+            .iter()
+            .find(|(_, r)| r["name"] == secret)
+            .map(|(_, r)| r.clone())
+    };
+    if fleets.is_empty() {
+        return;
+    }
+    let Some(base_url) = var("DROVER_LLM_BASE_URL") else {
+        samples.retain(|m| match kind(m).as_deref() {
+            Some("PipelineWorker") => !is_fleet(&name(m)),
+            Some("Job") => !is_fleet(m.object.data["spec"]["worker"].as_str().unwrap_or_default()),
+            Some("Secret") => key_ref(&name(m)).is_none(),
+            _ => true,
+        });
+        say(
+            "      consensus sample skipped: no OpenAI-compatible endpoint is configured; set DROVER_LLM_BASE_URL (e.g. http://127.0.0.1:11434/v1 for Ollama), DROVER_LLM_MODEL and, if the API needs one, DROVER_LLM_API_KEY before starting the sandbox",
+        );
+        return;
+    };
+    let model = var("DROVER_LLM_MODEL");
+    let api_key = var("DROVER_LLM_API_KEY");
+    for m in samples.iter_mut() {
+        match kind(m).as_deref() {
+            Some("PipelineWorker") if is_fleet(&name(m)) => {
+                let consensus = &mut m.object.data["spec"]["consensus"];
+                consensus["baseUrl"] = base_url.clone().into();
+                if let Some(model) = &model {
+                    consensus["model"] = model.clone().into();
+                }
+                if api_key.is_none()
+                    && let Some(settings) = consensus.as_object_mut()
+                {
+                    settings.remove("apiKeySecretRef");
+                }
+                say(&format!(
+                    "      consensus fleet {} uses {base_url}, model {}, {}",
+                    name(m),
+                    m.object.data["spec"]["consensus"]["model"]
+                        .as_str()
+                        .unwrap_or("?"),
+                    if api_key.is_some() {
+                        "with the key from DROVER_LLM_API_KEY"
+                    } else {
+                        "without an API key"
+                    },
+                ));
+            }
+            Some("Secret") => {
+                if let (Some(reference), Some(key)) = (key_ref(&name(m)), &api_key)
+                    && let Some(field) = reference["key"].as_str()
+                {
+                    m.object.data["stringData"][field] = key.clone().into();
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Prints every Job phase change, so the sandbox shows its Jobs finish.

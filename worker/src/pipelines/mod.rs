@@ -2,6 +2,7 @@
 //! `status.steps`) and returns a small JSON result or a failure that says
 //! whether another attempt may succeed.
 
+pub mod consensus;
 pub mod sleep;
 
 use drover_crds::{Pipeline, PipelineWorkerSpec};
@@ -41,7 +42,8 @@ pub struct Context<'a> {
 pub fn steps(fleet: &PipelineWorkerSpec) -> Vec<String> {
     match fleet.pipeline {
         Pipeline::Sleep => vec![sleep::STEP.to_owned()],
-        Pipeline::Consensus | Pipeline::Assembly => Vec::new(),
+        Pipeline::Consensus => consensus::steps(fleet.consensus.as_ref()),
+        Pipeline::Assembly => Vec::new(),
     }
 }
 
@@ -50,7 +52,8 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     let pipeline = ctx.fleet.pipeline;
     match pipeline {
         Pipeline::Sleep => sleep::run(input, ctx).await,
-        Pipeline::Consensus | Pipeline::Assembly => Err(Failure {
+        Pipeline::Consensus => consensus::run(input, ctx).await,
+        Pipeline::Assembly => Err(Failure {
             reason: "PipelineUnavailable",
             message: format!(
                 "this drover-worker build does not run the {} pipeline yet",

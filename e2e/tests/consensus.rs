@@ -1,0 +1,177 @@
+//! A consensus Job end to end: the operator publishes it, a worker process
+//! (run by the process kubelet, its API key resolved from a Secret) pulls and
+//! claims it, talks to a scripted OpenAI-compatible server on this machine,
+//! and writes the decision and every step to the Job's status.
+
+use std::time::Duration;
+
+use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
+use drover_e2e::drover::{DroverProcesses, start_drover_for_tests};
+use drover_e2e::llm::{Call, Reply, ScriptedLlm};
+use drover_e2e::{TestEnv, error_chain, shared, wait};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+const API_KEY: &str = "sk-e2e-consensus";
+
+async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
+    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
+    DROVER
+        .get_or_init(|| async {
+            start_drover_for_tests(env)
+                .await
+                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
+        })
+        .await
+}
+
+fn persona(call: &Call) -> Option<&str> {
+    ["skeptic", "operator", "user"]
+        .into_iter()
+        .find(|name| call.system.contains(&format!("reviewer named \"{name}\"")))
+}
+
+/// A proposal for the expand call, a review per persona; the operator
+/// persona is rate limited once, so the worker's retry shows in the status.
+fn script(call: &Call) -> Reply {
+    let review = |verdict: &str, score: f64, summary: &str| {
+        Reply::Json(json!({"verdict": verdict, "score": score, "summary": summary, "concerns": []}))
+    };
+    match persona(call) {
+        None => Reply::Json(
+            json!({"title": "Cache billing reads", "proposal": "A read-through cache with a 5 minute TTL."}),
+        ),
+        Some("skeptic") => review("revise", 6.0, "Stale invoices for five minutes"),
+        Some("operator") if call.nth == 0 => Reply::TooManyRequests {
+            retry_after_seconds: 0,
+        },
+        Some("operator") => review("approve", 8.0, "Cheap to run and roll back"),
+        Some(_) => review("approve", 9.0, "Pages load faster"),
+    }
+}
+
+#[tokio::test]
+async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_secret() {
+    let env = shared().await;
+    drover(env).await;
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env
+        .control_plane
+        .create_namespace("consensus")
+        .await
+        .expect("namespace");
+    let llm = ScriptedLlm::start(script)
+        .await
+        .expect("the scripted LLM server starts");
+
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "llm-api"},
+        "stringData": {"apiKey": API_KEY},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the Secret is created");
+    let fleet = json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+        "metadata": {"name": "reviewers"},
+        "spec": {
+            "pipeline": "consensus",
+            "queue": {"topic": format!("{ns}-jobs"), "subscription": format!("{ns}-jobs-sub"), "ackDeadlineSeconds": 10},
+            "scaling": {"minReplicas": 1, "maxReplicas": 1},
+            "timeouts": {"stepSeconds": 30, "jobSeconds": 60},
+            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2},
+            "consensus": {
+                "baseUrl": llm.base_url(), "model": "scripted",
+                "apiKeySecretRef": {"name": "llm-api", "key": "apiKey"},
+                "maxRetriesPerPersona": 2, "initialBackoffMillis": 200,
+                "personas": [
+                    {"name": "skeptic", "prompt": "You look for the weakest assumption."},
+                    {"name": "operator", "prompt": "You run this in production."},
+                    {"name": "user", "prompt": "You are the person this is for."},
+                ],
+            },
+        },
+    });
+    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
+        .patch(
+            "reviewers",
+            &PatchParams::apply("consensus-test").force(),
+            &Patch::Apply(&fleet),
+        )
+        .await
+        .expect("the fleet applies");
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+        "metadata": {"name": "review-cache"},
+        "spec": {"worker": "reviewers", "input": {"text": "Cache billing reads", "context": "Reads are 90% of load."}},
+    }))
+    .expect("job");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("the Job is created");
+
+    let status = wait::until(
+        "review-cache to finish",
+        Duration::from_secs(120),
+        || async {
+            let status = jobs
+                .get("review-cache")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if status.phase.is_terminal() {
+                Ok(status)
+            } else {
+                Err(format!("{status:?}"))
+            }
+        },
+    )
+    .await;
+
+    assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+    assert_eq!(status.attempt, 1, "{status:?}");
+    let result = status.result.expect("a result");
+    assert_eq!(result["decision"], "approve", "{result}");
+    assert_eq!(result["score"], 7.7, "{result}");
+    assert_eq!(result["agreement"], 0.33, "{result}");
+    let summary = result["summary"].as_str().expect("a summary");
+    for persona in [
+        "skeptic (revise, 6/10)",
+        "operator (approve, 8/10)",
+        "user (approve, 9/10)",
+    ] {
+        assert!(summary.contains(persona), "{summary}");
+    }
+
+    let steps: Vec<(&str, StepPhase, i32)> = status
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.phase, s.attempts))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("expand", StepPhase::Succeeded, 1),
+            ("review:skeptic", StepPhase::Succeeded, 1),
+            ("review:operator", StepPhase::Succeeded, 2),
+            ("review:user", StepPhase::Succeeded, 1),
+            ("aggregate", StepPhase::Succeeded, 1),
+        ]
+    );
+
+    let seen = llm.seen();
+    assert_eq!(seen.len(), 5, "expand, three reviews, one retry");
+    for call in &seen {
+        assert_eq!(
+            call.authorization.as_deref(),
+            Some(format!("Bearer {API_KEY}").as_str()),
+            "the worker did not send the key from the Secret"
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! Chat completions over HTTP against any OpenAI-compatible API (OpenAI,
+//! vLLM, Ollama, llama.cpp): typed request and response, a bearer key when
+//! one is set, a per-request timeout, and errors sorted into those another
+//! try may fix (429, 5xx, timeouts, lost connections) and those it cannot
+//! (any other 4xx).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use drover_crds::pipeline_worker::ConsensusSpec;
+use serde::{Deserialize, Serialize};
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ChatRequest<'a> {
+    model: &'a str,
+    messages: &'a [ChatMessage],
+    temperature: f64,
+    /// JSON mode: OpenAI, vLLM, Ollama and llama.cpp's server all accept it.
+    response_format: ResponseFormat,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    choices: Vec<Choice>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    message: AnswerMessage,
+}
+
+#[derive(Debug, Deserialize)]
+struct AnswerMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// Why a request brought no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// Another try may work: 429, 5xx, a timeout, a lost connection. A 429
+    /// may say how long to wait.
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Another try will not work: a 4xx other than 408 and 429 (a wrong key,
+    /// an unknown model, a refused request).
+    Permanent { message: String },
+}
+
+impl CallError {
+    pub fn message(&self) -> &str {
+        match self {
+            CallError::Retryable { message, .. } | CallError::Permanent { message } => message,
+        }
+    }
+
+    fn retryable(message: String) -> Self {
+        CallError::Retryable {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// The longest piece of an error body quoted in a message.
+const ERROR_BODY_CHARS: usize = 300;
+
+/// A chat-completions client for one fleet's settings.
+pub struct ChatClient {
+    http: reqwest::Client,
+    url: String,
+    model: String,
+    temperature: f64,
+    timeout: Duration,
+    api_key: Option<String>,
+}
+
+// By hand, so the key never reaches a log line.
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatClient")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChatClient {
+    /// A client for `spec`; `api_key` is sent as a bearer token when set.
+    pub fn new(spec: &ConsensusSpec, api_key: Option<String>) -> Result<Self, String> {
+        Ok(Self {
+            http: shared_http()?,
+            url: format!("{}/chat/completions", spec.base_url.trim_end_matches('/')),
+            model: spec.model.clone(),
+            temperature: spec.temperature,
+            timeout: Duration::from_secs(spec.request_timeout_seconds.max(1).unsigned_abs()),
+            api_key,
+        })
+    }
+
+    /// Sends `messages` and returns the answer's text ("" when the answer
+    /// has none: that is for the caller's schema check to refuse). `who`
+    /// names the caller in logs.
+    pub async fn complete(&self, who: &str, messages: &[ChatMessage]) -> Result<String, CallError> {
+        let started = Instant::now();
+        let outcome = self.send(messages).await;
+        let took_ms = started.elapsed().as_millis() as u64;
+        match &outcome {
+            Ok((status, _)) => {
+                tracing::debug!(who, status, took_ms, "model call answered");
+            }
+            Err(error) => {
+                tracing::debug!(who, took_ms, error = error.message(), "model call failed");
+            }
+        }
+        outcome.map(|(_, text)| text)
+    }
+
+    async fn send(&self, messages: &[ChatMessage]) -> Result<(u16, String), CallError> {
+        let body = ChatRequest {
+            model: &self.model,
+            messages,
+            temperature: self.temperature,
+            response_format: ResponseFormat {
+                kind: "json_object",
+            },
+        };
+        let mut request = self.http.post(&self.url).timeout(self.timeout).json(&body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.map_err(|e| self.transport(&e))?;
+        if !status.is_success() {
+            return Err(classify(status.as_u16(), &text, retry_after));
+        }
+        let parsed: ChatResponse = serde_json::from_str(&text).map_err(|e| {
+            CallError::retryable(format!(
+                "HTTP {status} from {} is not a chat completion ({e}): {}",
+                self.url,
+                excerpt(&text)
+            ))
+        })?;
+        let content = parsed
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.message.content)
+            .unwrap_or_default();
+        Ok((status.as_u16(), content))
+    }
+
+    fn transport(&self, error: &reqwest::Error) -> CallError {
+        let message = if error.is_timeout() {
+            format!(
+                "no answer from {} within {} ms",
+                self.url,
+                self.timeout.as_millis()
+            )
+        } else if error.is_connect() {
+            format!("cannot connect to {}: {}", self.url, source_chain(error))
+        } else {
+            format!("request to {} failed: {}", self.url, source_chain(error))
+        };
+        CallError::retryable(message)
+    }
+}
+
+/// Sorts an HTTP error answer: 408, 429 and 5xx may pass on another try.
+pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> CallError {
+    let message = format!("HTTP {status}: {}", excerpt(body));
+    match status {
+        408 | 429 | 500..=599 => CallError::Retryable {
+            message,
+            retry_after,
+        },
+        _ => CallError::Permanent { message },
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from these APIs and
+/// is ignored; the backoff schedule applies).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+fn excerpt(text: &str) -> String {
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut cut: String = text.chars().take(ERROR_BODY_CHARS).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// One connection pool per process: building a client loads the system's
+/// root certificates, which is not worth repeating per Job.
+fn shared_http() -> Result<reqwest::Client, String> {
+    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = HTTP.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| format!("cannot set up the HTTP client: {}", source_chain(&e)))?;
+    Ok(HTTP.get_or_init(|| client).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_timeouts_and_server_errors_are_retryable() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(
+                matches!(classify(status, "", None), CallError::Retryable { .. }),
+                "{status}"
+            );
+        }
+        let wait = Some(Duration::from_secs(3));
+        assert_eq!(
+            classify(429, "slow down", wait),
+            CallError::Retryable {
+                message: "HTTP 429: slow down".into(),
+                retry_after: wait
+            }
+        );
+    }
+
+    #[test]
+    fn other_client_errors_are_permanent() {
+        for status in [400, 401, 403, 404, 422] {
+            assert!(
+                matches!(classify(status, "", None), CallError::Permanent { .. }),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_error_bodies_are_cut() {
+        let error = classify(400, &"x".repeat(1000), None);
+        assert!(error.message().len() < ERROR_BODY_CHARS + 20);
+        assert!(error.message().ends_with('…'));
+        assert_eq!(classify(404, " ", None).message(), "HTTP 404: (empty body)");
+    }
+
+    #[test]
+    fn the_request_is_an_openai_chat_completion_in_json_mode() {
+        let messages = [
+            ChatMessage::new(Role::System, "s"),
+            ChatMessage::new(Role::User, "u"),
+        ];
+        let body = serde_json::to_value(ChatRequest {
+            model: "m",
+            messages: &messages,
+            temperature: 0.2,
+            response_format: ResponseFormat {
+                kind: "json_object",
+            },
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "model": "m", "temperature": 0.2,
+                "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                "response_format": {"type": "json_object"},
+            })
+        );
+    }
+
+    #[test]
+    fn the_key_is_not_in_debug_output() {
+        let spec: ConsensusSpec = serde_json::from_value(serde_json::json!({
+            "baseUrl": "http://llm/v1/", "model": "m", "personas": [{"name": "a", "prompt": "p"}],
+        }))
+        .unwrap();
+        let client = ChatClient::new(&spec, Some("sk-secret".into())).unwrap();
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("sk-secret"), "{debug}");
+        assert!(debug.contains("http://llm/v1/chat/completions"), "{debug}");
+    }
+}

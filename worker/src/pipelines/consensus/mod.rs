@@ -1,0 +1,232 @@
+//! The consensus pipeline: `expand` asks the model to turn the Job's idea
+//! into a full proposal, one `review:<persona>` step per persona reviews it
+//! (all at once, each with its own retries and backoff), and `aggregate`
+//! turns the reviews into a decision. Every model answer is JSON checked
+//! against a schema; an invalid one gets one repair request, after which it
+//! counts as a failed try.
+//!
+//! The pure parts (prompts, schemas, backoff, the decision rule) are in
+//! their own modules; this one only runs the steps.
+
+mod aggregate;
+mod client;
+mod prompts;
+mod retry;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+use drover_crds::Pipeline;
+use drover_crds::input::ConsensusInput;
+use drover_crds::pipeline_worker::ConsensusSpec;
+use serde::Deserialize;
+use serde_json::Value;
+
+use self::aggregate::PersonaReview;
+use self::client::{CallError, ChatClient, ChatMessage};
+use self::retry::RetryPolicy;
+use super::{Context, Failure};
+use crate::progress::Progress;
+
+pub const EXPAND: &str = "expand";
+pub const AGGREGATE: &str = "aggregate";
+
+/// Where the operator puts the API key from `apiKeySecretRef` (see
+/// `drover_operator::deployment`); it is never part of the spec.
+pub const API_KEY_ENV: &str = "DROVER_LLM_API_KEY";
+
+/// The step that runs one persona's review.
+pub fn review_step(persona: &str) -> String {
+    format!("review:{persona}")
+}
+
+/// `expand`, `review:<persona>` for each persona in spec order, `aggregate`.
+pub fn steps(spec: Option<&ConsensusSpec>) -> Vec<String> {
+    let personas = spec.map(|s| s.personas.as_slice()).unwrap_or_default();
+    std::iter::once(EXPAND.to_owned())
+        .chain(personas.iter().map(|p| review_step(&p.name)))
+        .chain(std::iter::once(AGGREGATE.to_owned()))
+        .collect()
+}
+
+pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
+    let api_key = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|key| !key.trim().is_empty());
+    run_with_key(input, ctx, api_key).await
+}
+
+async fn run_with_key(
+    input: &Value,
+    ctx: &Context<'_>,
+    api_key: Option<String>,
+) -> Result<Value, Failure> {
+    let input = parse(input)?;
+    let Some(spec) = ctx.fleet.consensus.as_ref() else {
+        return Err(Failure {
+            reason: "ConsensusNotConfigured",
+            message: "the PipelineWorker has no spec.consensus (model, base URL, personas)".into(),
+            retryable: false,
+        });
+    };
+    let client = ChatClient::new(spec, api_key).map_err(|message| Failure {
+        reason: "HttpClientUnavailable",
+        message,
+        retryable: true,
+    })?;
+    let caller = Caller {
+        client: &client,
+        policy: RetryPolicy::from_spec(spec),
+        progress: &ctx.progress,
+    };
+
+    let expand = prompts::expand(&input);
+    let proposal = ctx
+        .progress
+        .step(EXPAND, async {
+            caller
+                .ask(EXPAND, &expand, schema::parse_proposal)
+                .await
+                .map_err(|why| Failure {
+                    reason: "ExpandFailed",
+                    message: format!("expand: {why}"),
+                    retryable: true,
+                })
+        })
+        .await?;
+
+    // All reviews at once; the first persona to fail for good ends the
+    // attempt without waiting for the others.
+    let reviews = futures::future::try_join_all(spec.personas.iter().map(|persona| {
+        let step = review_step(&persona.name);
+        let messages = prompts::review(persona, &proposal, input.context.as_deref());
+        let caller = &caller;
+        async move {
+            let review = ctx
+                .progress
+                .step(&step, async {
+                    caller
+                        .ask(&step, &messages, schema::parse_review)
+                        .await
+                        .map_err(|why| Failure {
+                            reason: "PersonaFailed",
+                            message: format!("persona {}: {why}", persona.name),
+                            retryable: true,
+                        })
+                })
+                .await?;
+            Ok::<_, Failure>(PersonaReview {
+                persona: persona.name.clone(),
+                review,
+            })
+        }
+    }))
+    .await?;
+
+    ctx.progress
+        .step(AGGREGATE, async {
+            let decision = aggregate::decide(&reviews);
+            tracing::info!(
+                decision = decision.verdict.as_str(),
+                score = decision.score,
+                agreement = decision.agreement,
+                "consensus reached"
+            );
+            Ok(aggregate::result(&proposal, &reviews, &decision))
+        })
+        .await
+}
+
+/// Asks the model with one step's retry policy.
+struct Caller<'a> {
+    client: &'a ChatClient,
+    policy: RetryPolicy,
+    progress: &'a Progress,
+}
+
+impl Caller<'_> {
+    /// Tries up to `policy.tries()` times; returns the parsed answer, or why
+    /// it gave up.
+    async fn ask<T>(
+        &self,
+        step: &str,
+        messages: &[ChatMessage],
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let tries = self.policy.tries();
+        let mut last: Option<CallError> = None;
+        for number in 1..=tries {
+            if let Some(previous) = &last {
+                let server_asked = match previous {
+                    CallError::Retryable { retry_after, .. } => *retry_after,
+                    CallError::Permanent { .. } => None,
+                };
+                let wait = self.policy.wait_before(number - 1, server_asked);
+                self.progress.retried(
+                    step,
+                    &format!(
+                        "try {number} of {tries} after {} ms: {}",
+                        wait.as_millis(),
+                        previous.message()
+                    ),
+                );
+                tokio::time::sleep(wait).await;
+            }
+            match self.try_once(step, messages, parse).await {
+                Ok(value) => return Ok(value),
+                Err(CallError::Permanent { message }) => {
+                    return Err(format!(
+                        "{message} (not retried: only 408, 429, 5xx, timeouts, lost connections and invalid output are)"
+                    ));
+                }
+                Err(error) => {
+                    tracing::info!(
+                        step,
+                        try_number = number,
+                        tries,
+                        error = error.message(),
+                        "model try failed"
+                    );
+                    last = Some(error);
+                }
+            }
+        }
+        let last = last.as_ref().map_or("", CallError::message);
+        Err(format!("gave up after {tries} tries; the last: {last}"))
+    }
+
+    /// One try: a request, and a repair request if the answer does not fit
+    /// the schema.
+    async fn try_once<T>(
+        &self,
+        step: &str,
+        messages: &[ChatMessage],
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<T, CallError> {
+        let answer = self.client.complete(step, messages).await?;
+        let problem = match parse(&answer) {
+            Ok(value) => return Ok(value),
+            Err(problem) => problem,
+        };
+        tracing::info!(step, problem = %problem, "invalid model output; asking for a repair");
+        let repair = prompts::repair(messages, &answer, &problem);
+        let repaired = self.client.complete(step, &repair).await?;
+        parse(&repaired).map_err(|problem| CallError::Retryable {
+            message: format!("invalid output, still after a repair request: {problem}"),
+            retry_after: None,
+        })
+    }
+}
+
+/// The operator checked the input before queueing; this guards against a
+/// Job edited by hand or a newer operator.
+fn parse(input: &Value) -> Result<ConsensusInput, Failure> {
+    let invalid = |message: String| Failure {
+        reason: "InvalidInput",
+        message,
+        retryable: false,
+    };
+    drover_crds::input::validate(Pipeline::Consensus, input).map_err(|e| invalid(e.to_string()))?;
+    ConsensusInput::deserialize(input)
+        .map_err(|e| invalid(format!("spec.input is not valid consensus input: {e}")))
+}
