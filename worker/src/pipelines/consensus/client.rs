@@ -135,17 +135,21 @@ impl ChatClient {
 
     /// Sends `messages` and returns the answer's text ("" when the answer
     /// has none: that is for the caller's schema check to refuse). `who`
-    /// names the caller in logs.
-    pub async fn complete(&self, who: &str, messages: &[ChatMessage]) -> Result<String, CallError> {
+    /// is the step (`expand`, `review:<persona>`) the call is logged under.
+    pub async fn complete(
+        &self,
+        step: &str,
+        messages: &[ChatMessage],
+    ) -> Result<String, CallError> {
         let started = Instant::now();
         let outcome = self.send(messages).await;
         let took_ms = started.elapsed().as_millis() as u64;
         match &outcome {
             Ok((status, _)) => {
-                tracing::debug!(who, status, took_ms, "model call answered");
+                tracing::debug!(step, status, took_ms, "model call answered");
             }
             Err(error) => {
-                tracing::debug!(who, took_ms, error = error.message(), "model call failed");
+                tracing::debug!(step, took_ms, error = error.message(), "model call failed");
             }
         }
         outcome.map(|(_, text)| text)
@@ -188,6 +192,17 @@ impl ChatClient {
     }
 
     fn transport(&self, error: &reqwest::Error) -> CallError {
+        if error.is_builder() {
+            // A request that cannot be built (a base URL that does not parse, a
+            // key that is not a valid header value) fails the same way again.
+            return CallError::Permanent {
+                message: format!(
+                    "cannot build a request to {}: {}",
+                    self.url,
+                    source_chain(error)
+                ),
+            };
+        }
         let message = if error.is_timeout() {
             format!(
                 "no answer from {} within {} ms",

@@ -50,10 +50,14 @@ pub fn steps(spec: Option<&ConsensusSpec>) -> Vec<String> {
 }
 
 pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
-    let api_key = std::env::var(API_KEY_ENV)
-        .ok()
-        .filter(|key| !key.trim().is_empty());
-    run_with_key(input, ctx, api_key).await
+    run_with_key(input, ctx, api_key(std::env::var(API_KEY_ENV).ok())).await
+}
+
+/// A Secret made from a file often ends in a newline, which is no part of
+/// the key (and not valid in a header); a blank key is no key.
+fn api_key(raw: Option<String>) -> Option<String> {
+    raw.map(|key| key.trim().to_owned())
+        .filter(|key| !key.is_empty())
 }
 
 async fn run_with_key(

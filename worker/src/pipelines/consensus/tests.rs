@@ -187,6 +187,13 @@ async fn valid_answers_become_a_decision_that_cites_every_persona() {
     );
 }
 
+#[test]
+fn the_key_is_trimmed_and_a_blank_key_is_none() {
+    assert_eq!(api_key(Some("sk-1\n".into())).as_deref(), Some("sk-1"));
+    assert_eq!(api_key(Some(" \n".into())), None);
+    assert_eq!(api_key(None), None);
+}
+
 #[tokio::test]
 async fn no_key_sends_no_authorization() {
     let llm = ScriptedLlm::start(well_behaved).await.unwrap();
@@ -401,8 +408,8 @@ async fn a_request_that_times_out_is_retried() {
 
 #[tokio::test]
 async fn a_slow_persona_does_not_hold_the_others_back() {
-    const SLOW: Duration = Duration::from_millis(1500);
-    const FAST: Duration = Duration::from_millis(500);
+    const SLOW: Duration = Duration::from_millis(2000);
+    const FAST: Duration = Duration::from_millis(700);
     let llm = ScriptedLlm::start(|call| {
         if is_expand(call) {
             well_behaved(call)
@@ -420,7 +427,7 @@ async fn a_slow_persona_does_not_hold_the_others_back() {
 
     // Three approvals at 8 and a revise at 6: a mean of 7.5 approves.
     assert_eq!(ran.result()["decision"], "approve");
-    // One after another the reviews would take 1.5 + 3 * 0.5 = 3 s.
+    // One after another the reviews would take 2 + 3 * 0.7 = 4.1 s.
     eprintln!(
         "4 reviews (one {SLOW:?}, three {FAST:?}) took {:?} in all",
         ran.took
@@ -510,4 +517,30 @@ async fn invalid_input_fails_for_good_without_a_model_call() {
         );
     }
     assert!(llm.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_base_url_that_is_no_url_fails_without_retries() {
+    let fleet = testing::fleet(json!({"pipeline": "consensus", "consensus": {
+        "baseUrl": "http://no such host/v1", "model": "m",
+        "personas": [{"name": "a", "prompt": "p"}],
+        "maxRetriesPerPersona": 3, "initialBackoffMillis": 1000,
+    }}));
+    let ran = run_fleet(&fleet, &input()).await;
+    let failure = ran.failure();
+    assert_eq!(failure.reason, "ExpandFailed");
+    assert!(
+        failure
+            .message
+            .contains("cannot build a request to http://no such host/v1/chat/completions"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("not retried"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(ran.step("expand").attempts, 1);
+    assert!(ran.took < Duration::from_secs(1), "{:?}", ran.took);
 }
