@@ -61,6 +61,20 @@ fn well_behaved(call: &Call) -> Reply {
     }
 }
 
+/// A server that gives `persona` `reply` for its first `times` calls (a
+/// repair request counts) and is well behaved otherwise.
+async fn llm_where(persona: &'static str, times: usize, reply: Reply) -> ScriptedLlm {
+    ScriptedLlm::start(move |call| {
+        if is_persona(call, persona) && call.nth < times {
+            reply.clone()
+        } else {
+            well_behaved(call)
+        }
+    })
+    .await
+    .unwrap()
+}
+
 struct Ran {
     outcome: Result<Value, Failure>,
     steps: Vec<StepStatus>,
@@ -205,15 +219,8 @@ async fn no_key_sends_no_authorization() {
 
 #[tokio::test]
 async fn malformed_json_gets_a_repair_request_and_the_repair_is_used() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "skeptic") && call.nth == 0 {
-            Reply::Text("Sure! Here is my review: {\"verdict\": approve".into())
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    let garbled = "Sure! Here is my review: {\"verdict\": approve";
+    let llm = llm_where("skeptic", 1, Reply::Text(garbled.into())).await;
     let fleet = fleet(&llm, &["skeptic", "user"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
 
@@ -230,7 +237,7 @@ async fn malformed_json_gets_a_repair_request_and_the_repair_is_used() {
     );
     assert_eq!(
         repair.body["messages"][2],
-        json!({"role": "assistant", "content": "Sure! Here is my review: {\"verdict\": approve"})
+        json!({"role": "assistant", "content": garbled})
     );
     // A repaired answer is still the first try.
     assert_eq!(ran.step("review:skeptic").attempts, 1);
@@ -238,16 +245,9 @@ async fn malformed_json_gets_a_repair_request_and_the_repair_is_used() {
 
 #[tokio::test]
 async fn output_still_invalid_after_the_repair_counts_as_a_failed_try() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "skeptic") && call.nth < 2 {
-            // Valid JSON, wrong schema: the score is out of range.
-            Reply::Json(json!({"verdict": "approve", "score": 42, "summary": "Great"}))
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    // Valid JSON, wrong schema: the score is out of range, twice.
+    let out_of_range = json!({"verdict": "approve", "score": 42, "summary": "Great"});
+    let llm = llm_where("skeptic", 2, Reply::Json(out_of_range)).await;
     let fleet = fleet(&llm, &["skeptic"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
 
@@ -270,17 +270,10 @@ async fn output_still_invalid_after_the_repair_counts_as_a_failed_try() {
 
 #[tokio::test]
 async fn a_rate_limit_is_retried_after_the_wait_the_server_asks_for() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "skeptic") && call.nth == 0 {
-            Reply::TooManyRequests {
-                retry_after_seconds: 1,
-            }
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    let rate_limited = Reply::TooManyRequests {
+        retry_after_seconds: 1,
+    };
+    let llm = llm_where("skeptic", 1, rate_limited).await;
     let fleet = fleet(&llm, &["skeptic", "user"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
 
@@ -303,15 +296,12 @@ async fn a_rate_limit_is_retried_after_the_wait_the_server_asks_for() {
 
 #[tokio::test]
 async fn server_errors_until_retries_run_out_fail_the_job_retryably_naming_the_persona() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "operator") {
-            Reply::Status(500, "upstream exploded".into())
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    let llm = llm_where(
+        "operator",
+        usize::MAX,
+        Reply::Status(500, "upstream exploded".into()),
+    )
+    .await;
     let fleet = fleet(
         &llm,
         &["skeptic", "operator"],
@@ -344,15 +334,8 @@ async fn server_errors_until_retries_run_out_fail_the_job_retryably_naming_the_p
 
 #[tokio::test]
 async fn a_client_error_is_not_retried() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "skeptic") {
-            Reply::Status(401, r#"{"error": {"message": "invalid api key"}}"#.into())
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    let refused = Reply::Status(401, r#"{"error": {"message": "invalid api key"}}"#.into());
+    let llm = llm_where("skeptic", usize::MAX, refused).await;
     let fleet = fleet(&llm, &["skeptic"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
 
@@ -378,15 +361,8 @@ async fn a_client_error_is_not_retried() {
 
 #[tokio::test]
 async fn a_request_that_times_out_is_retried() {
-    let llm = ScriptedLlm::start(|call| {
-        if is_persona(call, "skeptic") && call.nth == 0 {
-            Reply::after(Duration::from_secs(4), well_behaved(call))
-        } else {
-            well_behaved(call)
-        }
-    })
-    .await
-    .unwrap();
+    let too_late = Reply::after(Duration::from_secs(4), review("approve", 8.0, "Late"));
+    let llm = llm_where("skeptic", 1, too_late).await;
     let fleet = fleet(&llm, &["skeptic"], json!({"requestTimeoutSeconds": 1}));
     let ran = run_fleet(&fleet, &input()).await;
 
