@@ -196,7 +196,8 @@ impl Caller<'_> {
             }
         }
         let last = last.as_ref().map_or("", CallError::message);
-        Err(format!("gave up after {tries} tries; the last: {last}"))
+        let plural = if tries == 1 { "try" } else { "tries" };
+        Err(format!("gave up after {tries} {plural}; the last: {last}"))
     }
 
     /// One try: a request, and a repair request if the answer does not fit
