@@ -6,26 +6,14 @@
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
-use drover_e2e::drover::{DroverProcesses, start_drover_for_tests};
+use drover_e2e::drover::shared_drover;
 use drover_e2e::llm::{Call, Reply, ScriptedLlm};
-use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_e2e::wait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::sync::OnceCell;
 
 const API_KEY: &str = "sk-e2e-consensus";
-
-async fn drover(env: &'static TestEnv) -> &'static DroverProcesses {
-    static DROVER: OnceCell<DroverProcesses> = OnceCell::const_new();
-    DROVER
-        .get_or_init(|| async {
-            start_drover_for_tests(env)
-                .await
-                .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
-        })
-        .await
-}
 
 fn persona(call: &Call) -> Option<&str> {
     ["skeptic", "operator", "user"]
@@ -54,8 +42,7 @@ fn script(call: &Call) -> Reply {
 
 #[tokio::test]
 async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_secret() {
-    let env = shared().await;
-    drover(env).await;
+    let (env, _) = shared_drover().await;
     let client = env.control_plane.client().await.expect("client");
     let ns = env
         .control_plane
