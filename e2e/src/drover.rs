@@ -13,6 +13,10 @@ pub const PUBSUB_PROJECT: &str = "drover-local";
 /// The image name the operator gives worker pods unless told otherwise; the
 /// process kubelet maps it to the locally built `drover-worker`.
 pub const WORKER_IMAGE: &str = "drover-worker:dev";
+/// The repositories of the images the Helm chart and images/*.Dockerfile name;
+/// the process kubelet maps them, whatever their tag, to the built binaries.
+pub const OPERATOR_IMAGE_REPOSITORY: &str = "drover-operator";
+pub const WORKER_IMAGE_REPOSITORY: &str = "drover-worker";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DroverBinaryError {
@@ -105,20 +109,35 @@ pub enum StartDroverError {
     Kubelet(#[from] crate::kubelet::KubeletError),
 }
 
-/// Starts a process kubelet (worker image -> the built `drover-worker`, with
-/// the admin kubeconfig standing in for a mounted token) and one operator.
-pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverError> {
-    let client = env.control_plane.client().await?;
+/// The process kubelet's configuration for Drover: the worker image (and the
+/// chart's operator and worker images, any tag) -> the built binaries, with the
+/// admin kubeconfig standing in for a mounted token.
+pub fn kubelet_config(env: &TestEnv) -> Result<crate::kubelet::KubeletConfig, StartDroverError> {
     let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
-    let config = crate::kubelet::KubeletConfig::new(
+    Ok(crate::kubelet::KubeletConfig::new(
         "drover-node",
         env.control_plane.state_dir().join("kubelet"),
     )
     .image(WORKER_IMAGE, binary("drover-worker")?)
+    .image(WORKER_IMAGE_REPOSITORY, binary("drover-worker")?)
+    .image(OPERATOR_IMAGE_REPOSITORY, binary("drover-operator")?)
     .env("KUBECONFIG", kubeconfig)
     .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
-    .env("RUST_LOG", "info,kube=warn");
-    let kubelet = crate::kubelet::ProcessKubelet::start(client, config).await?;
+    .env("RUST_LOG", "info,kube=warn"))
+}
+
+/// Starts a process kubelet with [`kubelet_config`] and no operator (for an
+/// operator installed with Helm).
+pub async fn start_kubelet(
+    env: &TestEnv,
+) -> Result<crate::kubelet::ProcessKubelet, StartDroverError> {
+    let client = env.control_plane.client().await?;
+    Ok(crate::kubelet::ProcessKubelet::start(client, kubelet_config(env)?).await?)
+}
+
+/// Starts a process kubelet ([`start_kubelet`]) and one operator.
+pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverError> {
+    let kubelet = start_kubelet(env).await?;
     let port = crate::ports::free_loopback_ports(1)
         .map_err(StartDroverError::Port)?
         .first()

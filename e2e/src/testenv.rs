@@ -1,5 +1,6 @@
 //! Locating or building the Go binaries of the test environment: etcd,
-//! kube-apiserver, kube-controller-manager, kubectl and the Pub/Sub emulator.
+//! kube-apiserver, kube-controller-manager, kubectl and the Pub/Sub emulator,
+//! and, separately, helm (see [`ensure_helm`]).
 //!
 //! They are built from the Go module in `e2e/testenv` (which pins every version)
 //! into a per-user cache outside the repository, keyed by a hash of everything
@@ -32,6 +33,15 @@ pub const GO_ENV: &str = "DROVER_GO";
 pub const CACHE_ENV: &str = "DROVER_TESTENV_CACHE";
 /// Uses prebuilt binaries from this directory instead of building.
 pub const BIN_DIR_ENV: &str = "DROVER_TESTENV_BIN_DIR";
+
+/// The Go module helm is built from. A module of its own, with a cache key of
+/// its own: adding or upgrading helm never rebuilds the control plane (and
+/// this directory holds no `.go` file, so it is no part of that key either).
+pub const HELM_SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testenv/helm");
+/// Uses this helm binary instead of building one.
+pub const HELM_ENV: &str = "DROVER_HELM";
+/// The helm module whose version `helm version` reports.
+const HELM_MODULE: &str = "helm.sh/helm/v3";
 
 /// The Kubernetes module whose version the Kubernetes binaries report.
 const KUBERNETES_MODULE: &str = "k8s.io/kubernetes";
@@ -73,6 +83,48 @@ const STEPS: &[BuildStep] = &[
     },
 ];
 
+const HELM_STEPS: &[BuildStep] = &[BuildStep {
+    what: "helm",
+    packages: &["helm.sh/helm/v3/cmd/helm"],
+    output_name: Some("helm"),
+    stamp_kubernetes_version: false,
+}];
+
+/// One cached Go build: where its sources are, how it is built, what it makes.
+struct Recipe {
+    /// For progress messages.
+    what: &'static str,
+    source_dir: &'static str,
+    steps: &'static [BuildStep],
+    /// File names the build must leave in `bin/`.
+    outputs: &'static [&'static str],
+    /// The `go build` flags of each step (everything but `-o` and the packages).
+    flags: fn(&Path) -> Result<Vec<Vec<String>>, TestEnvError>,
+}
+
+const CONTROL_PLANE: Recipe = Recipe {
+    what: "the test environment (etcd, kube-apiserver, kube-controller-manager, kubectl, \
+           Pub/Sub emulator)",
+    source_dir: SOURCE_DIR,
+    steps: STEPS,
+    outputs: &[
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+        "pubsub-emulator",
+    ],
+    flags: build_flags,
+};
+
+const HELM: Recipe = Recipe {
+    what: "helm",
+    source_dir: HELM_SOURCE_DIR,
+    steps: HELM_STEPS,
+    outputs: &["helm"],
+    flags: helm_build_flags,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum TestEnvError {
     /// `looked_for` says where: the default places, or a `DROVER_GO` that
@@ -110,6 +162,8 @@ pub enum TestEnvError {
     },
     #[error("go build of the test environment succeeded but did not produce {}", .0.display())]
     OutputMissing(PathBuf),
+    #[error("{HELM_ENV}={}: not an executable file", .0.display())]
+    HelmMissing(PathBuf),
 }
 
 fn io_err(context: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TestEnvError + use<> {
@@ -169,20 +223,53 @@ pub fn ensure_built(progress: &mut dyn FnMut(&str)) -> Result<TestEnvBinaries, T
     if let Some(dir) = env::var_os(BIN_DIR_ENV).filter(|v| !v.is_empty()) {
         return prebuilt(PathBuf::from(dir));
     }
+    let bin_dir = build_cached(&CONTROL_PLANE, cache_root()?, progress)?;
+    Ok(TestEnvBinaries::in_dir(&bin_dir))
+}
+
+/// Returns the path of a helm binary: `$DROVER_HELM`, else one built from
+/// [`HELM_SOURCE_DIR`] into `<cache root>/helm/<key>/bin/helm` the same way as
+/// [`ensure_built`] builds the control plane (a lock per key, an atomic rename,
+/// a loud error without Go). A cold build takes a few minutes.
+pub fn ensure_helm(progress: &mut dyn FnMut(&str)) -> Result<PathBuf, TestEnvError> {
+    if let Some(helm) = env::var_os(HELM_ENV).filter(|v| !v.is_empty()) {
+        let helm = PathBuf::from(helm);
+        return if is_executable(&helm) {
+            Ok(helm)
+        } else {
+            Err(TestEnvError::HelmMissing(helm))
+        };
+    }
+    let bin_dir = build_cached(&HELM, cache_root()?.join("helm"), progress)?;
+    Ok(bin_dir.join("helm"))
+}
+
+fn first_missing(bin_dir: &Path, outputs: &[&str]) -> Option<PathBuf> {
+    outputs
+        .iter()
+        .map(|name| bin_dir.join(name))
+        .find(|path| !is_executable(path))
+}
+
+/// Builds `recipe` into `<root>/<key>/bin` unless it is there already, and
+/// returns that directory.
+fn build_cached(
+    recipe: &Recipe,
+    root: PathBuf,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, TestEnvError> {
     let go = find_go()?;
-    let source_dir = Path::new(SOURCE_DIR);
+    let source_dir = Path::new(recipe.source_dir);
     let go_version = go_version(&go, source_dir)?;
-    let flags = build_flags(source_dir)?;
-    let key = cache_key(source_dir, &go_version, &flags)?;
-    let root = cache_root()?;
+    let flags = (recipe.flags)(source_dir)?;
+    let key = cache_key(source_dir, recipe.steps, &go_version, &flags)?;
     let key_dir = root.join(&key);
     let bin_dir = key_dir.join("bin");
-    let binaries = TestEnvBinaries::in_dir(&bin_dir);
 
     // The finished directory only ever appears through an atomic rename, so if
     // it is complete it is usable without taking the lock.
-    if binaries.first_missing().is_none() {
-        return Ok(binaries);
+    if first_missing(&bin_dir, recipe.outputs).is_none() {
+        return Ok(bin_dir);
     }
 
     fs::create_dir_all(&root).map_err(io_err("cannot create the cache directory", &root))?;
@@ -191,12 +278,13 @@ pub fn ensure_built(progress: &mut dyn FnMut(&str)) -> Result<TestEnvBinaries, T
 
     // Someone else may have finished the build while we waited for the lock.
     if bin_dir.exists() {
-        if binaries.first_missing().is_none() {
+        if first_missing(&bin_dir, recipe.outputs).is_none() {
             progress(&format!(
-                "using the test environment binaries another process just built in {}",
+                "using the {} binaries another process just built in {}",
+                recipe.what,
                 bin_dir.display()
             ));
-            return Ok(binaries);
+            return Ok(bin_dir);
         }
         // Only a rename creates `bin`, so this is tampering (e.g. a deleted file):
         // start over rather than trust it.
@@ -212,24 +300,26 @@ pub fn ensure_built(progress: &mut dyn FnMut(&str)) -> Result<TestEnvBinaries, T
     fs::create_dir_all(&partial).map_err(io_err("cannot create the build directory", &partial))?;
 
     progress(&format!(
-        "building the test environment (etcd, kube-apiserver, kube-controller-manager, kubectl, \
-         Pub/Sub emulator) from {SOURCE_DIR} with {go_version} into {}; a cold build takes many \
-         minutes, later runs reuse it",
+        "building {} from {} with {go_version} into {}; a cold build takes minutes, \
+         later runs reuse it",
+        recipe.what,
+        recipe.source_dir,
         bin_dir.display()
     ));
     let total = Instant::now();
-    for (step, flags) in STEPS.iter().zip(&flags) {
+    for (step, flags) in recipe.steps.iter().zip(&flags) {
         run_build_step(&go, source_dir, &partial, step, flags, progress)?;
     }
-    if let Some((_, path)) = TestEnvBinaries::in_dir(&partial).first_missing() {
-        return Err(TestEnvError::OutputMissing(path.to_path_buf()));
+    if let Some(path) = first_missing(&partial, recipe.outputs) {
+        return Err(TestEnvError::OutputMissing(path));
     }
     fs::rename(&partial, &bin_dir).map_err(io_err(
         "cannot move the finished build into place at",
         &bin_dir,
     ))?;
     progress(&format!(
-        "test environment built in {:.1} s",
+        "{} built in {:.1} s",
+        recipe.what,
         total.elapsed().as_secs_f64()
     ));
     prune_other_builds(&root, &key, progress);
@@ -237,12 +327,13 @@ pub fn ensure_built(progress: &mut dyn FnMut(&str)) -> Result<TestEnvBinaries, T
     // `-mod=mod` lets go rewrite go.mod/go.sum; if it did, the next run hashes to a
     // different key and rebuilds (quickly, from Go's build cache). Say so, so the
     // updated files get committed.
-    if cache_key(source_dir, &go_version, &flags)? != key {
+    if cache_key(source_dir, recipe.steps, &go_version, &flags)? != key {
         progress(&format!(
-            "warning: the build updated {SOURCE_DIR}/go.mod or go.sum; commit those changes"
+            "warning: the build updated {}/go.mod or go.sum; commit those changes",
+            recipe.source_dir
         ));
     }
-    Ok(binaries)
+    Ok(bin_dir)
 }
 
 /// Removes the builds of other cache keys (each is a few hundred MB): they are
@@ -261,7 +352,10 @@ fn prune_other_builds(root: &Path, key: &str, progress: &mut dyn FnMut(&str)) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if name == key || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        // Only other keys' builds: the cache root also holds other recipes'
+        // directories (`helm/`).
+        let is_key = name.len() == key.len() && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if name == key || !is_key || !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let lock_path = root.join(format!("{name}.lock"));
@@ -467,8 +561,36 @@ fn build_flags(source_dir: &Path) -> Result<Vec<Vec<String>>, TestEnvError> {
         .collect())
 }
 
+/// helm's `go build` flags: stamped with the helm version go.mod requires,
+/// as helm's own release build does (otherwise `helm version` says `v3.x-dev`).
+fn helm_build_flags(source_dir: &Path) -> Result<Vec<Vec<String>>, TestEnvError> {
+    let go_mod = source_dir.join("go.mod");
+    let go_mod_text = fs::read_to_string(&go_mod).map_err(io_err("cannot read", &go_mod))?;
+    let mut ldflags = String::from("-s -w");
+    if let Some(version) = module_version(&go_mod_text, HELM_MODULE) {
+        ldflags.push_str(&format!(
+            " -X {HELM_MODULE}/internal/version.version={version}"
+        ));
+    }
+    Ok(HELM_STEPS
+        .iter()
+        .map(|_| {
+            vec![
+                "build".to_owned(),
+                "-trimpath".to_owned(),
+                format!("-ldflags={ldflags}"),
+            ]
+        })
+        .collect())
+}
+
 /// The version of `k8s.io/kubernetes` that go.mod requires, e.g. `v1.37.2`.
 fn kubernetes_version(go_mod: &str) -> Option<String> {
+    module_version(go_mod, KUBERNETES_MODULE)
+}
+
+/// The version of `module` that go.mod requires.
+fn module_version(go_mod: &str, module_path: &str) -> Option<String> {
     go_mod.lines().find_map(|line| {
         let mut words = line.split_whitespace();
         let mut module = words.next()?;
@@ -476,7 +598,7 @@ fn kubernetes_version(go_mod: &str) -> Option<String> {
             module = words.next()?;
         }
         let version = words.next()?;
-        (module == KUBERNETES_MODULE && version.starts_with('v')).then(|| version.to_owned())
+        (module == module_path && version.starts_with('v')).then(|| version.to_owned())
     })
 }
 
@@ -500,6 +622,7 @@ fn version_ldflags(version: &str) -> String {
 /// the build recipe, go.mod, go.sum and every .go file of the module.
 fn cache_key(
     source_dir: &Path,
+    steps: &[BuildStep],
     go_version: &str,
     flags: &[Vec<String>],
 ) -> Result<String, TestEnvError> {
@@ -520,7 +643,7 @@ fn cache_key(
         hasher.update(bytes);
     };
     field(go_version.as_bytes());
-    for (step, flags) in STEPS.iter().zip(flags) {
+    for (step, flags) in steps.iter().zip(flags) {
         field(flags.join(" ").as_bytes());
         field(step.packages.join(" ").as_bytes());
         field(step.output_name.unwrap_or("").as_bytes());
@@ -561,14 +684,14 @@ mod tests {
         fs::create_dir_all(dir.join("cmd/x")).expect("scratch dir");
         fs::write(dir.join("go.mod"), "module example\n").expect("go.mod");
         fs::write(dir.join("cmd/x/main.go"), "package main\n").expect("main.go");
-        let a = cache_key(&dir, "go version go1.26.0 linux/amd64", &[]).expect("key");
+        let a = cache_key(&dir, STEPS, "go version go1.26.0 linux/amd64", &[]).expect("key");
         assert_eq!(
             a,
-            cache_key(&dir, "go version go1.26.0 linux/amd64", &[]).expect("key")
+            cache_key(&dir, STEPS, "go version go1.26.0 linux/amd64", &[]).expect("key")
         );
         assert_ne!(
             a,
-            cache_key(&dir, "go version go1.26.1 linux/amd64", &[]).expect("key")
+            cache_key(&dir, STEPS, "go version go1.26.1 linux/amd64", &[]).expect("key")
         );
         fs::write(
             dir.join("cmd/x/main.go"),
@@ -577,7 +700,7 @@ mod tests {
         .expect("main.go");
         assert_ne!(
             a,
-            cache_key(&dir, "go version go1.26.0 linux/amd64", &[]).expect("key")
+            cache_key(&dir, STEPS, "go version go1.26.0 linux/amd64", &[]).expect("key")
         );
         fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover};
+use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover, start_kubelet};
 use drover_e2e::{TestEnv, error_chain, manifests, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -35,6 +35,11 @@ struct Args {
     /// Apply no samples.
     #[arg(long)]
     no_samples: bool,
+
+    /// Start no operator process, only the process kubelet: for installing the
+    /// operator with Helm or config/install (README, "Install").
+    #[arg(long)]
+    no_operator: bool,
 }
 
 #[tokio::main]
@@ -74,23 +79,34 @@ async fn run(args: Args) -> Result<(), String> {
 
     say("[2/4] drover-operator and drover-worker");
     build_drover_binaries()?;
+    let mut helm_progress = |line: &str| say(&format!("      {line}"));
+    let helm = drover_e2e::testenv::ensure_helm(&mut helm_progress).map_err(|e| error_chain(&e))?;
     say("[3/4] operator and process kubelet");
-    let drover = start_drover(&env).await.map_err(|e| error_chain(&e))?;
-    say(&format!(
-        "      operator running (logs {}), metrics at {}",
-        drover.operator.log_path().display(),
-        drover.operator_metrics
-    ));
-    say("      worker pods run as local processes on node drover-node");
+    let drover = if args.no_operator {
+        let kubelet = start_kubelet(&env).await.map_err(|e| error_chain(&e))?;
+        say("      no operator (--no-operator): install it with helm or kubectl, see the README");
+        Running::KubeletOnly(kubelet)
+    } else {
+        let drover = start_drover(&env).await.map_err(|e| error_chain(&e))?;
+        say(&format!(
+            "      operator running (logs {}), metrics at {}",
+            drover.operator.log_path().display(),
+            drover.operator_metrics
+        ));
+        Running::Drover(Box::new(drover))
+    };
+    say("      pods run as local processes on node drover-node");
 
     say("[4/4] samples");
     if args.no_samples {
         say("      skipped (--no-samples)");
+    } else if args.no_operator {
+        say("      skipped (--no-operator): apply them after installing the operator");
     } else {
         apply_samples(&env, &args.samples, &args.namespace).await?;
     }
 
-    let env_file = write_env_file(&env, &state_dir)?;
+    let env_file = write_env_file(&env, &helm, &state_dir)?;
     say(&format!("      wrote {}", env_file.display()));
 
     say(&format!(
@@ -294,18 +310,26 @@ fn build_drover_binaries() -> Result<(), String> {
     }
 }
 
+/// What runs Drover in the sandbox; dropped (stopped) before the control plane.
+enum Running {
+    Drover(Box<drover_e2e::drover::DroverProcesses>),
+    KubeletOnly(drover_e2e::kubelet::ProcessKubelet),
+}
+
 /// Shell lines that point another terminal at this sandbox.
-fn write_env_file(env: &TestEnv, state_dir: &Path) -> Result<PathBuf, String> {
+fn write_env_file(env: &TestEnv, helm: &Path, state_dir: &Path) -> Result<PathBuf, String> {
     let path = state_dir.join("env");
     let text = format!(
         "# Written by the Drover sandbox; `source` it to reach the sandbox.\n\
          export KUBECONFIG={}\n\
          export PUBSUB_EMULATOR_HOST={}\n\
          export PUBSUB_PROJECT_ID={PROJECT_ID}\n\
-         export KUBECTL={}\n",
+         export KUBECTL={}\n\
+         export HELM={}\n",
         shell_quote(env.control_plane.kubeconfig_path()),
         env.pubsub.host_port(),
         shell_quote(&env.binaries.kubectl),
+        shell_quote(helm),
     );
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)

@@ -1,5 +1,5 @@
 //! Builds (or finds in the cache) the Go binaries of the test environment and
-//! prints where they are. `.ci/run` calls it so the long first build shows its
+//! helm, and prints where they are. `.ci/run` calls it so the long first build shows its
 //! progress before the tests start.
 
 use std::io::Write;
@@ -20,6 +20,15 @@ fn main() -> ExitCode {
             ] {
                 println!("{name}\t{}", path.display());
             }
+        }
+        Err(err) => {
+            progress(&format!("error: {}", drover_e2e::error_chain(&err)));
+            return ExitCode::FAILURE;
+        }
+    }
+    match drover_e2e::testenv::ensure_helm(&mut progress) {
+        Ok(helm) => {
+            println!("helm\t{}", helm.display());
             ExitCode::SUCCESS
         }
         Err(err) => {

@@ -75,6 +75,11 @@ pub struct KubeletConfig {
     /// `KUBECONFIG` in place of the mounted service account token. The pod's
     /// `$(VAR)` references can use them.
     pub extra_env: BTreeMap<String, String>,
+    /// Stands in for the mounted service account token: with `Some(admin)`,
+    /// each pod's process gets `KUBECONFIG` pointing at a copy of the `admin`
+    /// kubeconfig that impersonates the pod's ServiceAccount, so the apiserver
+    /// authorizes it with exactly that account's RBAC. Off by default.
+    pub service_account_kubeconfig: Option<PathBuf>,
 }
 
 impl KubeletConfig {
@@ -85,7 +90,14 @@ impl KubeletConfig {
             images: BTreeMap::new(),
             namespaces: None,
             extra_env: BTreeMap::new(),
+            service_account_kubeconfig: None,
         }
+    }
+
+    /// Runs every pod as its ServiceAccount (see [`Self::service_account_kubeconfig`]).
+    pub fn impersonate_service_accounts(mut self, admin_kubeconfig: impl Into<PathBuf>) -> Self {
+        self.service_account_kubeconfig = Some(admin_kubeconfig.into());
+        self
     }
 
     /// Maps `image` (with or without a tag) to the executable at `program`.

@@ -521,7 +521,23 @@ impl PodWorker {
             host_ip: node::HOST_IP,
             node_allocatable: &allocatable,
         };
-        env::resolve(&ctx, &objects, &self.ctx.shared.config.extra_env)
+        let config = &self.ctx.shared.config;
+        match &config.service_account_kubeconfig {
+            None => env::resolve(&ctx, &objects, &config.extra_env),
+            Some(admin) => {
+                let account = self
+                    .pod
+                    .spec
+                    .as_ref()
+                    .and_then(|spec| spec.service_account_name.clone())
+                    .unwrap_or_else(|| "default".to_owned());
+                let path = self.dirs.workdir.join("serviceaccount.kubeconfig");
+                env::write_service_account_kubeconfig(admin, &path, &self.namespace, &account)?;
+                let mut node_env = config.extra_env.clone();
+                node_env.insert("KUBECONFIG".to_owned(), path.display().to_string());
+                env::resolve(&ctx, &objects, &node_env)
+            }
+        }
     }
 
     async fn exited(&mut self, status: ExitStatus) {
