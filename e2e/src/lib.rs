@@ -18,6 +18,7 @@ pub mod kubelet;
 pub mod latency;
 pub mod llm;
 pub mod manifests;
+pub mod observe;
 pub mod ports;
 pub mod process;
 pub mod pubsub_emulator;

@@ -310,10 +310,11 @@ fn build_drover_binaries() -> Result<(), String> {
     }
 }
 
-/// What runs Drover in the sandbox; dropped (stopped) before the control plane.
+/// What runs Drover in the sandbox: held until teardown, then dropped (which
+/// stops it) before the control plane.
 enum Running {
-    Drover(Box<drover_e2e::drover::DroverProcesses>),
-    KubeletOnly(drover_e2e::kubelet::ProcessKubelet),
+    Drover(#[allow(dead_code)] Box<drover_e2e::drover::DroverProcesses>),
+    KubeletOnly(#[allow(dead_code)] drover_e2e::kubelet::ProcessKubelet),
 }
 
 /// Shell lines that point another terminal at this sandbox.

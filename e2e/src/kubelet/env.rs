@@ -707,7 +707,8 @@ mod tests {
     #[test]
     fn service_account_kubeconfig_impersonates_the_account() {
         let admin = "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n    client-certificate-data: Y2VydA==\n";
-        let text = impersonate_service_account(admin, "drover-system", "drover").expect("rewritten");
+        let text =
+            impersonate_service_account(admin, "drover-system", "drover").expect("rewritten");
         let config: kube::config::Kubeconfig = serde_yaml::from_str(&text).expect("a kubeconfig");
         let user = config.auth_infos[0].auth_info.as_ref().expect("user");
         assert_eq!(

@@ -1,0 +1,413 @@
+//! A real Prometheus (Debian's package) scrapes the operator and the worker
+//! pods while Jobs run, fail, retry, dead-letter and lose their worker, and
+//! evaluates the chart's rules. Every dashboard query and every recorded
+//! series an alert reads must return series; the alerts this workload should
+//! trip must be pending or firing.
+//!
+//! Discovery: the operator is a static target (the harness runs it as a
+//! process on a port it chose); worker pods come and go with scaling, so they
+//! are found with `kubernetes_sd_configs` (role pod) through the test
+//! kubeconfig, with the relabelling the chart's PodMonitor does. That also
+//! proves the PodMonitor's labels (`namespace`, `pod`, `worker`) are enough
+//! for the rules and the dashboard.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drover_crds::Job;
+use drover_e2e::drover::start_drover_for_tests;
+use drover_e2e::observe::{self, chart_dir, helm, prometheus, run};
+use drover_e2e::{ManagedProcess, error_chain, shared, wait};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const FLEET: &str = "sleeper";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
+    // Prerequisites first, so a missing tool fails at once.
+    let prometheus_bin = prometheus();
+    let helm = helm();
+    let env = shared().await;
+    let drover = start_drover_for_tests(env)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env
+        .control_plane
+        .create_namespace("observe")
+        .await
+        .expect("namespace");
+    let state = env
+        .control_plane
+        .state_dir()
+        .join(format!("prometheus-{ns}"));
+    std::fs::create_dir_all(&state).expect("prometheus dir");
+
+    // The chart's rules, as its PrometheusRule renders them.
+    let rendered = run(
+        &helm,
+        &[
+            "template",
+            "drover",
+            &chart_dir().display().to_string(),
+            "--set",
+            "prometheusRule.enabled=true",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let rule_file = observe::rule_file_from_rendered(&rendered).unwrap_or_else(|e| panic!("{e}"));
+    let rules = observe::rules(&rule_file).expect("rules");
+    std::fs::write(state.join("rules.yaml"), &rule_file).expect("rules file");
+
+    let operator_target = drover
+        .operator_metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let prometheus_addr = start_prometheus(
+        &prometheus_bin,
+        &state,
+        &operator_target,
+        &ns,
+        env.control_plane.kubeconfig_path(),
+    )
+    .await;
+
+    // One worker pod, so the one that is killed also runs Jobs after its restart.
+    let pws: Api<drover_crds::PipelineWorker> = Api::namespaced(client.clone(), &ns);
+    let fleet = json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+        "metadata": {"name": FLEET},
+        "spec": {
+            "pipeline": "sleep",
+            "queue": {"topic": format!("{ns}-jobs"), "subscription": format!("{ns}-jobs-sub"),
+                      "deadLetterTopic": format!("{ns}-dead"), "ackDeadlineSeconds": 10},
+            "concurrency": 4,
+            "scaling": {"minReplicas": 1, "maxReplicas": 1, "jobsPerReplica": 4},
+            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 2},
+        },
+    });
+    pws.patch(
+        FLEET,
+        &PatchParams::apply("observe-test").force(),
+        &Patch::Apply(&fleet),
+    )
+    .await
+    .expect("fleet applies");
+    // A fleet whose topic does not exist (and may not be created): publishing
+    // its Job fails, which is what the reconcile-error panel shows.
+    let broken = json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+        "metadata": {"name": "nowhere"},
+        "spec": {"pipeline": "sleep", "queue": {"topic": format!("{ns}-missing"),
+                 "subscription": format!("{ns}-missing-sub"), "create": false},
+                 "scaling": {"minReplicas": 0, "maxReplicas": 1}},
+    });
+    pws.patch(
+        "nowhere",
+        &PatchParams::apply("observe-test").force(),
+        &Patch::Apply(&broken),
+    )
+    .await
+    .expect("broken fleet applies");
+
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let create = |name: String, worker: &'static str, input: Value| {
+        let jobs = jobs.clone();
+        async move {
+            let job: Job = serde_json::from_value(json!({
+                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+                "metadata": {"name": name}, "spec": {"worker": worker, "input": input},
+            }))
+            .expect("job");
+            jobs.create(&PostParams::default(), &job)
+                .await
+                .expect("job is created");
+        }
+    };
+    create(
+        "unpublishable".into(),
+        "nowhere",
+        json!({"durationMillis": 10}),
+    )
+    .await;
+
+    // A long Job whose worker is SIGKILLed mid-run: the watchdog requeues it
+    // (WorkerLost) and the kubelet restarts the process.
+    create("victim".into(), FLEET, json!({"durationMillis": 8000})).await;
+    let running = wait::until("the victim Job to run", Duration::from_secs(90), || async {
+        let job = jobs.get("victim").await.map_err(|e| e.to_string())?;
+        let status = job.status.unwrap_or_default();
+        match status.claim {
+            Some(claim) if status.phase == drover_crds::JobPhase::Running => Ok(claim.pod),
+            _ => Err(format!("{:?}", status.phase)),
+        }
+    })
+    .await;
+    // Jobs that succeed, retry once, fail for good and dead-letter, before the kill.
+    for i in 0..6 {
+        create(format!("ok-{i}"), FLEET, json!({"durationMillis": 300})).await;
+    }
+    create(
+        "retried".into(),
+        FLEET,
+        json!({"durationMillis": 200, "failOnAttempts": [1]}),
+    )
+    .await;
+    create(
+        "dead".into(),
+        FLEET,
+        json!({"durationMillis": 100, "failOnAttempts": [1, 2]}),
+    )
+    .await;
+    create(
+        "broken-input".into(),
+        FLEET,
+        json!({"durationMillis": 100, "failOnAttempts": [1], "failRetryable": false}),
+    )
+    .await;
+    let finished_before_kill =
+        wait_terminal(&jobs, &["ok-0", "ok-1", "ok-2", "ok-3", "ok-4", "ok-5"]).await;
+    assert!(finished_before_kill);
+    let pods = drover.kubelet.running_pods();
+    let victim = pods
+        .iter()
+        .find(|p| p.namespace == ns && p.name == running)
+        .unwrap_or_else(|| panic!("pod {running} is not running: {pods:?}"));
+    // SAFETY: a plain kill(2) of the worker process group the kubelet started.
+    unsafe { libc::kill(-(victim.pid as i32), libc::SIGKILL) };
+    drover
+        .kubelet
+        .wait_for_pods(
+            "the killed worker to restart",
+            Duration::from_secs(60),
+            |pods| {
+                pods.iter()
+                    .any(|p| p.name == running && p.restart_count >= 1)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Work for the restarted process: its counters start again from zero.
+    for i in 0..4 {
+        create(format!("after-{i}"), FLEET, json!({"durationMillis": 300})).await;
+    }
+    let all = [
+        "victim",
+        "ok-0",
+        "ok-1",
+        "ok-2",
+        "ok-3",
+        "ok-4",
+        "ok-5",
+        "retried",
+        "dead",
+        "broken-input",
+        "after-0",
+        "after-1",
+        "after-2",
+        "after-3",
+    ];
+    assert!(wait_terminal(&jobs, &all).await);
+
+    // Every dashboard query returns series.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(observe::dashboard_path()).expect("dashboard"),
+    )
+    .expect("dashboard JSON");
+    let queries = observe::check_dashboard(&dashboard).unwrap_or_else(|e| panic!("{e}"));
+    let mut checks: Vec<(String, String)> = queries
+        .iter()
+        .map(|q| {
+            (
+                format!("dashboard panel {:?} query {}", q.panel, q.ref_id),
+                observe::instantiate(&q.expr, &ns, "5m"),
+            )
+        })
+        .collect();
+    // Every recording rule, and every recorded series an alert reads.
+    let mut alert_inputs = BTreeSet::new();
+    for rule in &rules {
+        match rule {
+            observe::Rule::Record { name, .. } => {
+                checks.push((format!("recording rule {name}"), name.clone()));
+            }
+            observe::Rule::Alert { name, expr } => {
+                let inputs = observe::recorded_series(expr);
+                assert!(
+                    !inputs.is_empty(),
+                    "alert {name} reads no recorded series: {expr}"
+                );
+                alert_inputs.extend(inputs);
+            }
+        }
+    }
+    let recorded: BTreeSet<&str> = rules
+        .iter()
+        .filter_map(|r| match r {
+            observe::Rule::Record { name, .. } => Some(name.as_str()),
+            observe::Rule::Alert { .. } => None,
+        })
+        .collect();
+    for input in &alert_inputs {
+        assert!(
+            recorded.contains(input.as_str()),
+            "an alert reads {input}, which no rule records"
+        );
+    }
+    // The alerts this workload must trip: 4 of about 17 attempts failed, and a
+    // worker restarted.
+    checks.push((
+        "alert DroverJobErrorRateHigh pending or firing".into(),
+        format!(
+            "ALERTS{{alertname=\"DroverJobErrorRateHigh\", namespace=\"{ns}\", worker=\"{FLEET}\"}}"
+        ),
+    ));
+    checks.push((
+        "alert DroverWorkerRestarting firing for the killed pod".into(),
+        format!("ALERTS{{alertname=\"DroverWorkerRestarting\", alertstate=\"firing\", pod=\"{running}\"}}"),
+    ));
+    checks.push((
+        "the watchdog requeue of the killed worker's Job".into(),
+        "drover:job_watchdog_requeues:increase15m > 0".into(),
+    ));
+
+    let started = Instant::now();
+    let mut missing = Vec::new();
+    for (what, promql) in &checks {
+        // Rules evaluate every second and rates need two scrapes: give each
+        // query a little time before calling it empty.
+        let deadline = Instant::now() + Duration::from_secs(45);
+        let outcome = loop {
+            let result = observe::query(&prometheus_addr, promql).await;
+            match &result {
+                Ok(series) if !series.is_empty() => break result,
+                Err(e) if e.contains("bad_data") => break result,
+                _ if Instant::now() >= deadline => break result,
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        match outcome {
+            Ok(series) if !series.is_empty() => {
+                eprintln!("ok: {what}: {} series", series.len());
+            }
+            Ok(_) => missing.push(format!("{what}: no series for {promql}")),
+            Err(e) => missing.push(format!("{what}: {promql}: {e}")),
+        }
+    }
+    eprintln!(
+        "{} queries checked in {:.1} s",
+        checks.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        missing.is_empty(),
+        "queries without series:\n{}\nPrometheus log: {}",
+        missing.join("\n"),
+        state.join("prometheus.log").display()
+    );
+}
+
+/// Waits until every named Job is finished; true when they all are.
+async fn wait_terminal(jobs: &Api<Job>, names: &[&str]) -> bool {
+    wait::until("the Jobs to finish", Duration::from_secs(180), || async {
+        let mut open = Vec::new();
+        for name in names {
+            let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+            let phase = job.status.unwrap_or_default().phase;
+            if !phase.is_terminal() {
+                open.push(format!("{name}: {phase:?}"));
+            }
+        }
+        if open.is_empty() {
+            Ok(true)
+        } else {
+            Err(open.join(", "))
+        }
+    })
+    .await
+}
+
+/// Starts Prometheus on a free loopback port with the rules in
+/// `state/rules.yaml`; returns its `host:port` once it is ready.
+async fn start_prometheus(
+    bin: &Path,
+    state: &Path,
+    operator: &str,
+    namespace: &str,
+    kubeconfig: &Path,
+) -> String {
+    let port = drover_e2e::ports::free_loopback_ports(1).expect("a free port")[0];
+    let addr = format!("127.0.0.1:{port}");
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: [{rules}]
+scrape_configs:
+  - job_name: drover-operator
+    # The operator's metrics carry the fleet's namespace themselves.
+    honor_labels: true
+    static_configs: [{{targets: ["{operator}"]}}]
+  - job_name: drover-workers
+    kubernetes_sd_configs:
+      - role: pod
+        kubeconfig_file: {kubeconfig}
+        namespaces: {{names: ["{namespace}"]}}
+    relabel_configs:
+      # What the chart's PodMonitor selects and the labels it sets.
+      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+        regex: drover-worker
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_container_port_name]
+        regex: http
+        action: keep
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+      - source_labels: [__meta_kubernetes_pod_container_name]
+        target_label: container
+      - source_labels: [__meta_kubernetes_pod_label_drover_dev_pipeline_worker]
+        target_label: worker
+"#,
+        rules = state.join("rules.yaml").display(),
+        kubeconfig = kubeconfig.display(),
+    );
+    let config_path = state.join("prometheus.yml");
+    std::fs::write(&config_path, config).expect("prometheus.yml");
+    let mut command = Command::new(bin);
+    command
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            state.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=info");
+    let process = ManagedProcess::spawn("prometheus", command, &state.join("prometheus.log"))
+        .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
+    let ready = wait::until(
+        "Prometheus to be ready",
+        Duration::from_secs(60),
+        || async {
+            if !process.is_running() {
+                return Ok(false);
+            }
+            match observe::http_get(&addr, "/-/ready").await {
+                Ok((200, _)) => Ok(true),
+                Ok((status, body)) => Err(format!("{status} {body}")),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await;
+    assert!(ready, "prometheus exited:\n{}", process.log_tail(40));
+    // Lives as long as the test binary (and dies with it).
+    std::mem::forget(process);
+    addr
+}
