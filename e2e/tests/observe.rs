@@ -5,11 +5,13 @@
 //! trip must be pending or firing.
 //!
 //! Discovery: the operator is a static target (the harness runs it as a
-//! process on a port it chose); worker pods come and go with scaling, so they
-//! are found with `kubernetes_sd_configs` (role pod) through the test
-//! kubeconfig, with the relabelling the chart's PodMonitor does. That also
-//! proves the PodMonitor's labels (`namespace`, `pod`, `worker`) are enough
-//! for the rules and the dashboard.
+//! process on a port it chose). Worker pods come and go, and Debian builds
+//! Prometheus without `kubernetes_sd_configs`, so the test keeps a
+//! `file_sd_configs` file up to date from the apiserver's list of worker pods
+//! (label `app.kubernetes.io/name=drover-worker`, as the chart's PodMonitor
+//! selects), with the target labels that PodMonitor sets (`namespace`, `pod`,
+//! `container`, and `worker` from the pod label `drover.dev/pipeline-worker`).
+//! That also proves those labels are all the rules and the dashboard need.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -67,14 +69,15 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
         .to_owned();
-    let prometheus_addr = start_prometheus(
-        &prometheus_bin,
-        &state,
-        &operator_target,
-        &ns,
-        env.control_plane.kubeconfig_path(),
-    )
-    .await;
+    let targets = state.join("workers.json");
+    write_worker_targets(&client, &ns, &targets).await;
+    tokio::spawn(keep_worker_targets(
+        client.clone(),
+        ns.clone(),
+        targets.clone(),
+    ));
+    let prometheus_addr =
+        start_prometheus(&prometheus_bin, &state, &operator_target, &targets).await;
 
     // One worker pod, so the one that is killed also runs Jobs after its restart.
     let pws: Api<drover_crds::PipelineWorker> = Api::namespaced(client.clone(), &ns);
@@ -135,9 +138,73 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
     )
     .await;
 
-    // A long Job whose worker is SIGKILLed mid-run: the watchdog requeues it
-    // (WorkerLost) and the kubelet restarts the process.
-    create("victim".into(), FLEET, json!({"durationMillis": 8000})).await;
+    // Prometheus must see the worker before any Job runs: a counter only
+    // shows an increase once a scrape has seen it before.
+    wait_for_series(
+        &prometheus_addr,
+        "up{job=\"drover-workers\", worker=\"sleeper\"} == 1",
+    )
+    .await;
+
+    // Two waves of Jobs that succeed, retry once, fail for good and (wave 2)
+    // dead-letter after maxAttempts, with a scrape between them.
+    let wave = |tag: &'static str| {
+        let create = &create;
+        async move {
+            let mut names = Vec::new();
+            for i in 0..4 {
+                names.push(format!("ok-{tag}-{i}"));
+                create(
+                    format!("ok-{tag}-{i}"),
+                    FLEET,
+                    json!({"durationMillis": 300}),
+                )
+                .await;
+            }
+            names.push(format!("retried-{tag}"));
+            create(
+                format!("retried-{tag}"),
+                FLEET,
+                json!({"durationMillis": 200, "failOnAttempts": [1]}),
+            )
+            .await;
+            names.push(format!("broken-{tag}"));
+            create(
+                format!("broken-{tag}"),
+                FLEET,
+                json!({"durationMillis": 100, "failOnAttempts": [1], "failRetryable": false}),
+            )
+            .await;
+            names
+        }
+    };
+    let mut all = wave("a").await;
+    wait_terminal(&jobs, &all).await;
+    wait_for_series(
+        &prometheus_addr,
+        "drover_worker_job_outcomes_total{outcome=\"failed\"} == 1",
+    )
+    .await;
+    all.extend(wave("b").await);
+    all.push("dead".into());
+    create(
+        "dead".into(),
+        FLEET,
+        json!({"durationMillis": 100, "failOnAttempts": [1, 2]}),
+    )
+    .await;
+    wait_terminal(&jobs, &all).await;
+    wait_for_series(
+        &prometheus_addr,
+        "drover_worker_job_outcomes_total{outcome=\"failed\"} == 2",
+    )
+    .await;
+
+    // A Job whose worker is SIGKILLed mid-run: the watchdog requeues it
+    // (WorkerLost) and the kubelet restarts the process, whose counters start
+    // again from zero.
+    create("victim".into(), FLEET, json!({"durationMillis": 6000})).await;
+    all.push("victim".into());
     let running = wait::until("the victim Job to run", Duration::from_secs(90), || async {
         let job = jobs.get("victim").await.map_err(|e| e.to_string())?;
         let status = job.status.unwrap_or_default();
@@ -147,38 +214,14 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
         }
     })
     .await;
-    // Jobs that succeed, retry once, fail for good and dead-letter, before the kill.
-    for i in 0..6 {
-        create(format!("ok-{i}"), FLEET, json!({"durationMillis": 300})).await;
-    }
-    create(
-        "retried".into(),
-        FLEET,
-        json!({"durationMillis": 200, "failOnAttempts": [1]}),
-    )
-    .await;
-    create(
-        "dead".into(),
-        FLEET,
-        json!({"durationMillis": 100, "failOnAttempts": [1, 2]}),
-    )
-    .await;
-    create(
-        "broken-input".into(),
-        FLEET,
-        json!({"durationMillis": 100, "failOnAttempts": [1], "failRetryable": false}),
-    )
-    .await;
-    let finished_before_kill =
-        wait_terminal(&jobs, &["ok-0", "ok-1", "ok-2", "ok-3", "ok-4", "ok-5"]).await;
-    assert!(finished_before_kill);
     let pods = drover.kubelet.running_pods();
     let victim = pods
         .iter()
         .find(|p| p.namespace == ns && p.name == running)
         .unwrap_or_else(|| panic!("pod {running} is not running: {pods:?}"));
-    // SAFETY: a plain kill(2) of the worker process group the kubelet started.
-    unsafe { libc::kill(-(victim.pid as i32), libc::SIGKILL) };
+    let pid = i32::try_from(victim.pid).expect("pid");
+    // SAFETY: kill(2) of the process group the kubelet started for the pod.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
     drover
         .kubelet
         .wait_for_pods(
@@ -191,27 +234,11 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    // Work for the restarted process: its counters start again from zero.
     for i in 0..4 {
+        all.push(format!("after-{i}"));
         create(format!("after-{i}"), FLEET, json!({"durationMillis": 300})).await;
     }
-    let all = [
-        "victim",
-        "ok-0",
-        "ok-1",
-        "ok-2",
-        "ok-3",
-        "ok-4",
-        "ok-5",
-        "retried",
-        "dead",
-        "broken-input",
-        "after-0",
-        "after-1",
-        "after-2",
-        "after-3",
-    ];
-    assert!(wait_terminal(&jobs, &all).await);
+    wait_terminal(&jobs, &all).await;
 
     // Every dashboard query returns series.
     let dashboard: Value = serde_json::from_str(
@@ -258,7 +285,7 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
             "an alert reads {input}, which no rule records"
         );
     }
-    // The alerts this workload must trip: 4 of about 17 attempts failed, and a
+    // The alerts this workload must trip: 7 of about 25 attempts failed, and a
     // worker restarted.
     checks.push((
         "alert DroverJobErrorRateHigh pending or firing".into(),
@@ -272,7 +299,7 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
     ));
     checks.push((
         "the watchdog requeue of the killed worker's Job".into(),
-        "drover:job_watchdog_requeues:increase15m > 0".into(),
+        "drover_operator_job_outcomes_total{outcome=\"retry\", reason=\"WorkerLost\"} >= 1".into(),
     ));
 
     let started = Instant::now();
@@ -311,8 +338,24 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
     );
 }
 
-/// Waits until every named Job is finished; true when they all are.
-async fn wait_terminal(jobs: &Api<Job>, names: &[&str]) -> bool {
+/// Waits until `promql` returns a series.
+async fn wait_for_series(prometheus: &str, promql: &str) {
+    wait::until(
+        &format!("Prometheus to return {promql}"),
+        Duration::from_secs(60),
+        || async {
+            match observe::query(prometheus, promql).await {
+                Ok(series) if !series.is_empty() => Ok(()),
+                Ok(_) => Err("no series".to_owned()),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until every named Job is finished.
+async fn wait_terminal(jobs: &Api<Job>, names: &[String]) {
     wait::until("the Jobs to finish", Duration::from_secs(180), || async {
         let mut open = Vec::new();
         for name in names {
@@ -323,7 +366,7 @@ async fn wait_terminal(jobs: &Api<Job>, names: &[&str]) -> bool {
             }
         }
         if open.is_empty() {
-            Ok(true)
+            Ok(())
         } else {
             Err(open.join(", "))
         }
@@ -331,15 +374,68 @@ async fn wait_terminal(jobs: &Api<Job>, names: &[&str]) -> bool {
     .await
 }
 
+/// Rewrites the worker targets twice a second (Prometheus rereads the file
+/// when it changes).
+async fn keep_worker_targets(client: kube::Client, namespace: String, path: std::path::PathBuf) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        write_worker_targets(&client, &namespace, &path).await;
+    }
+}
+
+/// The running worker pods of `namespace` as a file_sd target list, with the
+/// labels the chart's PodMonitor gives them.
+async fn write_worker_targets(client: &kube::Client, namespace: &str, path: &Path) {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let Ok(list) = pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=drover-worker"))
+        .await
+    else {
+        return;
+    };
+    let mut groups = Vec::new();
+    for pod in list.items {
+        let status = pod.status.clone().unwrap_or_default();
+        let (Some(ip), Some("Running")) = (status.pod_ip, status.phase.as_deref()) else {
+            continue;
+        };
+        let Some(container) = pod.spec.as_ref().and_then(|s| s.containers.first()) else {
+            continue;
+        };
+        let Some(port) = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("http"))
+        else {
+            continue;
+        };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        groups.push(json!({
+            "targets": [format!("{ip}:{}", port.container_port)],
+            "labels": {
+                "namespace": namespace,
+                "pod": pod.metadata.name.clone().unwrap_or_default(),
+                "container": container.name,
+                "worker": labels.get("drover.dev/pipeline-worker").cloned().unwrap_or_default(),
+            },
+        }));
+    }
+    let text = Value::Array(groups).to_string();
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return;
+    }
+    // Atomic, so Prometheus never reads half a file.
+    let partial = path.with_extension("json.partial");
+    if std::fs::write(&partial, text).is_ok() {
+        let _ = std::fs::rename(&partial, path);
+    }
+}
+
 /// Starts Prometheus on a free loopback port with the rules in
 /// `state/rules.yaml`; returns its `host:port` once it is ready.
-async fn start_prometheus(
-    bin: &Path,
-    state: &Path,
-    operator: &str,
-    namespace: &str,
-    kubeconfig: &Path,
-) -> String {
+async fn start_prometheus(bin: &Path, state: &Path, operator: &str, targets: &Path) -> String {
     let port = drover_e2e::ports::free_loopback_ports(1).expect("a free port")[0];
     let addr = format!("127.0.0.1:{port}");
     let config = format!(
@@ -354,29 +450,10 @@ scrape_configs:
     honor_labels: true
     static_configs: [{{targets: ["{operator}"]}}]
   - job_name: drover-workers
-    kubernetes_sd_configs:
-      - role: pod
-        kubeconfig_file: {kubeconfig}
-        namespaces: {{names: ["{namespace}"]}}
-    relabel_configs:
-      # What the chart's PodMonitor selects and the labels it sets.
-      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
-        regex: drover-worker
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: http
-        action: keep
-      - source_labels: [__meta_kubernetes_namespace]
-        target_label: namespace
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
-      - source_labels: [__meta_kubernetes_pod_container_name]
-        target_label: container
-      - source_labels: [__meta_kubernetes_pod_label_drover_dev_pipeline_worker]
-        target_label: worker
+    file_sd_configs: [{{files: ["{targets}"], refresh_interval: 1s}}]
 "#,
         rules = state.join("rules.yaml").display(),
-        kubeconfig = kubeconfig.display(),
+        targets = targets.display(),
     );
     let config_path = state.join("prometheus.yml");
     std::fs::write(&config_path, config).expect("prometheus.yml");
