@@ -8,7 +8,8 @@ helm="${HELM:-helm}"
 out="${1:-config/install/drover.yaml}"
 {
     echo "# Generated from charts/drover by config/install/generate.sh; do not edit."
-    echo "# helm template drover charts/drover --namespace drover-system --include-crds"
-    "$helm" template drover charts/drover --namespace drover-system --include-crds
+    echo "# helm template drover charts/drover --namespace drover-system"
+    echo "# The CRDs are not included: apply crds/ first (README, \"Install\")."
+    "$helm" template drover charts/drover --namespace drover-system
 } >"$out.tmp"
 mv "$out.tmp" "$out"

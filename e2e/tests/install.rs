@@ -133,8 +133,8 @@ fn config_install_is_rendered_from_the_chart() {
         fresh_text == committed,
         "config/install/drover.yaml is stale: run `HELM=<helm> config/install/generate.sh`"
     );
-    assert!(committed.contains("kind: CustomResourceDefinition"));
     assert!(committed.contains("kind: Deployment"));
+    assert!(committed.contains("kind: ClusterRole"));
 }
 
 #[test]
@@ -211,10 +211,11 @@ fn rendered_prometheus_rules_pass_promtool() {
     }
 }
 
-/// The README's Helm install, run as written against the test control plane,
-/// with the environment a user gets from `source .drover-sandbox/env`.
+/// The README's Helm install and then its kubectl install, each run as
+/// written against the test control plane, with the environment a user gets
+/// from `source .drover-sandbox/env`.
 #[tokio::test(flavor = "multi_thread")]
-async fn helm_install_from_the_readme_runs_the_operator_as_its_service_account() {
+async fn readme_installs_run_the_operator_as_its_service_account() {
     let helm = helm();
     let env = shared().await;
     let client = env.control_plane.client().await.expect("client");
@@ -227,59 +228,49 @@ async fn helm_install_from_the_readme_runs_the_operator_as_its_service_account()
         .await
         .unwrap_or_else(|e| panic!("cannot start the process kubelet: {e}"));
 
-    let script = observe::readme_block("helm-install").unwrap_or_else(|e| panic!("{e}"));
-    assert!(script.contains("$HELM install"), "{script}");
-    assert!(script.contains("$HELM uninstall"), "{script}");
-    let state = env.control_plane.state_dir().join("helm-home");
-    std::fs::create_dir_all(&state).expect("helm home");
-    let started = std::time::Instant::now();
-    let output = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &format!("set -x\n{script}")])
-        .current_dir(workspace_root())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &state)
-        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
-        .env("KUBECTL", &env.binaries.kubectl)
-        .env("HELM", &helm)
-        .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
-        .env("PUBSUB_PROJECT_ID", drover_e2e::drover::PUBSUB_PROJECT)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("bash runs");
-    let transcript = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!(
-        "README helm-install block ran in {:.1} s:\n{transcript}",
-        started.elapsed().as_secs_f64()
-    );
-    if !output.status.success() {
-        let logs: String = kubelet
-            .running_pods()
-            .iter()
-            .map(|p| {
-                format!(
-                    "\n--- {}/{}:\n{}",
-                    p.namespace,
-                    p.name,
-                    std::fs::read_to_string(&p.log_path).unwrap_or_default()
-                )
-            })
-            .collect();
-        panic!(
-            "the README's helm-install block failed ({}):\n{transcript}\npods still running:{logs}",
-            output.status
-        );
-    }
+    let transcript = run_readme_block(env, &helm, &kubelet, "helm-install").await;
+    assert!(transcript.contains("$HELM install") || transcript.contains("helm install"));
     // The block waited for the sample Job to succeed, which only the operator
     // (publishing) and a worker it scaled up (running) can make happen.
     assert!(transcript.contains("condition met"), "{transcript}");
+    operator_is_gone(&client, &kubelet).await;
 
-    // After `helm uninstall` the operator is gone: no Deployment, no process.
+    let transcript = run_readme_block(env, &helm, &kubelet, "kubectl-install").await;
+    assert!(transcript.contains("condition met"), "{transcript}");
+    operator_is_gone(&client, &kubelet).await;
+
+    // Least privilege that is enough: the operator, running as its
+    // ServiceAccount, was never refused anything while it worked. (Releasing
+    // the Lease on the way out may be refused: uninstalling removes its Role
+    // while the pod is still stopping.)
+    let pods_dir = env.control_plane.state_dir().join("kubelet/pods");
+    let mut operator_logs = 0;
+    for entry in std::fs::read_dir(&pods_dir).expect("pod dirs").flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("drover-system_")
+        {
+            continue;
+        }
+        let log = std::fs::read_to_string(entry.path().join("operator.log")).unwrap_or_default();
+        operator_logs += 1;
+        for line in log.lines() {
+            assert!(
+                !line.contains("forbidden") || line.contains("cannot release the leader Lease"),
+                "the operator was refused something: {line}"
+            );
+        }
+    }
+    assert!(
+        operator_logs >= 2,
+        "no operator logs in {}",
+        pods_dir.display()
+    );
+}
+
+/// Waits until no operator Deployment or process is left.
+async fn operator_is_gone(client: &kube::Client, kubelet: &drover_e2e::kubelet::ProcessKubelet) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "drover-system");
     wait::until(
         "the operator Deployment to go",
@@ -305,4 +296,62 @@ async fn helm_install_from_the_readme_runs_the_operator_as_its_service_account()
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Runs the README block `name` with bash in the workspace root and the
+/// sandbox's environment; returns its transcript, or panics with it and the
+/// logs of every pod still running.
+async fn run_readme_block(
+    env: &drover_e2e::TestEnv,
+    helm: &Path,
+    kubelet: &drover_e2e::kubelet::ProcessKubelet,
+    name: &str,
+) -> String {
+    let script = observe::readme_block(name).unwrap_or_else(|e| panic!("{e}"));
+    let home = env.control_plane.state_dir().join("readme-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &format!("set -x\n{script}")])
+        .current_dir(workspace_root())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+        .env("KUBECTL", &env.binaries.kubectl)
+        .env("HELM", helm)
+        .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
+        .env("PUBSUB_PROJECT_ID", drover_e2e::drover::PUBSUB_PROJECT)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("bash runs");
+    let transcript = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!(
+        "README {name} block ran in {:.1} s:\n{transcript}",
+        started.elapsed().as_secs_f64()
+    );
+    if !output.status.success() {
+        let logs: String = kubelet
+            .running_pods()
+            .iter()
+            .map(|p| {
+                format!(
+                    "\n--- {}/{}:\n{}",
+                    p.namespace,
+                    p.name,
+                    std::fs::read_to_string(&p.log_path).unwrap_or_default()
+                )
+            })
+            .collect();
+        panic!(
+            "the README's {name} block failed ({}):\n{transcript}\npods still running:{logs}",
+            output.status
+        );
+    }
+    transcript
 }
