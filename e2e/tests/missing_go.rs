@@ -59,3 +59,39 @@ fn harness_without_go_says_so() {
     let (output, took) = run_without_go("testenv", &[]);
     assert_clear_go_error(&output, took);
 }
+
+/// helm is built from its Go module too: with the control plane prebuilt
+/// (here, stand-in files) and no Go, the build of helm fails as loudly.
+#[test]
+fn helm_without_go_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let prebuilt = std::env::temp_dir().join(format!("drover-e2e-nogo-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&prebuilt).expect("prebuilt dir");
+    for name in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kubectl",
+        "pubsub-emulator",
+    ] {
+        let path = prebuilt.join(name);
+        std::fs::write(&path, "#!/bin/sh\n").expect("stand-in");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let scratch = prebuilt.join("home");
+    let started = Instant::now();
+    let output = Command::new(binary_path("testenv"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", &scratch)
+        .env("DROVER_TESTENV_CACHE", scratch.join("cache"))
+        .env("DROVER_TESTENV_BIN_DIR", &prebuilt)
+        .output()
+        .expect("binary runs");
+    let took = started.elapsed();
+    let _ = std::fs::remove_dir_all(&prebuilt);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("kube-apiserver"), "{stdout}");
+    assert!(!stdout.contains("helm"), "{stdout}");
+    assert_clear_go_error(&output, took);
+}
