@@ -161,6 +161,18 @@ fn rendered_prometheus_rules_pass_promtool() {
     let checked = checked.unwrap_or_else(|e| panic!("{e}"));
     assert!(checked.contains("SUCCESS"), "{checked}");
 
+    // Each alert fires on its input, after its `for`, and not on a healthy one.
+    let unit = run(
+        &promtool,
+        &[
+            "test",
+            "rules",
+            &chart_dir().join("files/rules_test.yaml").display().to_string(),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(unit.contains("SUCCESS"), "{unit}");
+
     let rules = observe::rules(&rule_file).expect("rules parse");
     let alerts: Vec<&str> = rules
         .iter()
