@@ -114,6 +114,27 @@ fn helm_lint_and_template_pass() {
     assert!(refused.contains("prot"), "{refused}");
 }
 
+/// The README's cluster install command, rendered instead of installed: its
+/// flags must be values the chart knows and accepts.
+#[test]
+fn readme_cluster_install_renders() {
+    let helm = helm();
+    let block = observe::readme_block("helm-cluster").unwrap_or_else(|e| panic!("{e}"));
+    let command = block
+        .replace("\\\n", " ")
+        .replace("REGISTRY", "registry.example:5000/team")
+        .replace("MY-PROJECT", "my-project");
+    let args: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(args.get(..2), Some(&["helm", "install"][..]), "{block}");
+    let rendered =
+        run(&helm, &[&["template"][..], &args[2..]].concat()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(rendered.contains("image: \"registry.example:5000/team/drover-operator:0.1.0\""));
+    assert!(rendered.contains("--worker-image=registry.example:5000/team/drover-worker:0.1.0"));
+    assert!(rendered.contains("value: \"my-project\""));
+    assert!(rendered.contains("kind: PrometheusRule"));
+    assert!(rendered.contains("kind: PodMonitor"));
+}
+
 #[test]
 fn config_install_is_rendered_from_the_chart() {
     let helm = helm();
@@ -167,7 +188,10 @@ fn rendered_prometheus_rules_pass_promtool() {
         &[
             "test",
             "rules",
-            &chart_dir().join("files/rules_test.yaml").display().to_string(),
+            &chart_dir()
+                .join("files/rules_test.yaml")
+                .display()
+                .to_string(),
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
