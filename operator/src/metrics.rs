@@ -87,6 +87,22 @@ impl Metrics {
             jobs_published: Family::default(),
             dispatch_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
         };
+        // Alerts use increase(): a series must exist at zero before its first
+        // event, or that event is the series' first sample and shows no rise.
+        for (outcome, reason) in [("retry", "WorkerLost"), ("failed", "MaxAttemptsExceeded")] {
+            drop(
+                metrics
+                    .job_outcomes
+                    .get_or_create(&OutcomeLabels { outcome, reason }),
+            );
+        }
+        for kind in ["first", "retry", "republish"] {
+            drop(
+                metrics
+                    .jobs_published
+                    .get_or_create(&PublishLabels { kind }),
+            );
+        }
         let r = registry.sub_registry_with_prefix("drover");
         r.register(
             "fleet_backlog",
