@@ -29,6 +29,10 @@ fn default_true() -> bool {
     true
 }
 
+/// Where assembly inputs may come from, and where its output may go.
+const READABLE_SCHEMES: [&str; 5] = ["file://", "gs://", "s3://", "https://", "http://"];
+const WRITABLE_SCHEMES: [&str; 3] = ["file://", "gs://", "s3://"];
+
 /// Longest sleep the diagnostic pipeline accepts: one day.
 const MAX_SLEEP_MILLIS: u64 = 86_400_000;
 
@@ -59,17 +63,25 @@ pub struct AssemblyInput {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AssemblyTemplate {
+    /// URL of the intro, played before the main content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intro_url: Option<String>,
+    /// URL of the outro, played after the main content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outro_url: Option<String>,
+    /// URL of music laid under the main content (looped when shorter),
+    /// ducked while the voice speaks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub music_bed_url: Option<String>,
+    /// Length of the equal-power crossfades between intro, main content and
+    /// outro, 0 to 30 seconds. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossfade_seconds: Option<f64>,
+    /// Integrated loudness of the episode, in LUFS (-40 to -5). Default: the
+    /// fleet's `assembly.defaultLoudnessLufs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loudness_lufs: Option<f64>,
-    /// `mp3`, `wav` or `flac`.
+    /// `mp3` (128 kb/s CBR, the default) or `wav` (16-bit PCM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
 }
@@ -111,11 +123,15 @@ pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), Inv
         }
         Pipeline::Assembly => {
             let assembly: AssemblyInput = parse(input).map_err(invalid)?;
-            for (field, url) in [
-                ("mainUrl", &assembly.main_url),
-                ("outputUrl", &assembly.output_url),
-            ] {
-                if !["file://", "gs://", "s3://", "https://", "http://"]
+            let template = &assembly.template;
+            let sources = [
+                ("mainUrl", Some(&assembly.main_url)),
+                ("template.introUrl", template.intro_url.as_ref()),
+                ("template.outroUrl", template.outro_url.as_ref()),
+                ("template.musicBedUrl", template.music_bed_url.as_ref()),
+            ];
+            for (field, url) in sources.into_iter().filter_map(|(f, u)| Some((f, u?))) {
+                if !READABLE_SCHEMES
                     .iter()
                     .any(|scheme| url.starts_with(scheme))
                 {
@@ -124,11 +140,34 @@ pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), Inv
                     )));
                 }
             }
-            if let Some(format) = &assembly.template.format
-                && !["mp3", "wav", "flac"].contains(&format.as_str())
+            let output = &assembly.output_url;
+            if !WRITABLE_SCHEMES
+                .iter()
+                .any(|scheme| output.starts_with(scheme))
             {
                 return Err(invalid(format!(
-                    "template.format {format:?} is not mp3, wav or flac"
+                    "outputUrl {output:?} is not a file://, gs:// or s3:// URL (https:// is read-only)"
+                )));
+            }
+            if let Some(format) = &template.format
+                && !["mp3", "wav"].contains(&format.as_str())
+            {
+                return Err(invalid(format!(
+                    "template.format {format:?} is not mp3 or wav"
+                )));
+            }
+            if let Some(seconds) = template.crossfade_seconds
+                && !(0.0..=30.0).contains(&seconds)
+            {
+                return Err(invalid(format!(
+                    "template.crossfadeSeconds {seconds} is not between 0 and 30"
+                )));
+            }
+            if let Some(lufs) = template.loudness_lufs
+                && !(-40.0..=-5.0).contains(&lufs)
+            {
+                return Err(invalid(format!(
+                    "template.loudnessLufs {lufs} is not between -40 and -5"
                 )));
             }
         }
@@ -196,7 +235,7 @@ mod tests {
                 .reason
                 .contains("mainUrl")
         );
-        let mut bad = good;
+        let mut bad = good.clone();
         bad["template"]["format"] = json!("ogg");
         assert!(
             validate(Pipeline::Assembly, &bad)
@@ -204,6 +243,27 @@ mod tests {
                 .reason
                 .contains("format")
         );
+    }
+
+    #[test]
+    fn assembly_output_cannot_go_to_https_and_template_urls_are_checked() {
+        let good = json!({
+            "episodeId": "42", "mainUrl": "https://cdn.example/m.mp3", "outputUrl": "gs://b/o.mp3",
+            "template": {"introUrl": "s3://b/intro.wav"},
+        });
+        assert!(validate(Pipeline::Assembly, &good).is_ok());
+        let mut bad = good.clone();
+        bad["outputUrl"] = json!("https://cdn.example/o.mp3");
+        let reason = validate(Pipeline::Assembly, &bad).unwrap_err().reason;
+        assert!(reason.contains("read-only"), "{reason}");
+        let mut bad = good.clone();
+        bad["template"]["musicBedUrl"] = json!("/local/bed.wav");
+        let reason = validate(Pipeline::Assembly, &bad).unwrap_err().reason;
+        assert!(reason.contains("template.musicBedUrl"), "{reason}");
+        let mut bad = good;
+        bad["template"]["crossfadeSeconds"] = json!(-1.0);
+        let reason = validate(Pipeline::Assembly, &bad).unwrap_err().reason;
+        assert!(reason.contains("crossfadeSeconds"), "{reason}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `status.steps`) and returns a small JSON result or a failure that says
 //! whether another attempt may succeed.
 
+pub mod assembly;
 pub mod consensus;
 pub mod sleep;
 
@@ -43,24 +44,16 @@ pub fn steps(fleet: &PipelineWorkerSpec) -> Vec<String> {
     match fleet.pipeline {
         Pipeline::Sleep => vec![sleep::STEP.to_owned()],
         Pipeline::Consensus => consensus::steps(fleet.consensus.as_ref()),
-        Pipeline::Assembly => Vec::new(),
+        Pipeline::Assembly => assembly::STEPS.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
 /// Runs the whole pipeline for one attempt.
 pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
-    let pipeline = ctx.fleet.pipeline;
-    match pipeline {
+    match ctx.fleet.pipeline {
         Pipeline::Sleep => sleep::run(input, ctx).await,
         Pipeline::Consensus => consensus::run(input, ctx).await,
-        Pipeline::Assembly => Err(Failure {
-            reason: "PipelineUnavailable",
-            message: format!(
-                "this drover-worker build does not run the {} pipeline yet",
-                pipeline.as_str()
-            ),
-            retryable: false,
-        }),
+        Pipeline::Assembly => assembly::run(input, ctx).await,
     }
 }
 
