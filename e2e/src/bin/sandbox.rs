@@ -103,6 +103,7 @@ async fn run(args: Args) -> Result<(), String> {
     } else if args.no_operator {
         say("      skipped (--no-operator): apply them after installing the operator");
     } else {
+        write_assembly_media()?;
         apply_samples(&env, &args.samples, &args.namespace).await?;
     }
 
@@ -356,4 +357,71 @@ fn reset_state_dir(dir: &Path) -> Result<(), String> {
 /// Progress goes to stderr, unbuffered, so it shows while a build runs.
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "sandbox: {line}");
+}
+
+/// Where config/samples/job-assembly.yaml reads its audio and writes its
+/// episode; worker pods are local processes here, so a local path works.
+const ASSEMBLY_MEDIA: &str = "/tmp/drover-sandbox-media";
+
+/// Makes the assembly sample's inputs: synthetic, so the sandbox needs no
+/// media tools. A chord for the intro and outro, a low pad for the bed, and
+/// a buzzing "voice" in syllables and phrases at 48 kHz, so the episode is
+/// resampled, normalized, crossfaded and ducked like a real one.
+fn write_assembly_media() -> Result<(), String> {
+    use std::f64::consts::TAU;
+    let dir = Path::new(ASSEMBLY_MEDIA);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let chord = |t: f64, c: usize| {
+        let root = if c == 0 { 330.0 } else { 440.0 };
+        0.3 * (TAU * root * t).sin() + 0.2 * (TAU * root * 1.5 * t).sin()
+    };
+    let voice = |t: f64, _: usize| {
+        let syllable = (TAU * 4.0 * t).sin().max(0.0);
+        let phrase = if t % 4.0 < 3.2 { 1.0 } else { 0.0 };
+        let pitch = 140.0 + 20.0 * (TAU * 0.5 * t).sin();
+        let buzz: f64 = (1..6)
+            .map(|h| (TAU * pitch * f64::from(h) * t).sin() / f64::from(h))
+            .sum();
+        0.2 * syllable * phrase * buzz
+    };
+    let pad = |t: f64, c: usize| 0.2 * (TAU * (110.0 + 55.0 * c as f64) * t).sin();
+    write_wav(&dir.join("intro.wav"), 44_100, 2, 4.0, chord)?;
+    write_wav(&dir.join("episode-42-main.wav"), 48_000, 1, 30.0, voice)?;
+    write_wav(&dir.join("outro.wav"), 44_100, 2, 5.0, chord)?;
+    write_wav(&dir.join("music-bed.wav"), 44_100, 2, 8.0, pad)?;
+    say(&format!("      wrote the assembly sample's audio to {ASSEMBLY_MEDIA}"));
+    Ok(())
+}
+
+/// A 16-bit PCM WAV of `signal(t, channel)`.
+fn write_wav(
+    path: &Path,
+    rate: u32,
+    channels: u16,
+    seconds: f64,
+    signal: impl Fn(f64, usize) -> f64,
+) -> Result<(), String> {
+    let frames = (seconds * f64::from(rate)) as u32;
+    let data_len = frames * u32::from(channels) * 2;
+    let mut bytes = Vec::with_capacity(44 + data_len as usize);
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    bytes.extend_from_slice(&channels.to_le_bytes());
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
+    bytes.extend_from_slice(&(channels * 2).to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for i in 0..frames {
+        let t = f64::from(i) / f64::from(rate);
+        for c in 0..usize::from(channels) {
+            let sample = (signal(t, c).clamp(-1.0, 1.0) * 32767.0) as i16;
+            bytes.extend_from_slice(&sample.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

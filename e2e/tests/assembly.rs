@@ -1,0 +1,261 @@
+//! One episode end to end: an assembly fleet on the real test control plane,
+//! a worker pod run by the process kubelet, a Job whose inputs (speech from
+//! espeak-ng, jingles and a music bed from ffmpeg) are `file://` URLs, and
+//! the uploaded MP3 checked with ffmpeg: it decodes, lasts what the pieces
+//! add up to, and sits on the loudness target under the true-peak ceiling.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
+use drover_e2e::drover::{DroverProcesses, start_drover_for_tests};
+use drover_e2e::{TestEnv, error_chain, shared, wait};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const STEPS: [&str; 7] = [
+    "fetch",
+    "decode",
+    "resample",
+    "normalize",
+    "mix",
+    "encode",
+    "upload",
+];
+
+async fn drover(env: &'static TestEnv) -> DroverProcesses {
+    start_drover_for_tests(env)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
+}
+
+/// Runs a media tool; it must be installed (.ci/run installs it): a missing
+/// tool fails the test, it never skips it.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} did not start ({e}); install it: apt-get install -y ffmpeg espeak-ng")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn jingle(path: &Path, seconds: &str) {
+    tool(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "aevalsrc=0.3*sin(2*PI*330*t)+0.2*sin(2*PI*495*t)|0.3*sin(2*PI*440*t)+0.2*sin(2*PI*660*t):s=44100",
+            "-t",
+            seconds,
+            path.to_str().unwrap(),
+        ],
+    );
+}
+
+fn seconds(path: &Path) -> f64 {
+    tool(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    )
+    .trim()
+    .parse()
+    .expect("ffprobe prints a duration")
+}
+
+/// ffmpeg's EBU R128 meter: (integrated LUFS, true peak dBTP).
+fn loudness(path: &Path) -> (f64, f64) {
+    let log = tool(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-nostats",
+            "-i",
+            path.to_str().unwrap(),
+            "-filter_complex",
+            "ebur128=peak=true",
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    let value = |label: &str| -> f64 {
+        log.lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {label} in ffmpeg's summary:\n{log}"))
+    };
+    (value("I:"), value("Peak:"))
+}
+
+#[tokio::test]
+async fn a_worker_pod_assembles_an_episode_into_an_mp3() {
+    let env = shared().await;
+    let _processes = drover(env).await;
+    let client = env.control_plane.client().await.expect("client");
+    let ns = env
+        .control_plane
+        .create_namespace("assembly")
+        .await
+        .expect("namespace");
+    let media = env.control_plane.state_dir().join("media").join(&ns);
+    std::fs::create_dir_all(&media).expect("media dir");
+    let (intro, main, outro, bed) = (
+        media.join("intro.flac"),
+        media.join("main.wav"),
+        media.join("outro.wav"),
+        media.join("bed.ogg"),
+    );
+    jingle(&intro, "3");
+    jingle(&outro, "4");
+    tool(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=110:sample_rate=44100",
+            "-t",
+            "6",
+            "-c:a",
+            "libvorbis",
+            bed.to_str().unwrap(),
+        ],
+    );
+    tool(
+        "espeak-ng",
+        &[
+            "-w",
+            main.to_str().unwrap(),
+            "This is episode forty two. A worker pod fetched these words, resampled them, \
+             brought them to minus sixteen LUFS and wrapped them in an intro and an outro.",
+        ],
+    );
+    let output = media.join("out").join("episode-42.mp3");
+    let url = |p: &Path| format!("file://{}", p.display());
+
+    let fleet = json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
+        "metadata": {"name": "episodes"},
+        "spec": {
+            "pipeline": "assembly",
+            "queue": {"topic": format!("{ns}-episodes"), "subscription": format!("{ns}-episodes-sub"), "ackDeadlineSeconds": 30},
+            "scaling": {"minReplicas": 1, "maxReplicas": 1},
+            // Debug builds are slow at DSP; the step bound only guards a hang.
+            "timeouts": {"stepSeconds": 600, "jobSeconds": 1800},
+            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1},
+            "assembly": {"sampleRate": 44100, "defaultLoudnessLufs": -16, "truePeakCeilingDbtp": -1},
+        },
+    });
+    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
+        .patch(
+            "episodes",
+            &PatchParams::apply("assembly-test").force(),
+            &Patch::Apply(&fleet),
+        )
+        .await
+        .expect("fleet applies");
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+        "metadata": {"name": "episode-42"},
+        "spec": {"worker": "episodes", "input": {
+            "episodeId": "42",
+            "mainUrl": url(&main),
+            "template": {
+                "introUrl": url(&intro), "outroUrl": url(&outro), "musicBedUrl": url(&bed),
+                "crossfadeSeconds": 1.0, "format": "mp3",
+            },
+            "outputUrl": url(&output),
+        }},
+    }))
+    .expect("job");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("job is created");
+
+    let status = wait::until("episode-42 to finish", Duration::from_secs(600), || async {
+        let status = jobs
+            .get("episode-42")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if status.phase.is_terminal() {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
+    assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
+    let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, STEPS);
+    assert!(
+        status.steps.iter().all(|s| s.phase == StepPhase::Succeeded),
+        "{:?}",
+        status.steps
+    );
+
+    let result = status.result.expect("a result");
+    assert_eq!(result["outputUrl"], json!(url(&output)));
+    assert_eq!(result["format"], json!("mp3"));
+    assert_eq!(result["sampleRate"], json!(44100));
+    let expected = seconds(&intro) + seconds(&main) + seconds(&outro) - 2.0;
+    let reported = result["durationSeconds"].as_f64().expect("durationSeconds");
+    assert!(
+        (reported - expected).abs() < 0.01,
+        "{result}, want {expected} s"
+    );
+    let reported_lufs = result["integratedLufs"].as_f64().expect("integratedLufs");
+    assert!((reported_lufs + 16.0).abs() <= 0.5, "{result}");
+    assert!(
+        result["truePeakDbtp"].as_f64().expect("truePeakDbtp") <= -1.0,
+        "{result}"
+    );
+
+    // The uploaded file, as ffmpeg hears it. LAME pads under 0.1 s.
+    let uploaded = seconds(&output);
+    assert!(
+        uploaded >= expected - 0.01 && uploaded < expected + 0.1,
+        "the MP3 lasts {uploaded} s, want {expected} s"
+    );
+    let (lufs, peak) = loudness(&output);
+    assert!((lufs + 16.0).abs() <= 0.5, "ffmpeg measures {lufs} LUFS");
+    assert!(
+        (lufs - reported_lufs).abs() <= 0.5,
+        "ffmpeg {lufs}, drover {reported_lufs}"
+    );
+    // MP3 coding moves peaks a little; nothing comes near clipping.
+    assert!(peak <= -0.5, "ffmpeg measures a true peak of {peak} dBTP");
+}
