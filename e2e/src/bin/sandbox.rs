@@ -389,7 +389,9 @@ fn write_assembly_media() -> Result<(), String> {
     write_wav(&dir.join("episode-42-main.wav"), 48_000, 1, 30.0, voice)?;
     write_wav(&dir.join("outro.wav"), 44_100, 2, 5.0, chord)?;
     write_wav(&dir.join("music-bed.wav"), 44_100, 2, 8.0, pad)?;
-    say(&format!("      wrote the assembly sample's audio to {ASSEMBLY_MEDIA}"));
+    say(&format!(
+        "      wrote the assembly sample's audio to {ASSEMBLY_MEDIA}"
+    ));
     Ok(())
 }
 

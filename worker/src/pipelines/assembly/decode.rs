@@ -6,7 +6,7 @@ use std::io::Cursor;
 
 use bytes::Bytes;
 use symphonia::core::audio::SampleBuffer;
-use symphonia::core::codecs::DecoderOptions;
+use symphonia::core::codecs::{CODEC_TYPE_MP3, CODEC_TYPE_VORBIS, DecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
 use symphonia::core::formats::FormatOptions;
 use symphonia::core::io::MediaSourceStream;
@@ -19,6 +19,9 @@ use crate::pipelines::Failure;
 /// Frames a file may fall short of its header's count before it counts as
 /// truncated: two MP3 frames, for decoders that drop padding.
 const SHORT_FRAMES_ALLOWED: u64 = 2 * 1152;
+/// Lossy streams' frame counts (an MP3's Xing header, say) are written by
+/// encoders that count a few frames differently; allow them 1% more.
+const LOSSY_SHORT_FRACTION: u64 = 100;
 /// Packets that fail to decode before the whole file is refused; a stray
 /// bad frame in a long MP3 is common and inaudible.
 const BAD_PACKETS_ALLOWED: usize = 3;
@@ -49,6 +52,7 @@ pub fn decode(name: &str, extension: Option<&str>, bytes: Bytes) -> Result<Audio
         .ok_or_else(|| corrupt("has no audio track".into()))?;
     let track_id = track.id;
     let expected_frames = track.codec_params.n_frames;
+    let lossy = [CODEC_TYPE_MP3, CODEC_TYPE_VORBIS].contains(&track.codec_params.codec);
     let mut rate = track.codec_params.sample_rate;
     let mut decoder = symphonia::default::get_codecs()
         .make(&track.codec_params, &DecoderOptions::default())
@@ -114,8 +118,16 @@ pub fn decode(name: &str, extension: Option<&str>, bytes: Bytes) -> Result<Audio
     if decoded_frames == 0 {
         return Err(corrupt("holds no audio".into()));
     }
+    let allowed = |expected: u64| {
+        SHORT_FRAMES_ALLOWED
+            + if lossy {
+                expected / LOSSY_SHORT_FRACTION
+            } else {
+                0
+            }
+    };
     if let Some(expected) = expected_frames
-        && decoded_frames + SHORT_FRAMES_ALLOWED < expected
+        && decoded_frames + allowed(expected) < expected
     {
         return Err(corrupt(format!(
             "is truncated: {decoded_frames} of {expected} frames"

@@ -291,7 +291,7 @@ pub fn normalize_all(tracks: Vec<Track>, plan: &Plan) -> Result<Vec<Track>, Fail
 
 /// Joins the pieces, lays the ducked bed under the main content and masters
 /// the result to the target loudness under the true-peak ceiling.
-pub fn mix_all(tracks: Vec<Track>, plan: &Plan) -> Result<Episode, Failure> {
+pub fn mix_all(mut tracks: Vec<Track>, plan: &Plan) -> Result<Episode, Failure> {
     let rate = plan.sample_rate;
     let channels = tracks
         .iter()
@@ -302,8 +302,9 @@ pub fn mix_all(tracks: Vec<Track>, plan: &Plan) -> Result<Episode, Failure> {
     let mut pieces: Vec<(Role, Vec<Vec<f32>>)> = Vec::new();
     let mut bed = None;
     for role in [Role::Intro, Role::Main, Role::Outro, Role::MusicBed] {
-        if let Some(track) = tracks.iter().find(|t| t.role == role) {
-            let conformed = mix::conform_channels(track.audio.channels.clone(), channels);
+        if let Some(at) = tracks.iter().position(|t| t.role == role) {
+            let track = tracks.swap_remove(at);
+            let conformed = mix::conform_channels(track.audio.channels, channels);
             if role == Role::MusicBed {
                 bed = Some(conformed);
             } else {
@@ -311,7 +312,6 @@ pub fn mix_all(tracks: Vec<Track>, plan: &Plan) -> Result<Episode, Failure> {
             }
         }
     }
-    drop(tracks);
     let crossfade = (plan.crossfade_seconds * f64::from(rate)).round() as usize;
     let refs: Vec<&[Vec<f32>]> = pieces.iter().map(|(_, p)| p.as_slice()).collect();
     let (mut mixed, starts) = mix::join(&refs, channels, crossfade);
