@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
-use drover_e2e::drover::{DroverProcesses, start_drover_for_tests};
-use drover_e2e::{TestEnv, error_chain, shared, wait};
+use drover_e2e::drover::shared_drover;
+use drover_e2e::wait;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -23,12 +23,6 @@ const STEPS: [&str; 7] = [
     "encode",
     "upload",
 ];
-
-async fn drover(env: &'static TestEnv) -> DroverProcesses {
-    start_drover_for_tests(env)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)))
-}
 
 /// Runs a media tool; it must be installed (.ci/run installs it): a missing
 /// tool fails the test, it never skips it.
@@ -116,8 +110,7 @@ fn loudness(path: &Path) -> (f64, f64) {
 
 #[tokio::test]
 async fn a_worker_pod_assembles_an_episode_into_an_mp3() {
-    let env = shared().await;
-    let _processes = drover(env).await;
+    let (env, _drover) = shared_drover().await;
     let client = env.control_plane.client().await.expect("client");
     let ns = env
         .control_plane
