@@ -210,3 +210,29 @@ pub async fn shared_drover() -> (&'static TestEnv, &'static DroverProcesses) {
         .await;
     (env, processes)
 }
+
+/// What a Drover end-to-end test starts from: the binary's shared
+/// environment and Drover processes, a client, and a namespace of its own.
+pub struct DroverTest {
+    pub env: &'static TestEnv,
+    pub drover: &'static DroverProcesses,
+    pub client: kube::Client,
+    pub namespace: String,
+}
+
+/// [`shared_drover`] plus a client and a new namespace named after `prefix`.
+pub async fn drover_test(prefix: &str) -> DroverTest {
+    let (env, drover) = shared_drover().await;
+    let client = env.control_plane.client().await.expect("client");
+    let namespace = env
+        .control_plane
+        .create_namespace(prefix)
+        .await
+        .expect("namespace");
+    DroverTest {
+        env,
+        drover,
+        client,
+        namespace,
+    }
+}

@@ -22,3 +22,25 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits for the Job `name` to reach a terminal phase and returns its status.
+pub async fn job_finished(
+    jobs: &kube::Api<drover_crds::Job>,
+    name: &str,
+    timeout: Duration,
+) -> drover_crds::JobStatus {
+    until(&format!("{name} to finish"), timeout, || async {
+        let status = jobs
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        if status.phase.is_terminal() {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await
+}

@@ -197,20 +197,7 @@ async fn a_worker_pod_assembles_an_episode_into_an_mp3() {
         .await
         .expect("job is created");
 
-    let status = wait::until("episode-42 to finish", Duration::from_secs(600), || async {
-        let status = jobs
-            .get("episode-42")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .unwrap_or_default();
-        if status.phase.is_terminal() {
-            Ok(status)
-        } else {
-            Err(format!("{status:?}"))
-        }
-    })
-    .await;
+    let status = wait::job_finished(&jobs, "episode-42", Duration::from_secs(600)).await;
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
     let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, STEPS);

@@ -102,24 +102,7 @@ async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_sec
         .await
         .expect("the Job is created");
 
-    let status = wait::until(
-        "review-cache to finish",
-        Duration::from_secs(120),
-        || async {
-            let status = jobs
-                .get("review-cache")
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if status.phase.is_terminal() {
-                Ok(status)
-            } else {
-                Err(format!("{status:?}"))
-            }
-        },
-    )
-    .await;
+    let status = wait::job_finished(&jobs, "review-cache", Duration::from_secs(120)).await;
 
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
     assert_eq!(status.attempt, 1, "{status:?}");

@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::start_drover_for_tests;
+use drover_e2e::drover::{DroverTest, drover_test};
 use drover_e2e::observe::http_get;
-use drover_e2e::{error_chain, shared, wait};
+use drover_e2e::{error_chain, wait};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -25,16 +25,12 @@ const PER_FLEET: usize = 12;
 
 #[tokio::test]
 async fn every_job_succeeds_once_after_the_emulator_loses_every_message() {
-    let env = shared().await;
-    let drover = start_drover_for_tests(env)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace("amnesia")
-        .await
-        .expect("namespace");
+    let DroverTest {
+        env,
+        drover,
+        client,
+        namespace: ns,
+    } = drover_test("amnesia").await;
     let effects = env.control_plane.state_dir().join("effects-amnesia");
     std::fs::create_dir_all(&effects).expect("effects dir");
 

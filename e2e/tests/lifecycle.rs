@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase};
 use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, shared_drover};
+use drover_e2e::observe::http_get;
 use drover_e2e::{TestEnv, wait};
 use drover_operator::pubsub::{PubSubEndpoint, topic_path};
 use google_cloud_pubsub::model::Message;
@@ -83,21 +84,7 @@ impl Fixture {
     }
 
     async fn finished(&self, name: &str, within: Duration) -> drover_crds::JobStatus {
-        let jobs = self.jobs();
-        wait::until(&format!("{name} to finish"), within, || async {
-            let status = jobs
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .unwrap_or_default();
-            if status.phase.is_terminal() {
-                Ok(status)
-            } else {
-                Err(format!("{status:?}"))
-            }
-        })
-        .await
+        wait::job_finished(&self.jobs(), name, within).await
     }
 
     fn effects(&self) -> Vec<String> {
@@ -129,8 +116,7 @@ impl Fixture {
             .iter()
             .filter(|p| p.namespace == self.ns)
         {
-            let url = format!("http://{}:8080/metrics", pod.pod_ip);
-            let Ok(body) = http_get(&url).await else {
+            let Ok((_, body)) = http_get(&format!("{}:8080", pod.pod_ip), "/metrics").await else {
                 continue;
             };
             total += body
@@ -141,20 +127,6 @@ impl Fixture {
         }
         total
     }
-}
-
-/// A tiny HTTP/1.0 GET, enough for a worker's metrics page.
-async fn http_get(url: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -293,13 +265,10 @@ async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
         .find(|p| p.namespace == f.ns)
         .expect("a worker pod");
     assert_eq!(pod.restart_count, 0, "a bad message crashed the worker");
-    let health = http_get(&format!("http://{}:8080/healthz", pod.pod_ip))
+    let (code, body) = http_get(&format!("{}:8080", pod.pod_ip), "/healthz")
         .await
         .expect("healthz");
-    assert!(
-        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
-        "{health}"
-    );
+    assert_eq!(code, 200, "{body}");
 }
 
 #[tokio::test]

@@ -19,9 +19,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drover_crds::Job;
-use drover_e2e::drover::start_drover_for_tests;
+use drover_e2e::drover::{DroverTest, drover_test};
 use drover_e2e::observe::{self, chart_dir, helm, prometheus, run};
-use drover_e2e::{ManagedProcess, error_chain, shared, wait};
+use drover_e2e::{ManagedProcess, wait};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -32,16 +32,12 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
     // Prerequisites first, so a missing tool fails at once.
     let prometheus_bin = prometheus();
     let helm = helm();
-    let env = shared().await;
-    let drover = start_drover_for_tests(env)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace("observe")
-        .await
-        .expect("namespace");
+    let DroverTest {
+        env,
+        drover,
+        client,
+        namespace: ns,
+    } = drover_test("observe").await;
     let state = env
         .control_plane
         .state_dir()

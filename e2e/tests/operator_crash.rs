@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{OperatorOptions, start_drover_for_tests, start_operator};
-use drover_e2e::{error_chain, ports, shared, wait};
+use drover_e2e::drover::{DroverTest, OperatorOptions, drover_test, start_operator};
+use drover_e2e::{error_chain, ports, wait};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -14,16 +14,12 @@ const JOBS: usize = 100;
 
 #[tokio::test]
 async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
-    let env = shared().await;
-    let drover = start_drover_for_tests(env)
-        .await
-        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace("crash")
-        .await
-        .expect("namespace");
+    let DroverTest {
+        env,
+        drover,
+        client,
+        namespace: ns,
+    } = drover_test("crash").await;
     let effects = env.control_plane.state_dir().join("effects-crash");
     std::fs::create_dir_all(&effects).expect("effects dir");
 

@@ -114,25 +114,41 @@ async fn claim(
     attempt: i32,
 ) -> Result<Job, kube::Error> {
     let now = Time(Timestamp::now());
-    let patch = json!({
-        "metadata": {"resourceVersion": job.resource_version()},
-        "status": {
-            "phase": JobPhase::Running,
-            "attempt": attempt,
-            "startedAt": now,
-            "claim": {"pod": pod, "renewTime": now, "leaseSeconds": CLAIM_LEASE_SECONDS},
-            "steps": progress.snapshot(),
-            "progress": 0,
-            "result": Value::Null,
-            "resultRef": Value::Null,
-        },
+    let status = json!({
+        "phase": JobPhase::Running,
+        "attempt": attempt,
+        "startedAt": now,
+        "claim": {"pod": pod, "renewTime": now, "leaseSeconds": CLAIM_LEASE_SECONDS},
+        "steps": progress.snapshot(),
+        "progress": 0,
+        "result": Value::Null,
+        "resultRef": Value::Null,
     });
-    jobs.patch_status(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
+    let version = job.resource_version().unwrap_or_default();
+    write_status_at(jobs, &job.name_any(), &version, status).await
+}
+
+/// Whether `pod` still runs this attempt of the Job.
+fn holds_claim(job: &Job, attempt: &Attempt, pod: &str) -> bool {
+    job.status.as_ref().is_some_and(|s| {
+        s.phase == JobPhase::Running
+            && s.attempt == attempt.attempt
+            && s.claim.as_ref().is_some_and(|c| c.pod == pod)
+    })
+}
+
+/// A status merge patch that applies only while the Job is still at
+/// `version`: every worker write is conditioned, so a write that raced the
+/// operator or another worker fails with 409 instead of overwriting it.
+async fn write_status_at(
+    jobs: &Api<Job>,
+    name: &str,
+    version: &str,
+    status: Value,
+) -> Result<Job, kube::Error> {
+    let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
 }
 
 async fn run_claimed(
@@ -239,34 +255,21 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
                 continue;
             }
         };
-        let status = job.status.clone().unwrap_or_default();
-        let ours = status.phase == JobPhase::Running
-            && status.attempt == attempt.attempt
-            && status.claim.as_ref().is_some_and(|c| c.pod == pod);
-        if !ours {
+        if !holds_claim(&job, attempt, pod) {
             return Outcome::Lost("claim_taken");
         }
         if job.spec.cancel {
             return Outcome::Cancelled;
         }
-        let patch = json!({
-            "metadata": {"resourceVersion": job.resource_version()},
-            "status": {
-                "claim": {"renewTime": Time(Timestamp::now())},
-                "steps": progress.snapshot(),
-                "progress": progress.overall(),
-            },
+        let status = json!({
+            "claim": {"renewTime": Time(Timestamp::now())},
+            "steps": progress.snapshot(),
+            "progress": progress.overall(),
         });
         last_write = tokio::time::Instant::now();
         next_renewal = last_write + period;
-        match jobs
-            .patch_status(
-                &attempt.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        let version = job.resource_version().unwrap_or_default();
+        match write_status_at(jobs, &attempt.name, &version, status).await {
             Ok(written) => claimed.remember(&written),
             Err(error) => {
                 tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
@@ -344,11 +347,7 @@ async fn finish(
             Some(version) => version,
             None => match jobs.get_opt(&attempt.name).await {
                 Ok(Some(job)) => {
-                    let current = job.status.clone().unwrap_or_default();
-                    if current.phase != JobPhase::Running
-                        || current.attempt != attempt.attempt
-                        || current.claim.as_ref().is_none_or(|c| c.pod != worker.pod)
-                    {
+                    if !holds_claim(&job, attempt, &worker.pod) {
                         // The operator requeued it meanwhile; its decision stands.
                         return Answer::Ack;
                     }
@@ -362,15 +361,7 @@ async fn finish(
                 }
             },
         };
-        let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
-        match jobs
-            .patch_status(
-                &attempt.name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        match write_status_at(jobs, &attempt.name, &version, status.clone()).await {
             Ok(_) => return Answer::Ack,
             Err(kube::Error::Api(s)) if s.code == 409 => continue,
             Err(error) => {
