@@ -36,6 +36,8 @@ pub enum Transition {
     Publish,
     /// Operator: the Job cannot run (invalid input, unknown worker, deadline).
     Reject,
+    /// Operator: a failed attempt in Backoff is given the time of its retry.
+    ScheduleRetry,
     /// Operator: a Job waiting in Backoff gets its next attempt (attempt + 1).
     Requeue,
     /// Operator: a Queued Job's message may be lost; publish it again (same attempt).
@@ -64,9 +66,10 @@ pub enum Transition {
 
 impl Transition {
     /// Every transition, for exhaustive tests and documentation.
-    pub const ALL: [Transition; 14] = [
+    pub const ALL: [Transition; 15] = [
         Transition::Publish,
         Transition::Reject,
+        Transition::ScheduleRetry,
         Transition::Requeue,
         Transition::Republish,
         Transition::WorkerLost,
@@ -85,9 +88,8 @@ impl Transition {
     pub fn actor(self) -> Actor {
         use Transition::*;
         match self {
-            Publish | Reject | Requeue | Republish | WorkerLost | GiveUp | CancelIdle => {
-                Actor::Operator
-            }
+            Publish | Reject | ScheduleRetry | Requeue | Republish | WorkerLost | GiveUp
+            | CancelIdle => Actor::Operator,
             Claim | Progress | Succeed | FailRetryable | FailPermanent | CancelRunning
             | Release => Actor::Worker,
         }
@@ -99,7 +101,7 @@ impl Transition {
         match self {
             Transition::Publish => &[Pending],
             Transition::Reject => &[Pending, Queued, Running, Backoff],
-            Transition::Requeue => &[Backoff],
+            Transition::ScheduleRetry | Transition::Requeue => &[Backoff],
             Transition::Republish => &[Queued],
             Transition::WorkerLost => &[Running],
             Transition::GiveUp => &[Queued, Running, Backoff],
@@ -121,7 +123,9 @@ impl Transition {
             Transition::Publish | Transition::Requeue | Transition::Republish => Queued,
             Transition::Release => Queued,
             Transition::Reject | Transition::GiveUp | Transition::FailPermanent => Failed,
-            Transition::WorkerLost | Transition::FailRetryable => Backoff,
+            Transition::ScheduleRetry | Transition::WorkerLost | Transition::FailRetryable => {
+                Backoff
+            }
             Transition::CancelIdle | Transition::CancelRunning => Cancelled,
             Transition::Claim | Transition::Progress => Running,
             Transition::Succeed => Succeeded,
@@ -290,6 +294,7 @@ mod tests {
         (Actor::Operator, Running, Backoff),
         (Actor::Operator, Running, Failed),
         (Actor::Operator, Running, Cancelled),
+        (Actor::Operator, Backoff, Backoff),
         (Actor::Operator, Backoff, Queued),
         (Actor::Operator, Backoff, Failed),
         (Actor::Operator, Backoff, Cancelled),

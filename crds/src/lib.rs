@@ -2,13 +2,17 @@
 //! custom resources, the Pub/Sub message that names a Job, and the pure Job
 //! state machine shared by the operator and the worker.
 
+pub mod failure;
 pub mod input;
 pub mod job;
 pub mod job_state;
+pub mod job_transition;
 pub mod message;
 pub mod pipeline_worker;
 
+pub use failure::FailureReason;
 pub use job::{Job, JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};
+pub use job_transition::JobTransition;
 pub use message::JobMessage;
 pub use pipeline_worker::{Pipeline, PipelineWorker, PipelineWorkerSpec, PipelineWorkerStatus};
 

@@ -1,0 +1,643 @@
+//! One typed status patch per Job transition.
+//!
+//! Every writer of Job status (the operator's dispatcher, the worker's claim,
+//! claim keeper and outcome, its shutdown release) builds a [`JobTransition`]
+//! here and hands it to the one conditioned writer. A constructor checks the
+//! move against the state machine first, so an illegal transition is refused
+//! before anything is sent, and the status keys live in this file only.
+//!
+//! The patch is a JSON merge patch (RFC 7386): a field left `None` is kept,
+//! `Some(None)` clears it, arrays (`steps`, `conditions`) are replaced whole.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::failure::FailureReason;
+use crate::job::{JobError, JobPhase, StepStatus};
+use crate::job_state::{Transition, TransitionError, check_transition};
+
+/// `status` of a Job merge patch: only the fields a transition sets.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatusPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<JobPhase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Option<Time>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Option<ClaimPatch>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Option<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Option<JobError>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<Option<i64>>,
+}
+
+/// `status.claim` of a merge patch: a renewal sets only `renewTime`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_time: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<i32>,
+}
+
+/// A checked phase change and the status patch that makes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobTransition {
+    pub transition: Transition,
+    pub status: JobStatusPatch,
+}
+
+/// The Job condition types, mirroring batch Jobs for `kubectl wait`.
+pub const CONDITION_COMPLETE: &str = "Complete";
+pub const CONDITION_FAILED: &str = "Failed";
+/// Condition reasons that are not failure reasons.
+pub const REASON_SUCCEEDED: &str = "Succeeded";
+pub const REASON_CANCELLED: &str = "Cancelled";
+
+/// The facts a worker writes when it claims an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewClaim {
+    pub attempt: i32,
+    pub pod: String,
+    pub lease_seconds: i32,
+    pub steps: Vec<StepStatus>,
+}
+
+impl JobTransition {
+    /// Checks `transition` from `from` and pairs it with its patch; the
+    /// patch always states the phase it leads to.
+    fn checked(
+        transition: Transition,
+        from: JobPhase,
+        status: JobStatusPatch,
+    ) -> Result<Self, TransitionError> {
+        let to = transition.to();
+        check_transition(transition.actor(), from, to)?;
+        if !transition.from().contains(&from) {
+            return Err(TransitionError::NotAllowed {
+                actor: transition.actor(),
+                from,
+                to,
+            });
+        }
+        Ok(Self {
+            transition,
+            status: JobStatusPatch {
+                phase: Some(to),
+                ..status
+            },
+        })
+    }
+
+    // --- the operator ---
+
+    /// Publish (Pending), Requeue (Backoff, attempt + 1) or Republish
+    /// (Queued): the attempt's message went out with `message_id`.
+    pub fn queued(
+        transition: Transition,
+        from: JobPhase,
+        attempt: i32,
+        message_id: String,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        if !matches!(
+            transition,
+            Transition::Publish | Transition::Requeue | Transition::Republish
+        ) {
+            return Err(TransitionError::NotAllowed {
+                actor: transition.actor(),
+                from,
+                to: transition.to(),
+            });
+        }
+        Self::checked(
+            transition,
+            from,
+            JobStatusPatch {
+                attempt: Some(attempt),
+                queued_at: Some(Time(now)),
+                message_id: Some(message_id),
+                claim: Some(None),
+                retry_at: Some(None),
+                observed_generation: Some(generation),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// A failed attempt waits in Backoff until `retry_at`.
+    pub fn schedule_retry(from: JobPhase, retry_at: Timestamp) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::ScheduleRetry,
+            from,
+            JobStatusPatch {
+                retry_at: Some(Some(Time(retry_at))),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// The running attempt's claim expired: it counts as failed, retryably.
+    pub fn worker_lost(from: JobPhase, message: String) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::WorkerLost,
+            from,
+            JobStatusPatch {
+                claim: Some(None),
+                retry_at: Some(None),
+                error: Some(Some(JobError::new(
+                    FailureReason::WorkerLost,
+                    message,
+                    true,
+                ))),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// The Job cannot run at all (invalid input, unknown worker).
+    pub fn reject(
+        from: JobPhase,
+        reason: FailureReason,
+        message: String,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(Transition::Reject, from, failed(reason, message, now))
+    }
+
+    /// Retries are exhausted or a deadline passed.
+    pub fn give_up(
+        from: JobPhase,
+        reason: FailureReason,
+        message: String,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(Transition::GiveUp, from, failed(reason, message, now))
+    }
+
+    /// `spec.cancel` on a Job no live worker runs.
+    pub fn cancel_idle(from: JobPhase, now: Timestamp) -> Result<Self, TransitionError> {
+        Self::checked(Transition::CancelIdle, from, cancelled(now, None))
+    }
+
+    // --- a worker ---
+
+    /// A worker takes the attempt: its first step starts now.
+    pub fn claim(from: JobPhase, claim: NewClaim, now: Timestamp) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::Claim,
+            from,
+            JobStatusPatch {
+                attempt: Some(claim.attempt),
+                started_at: Some(Time(now)),
+                claim: Some(Some(ClaimPatch {
+                    pod: Some(claim.pod),
+                    renew_time: Some(Time(now)),
+                    lease_seconds: Some(claim.lease_seconds),
+                })),
+                steps: Some(claim.steps),
+                progress: Some(0),
+                result: Some(None),
+                result_ref: Some(None),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// Renews the claim and writes step progress.
+    pub fn progress(
+        from: JobPhase,
+        steps: Vec<StepStatus>,
+        overall: i32,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::Progress,
+            from,
+            JobStatusPatch {
+                claim: Some(Some(ClaimPatch {
+                    renew_time: Some(Time(now)),
+                    ..ClaimPatch::default()
+                })),
+                steps: Some(steps),
+                progress: Some(overall.clamp(0, 100)),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// The attempt produced `result`.
+    pub fn succeed(
+        from: JobPhase,
+        result: Value,
+        steps: Vec<StepStatus>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::Succeed,
+            from,
+            JobStatusPatch {
+                finished_at: Some(Time(now)),
+                progress: Some(100),
+                result: Some(Some(result)),
+                error: Some(None),
+                claim: Some(None),
+                steps: Some(steps),
+                conditions: Some(vec![condition(
+                    CONDITION_COMPLETE,
+                    REASON_SUCCEEDED,
+                    "the pipeline finished",
+                    now,
+                )]),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+
+    /// The attempt failed; whether another may succeed decides between
+    /// Backoff (the operator retries or gives up) and Failed.
+    pub fn fail(
+        from: JobPhase,
+        error: JobError,
+        steps: Vec<StepStatus>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        if error.retryable {
+            return Self::checked(
+                Transition::FailRetryable,
+                from,
+                JobStatusPatch {
+                    error: Some(Some(error)),
+                    claim: Some(None),
+                    retry_at: Some(None),
+                    steps: Some(steps),
+                    ..JobStatusPatch::default()
+                },
+            );
+        }
+        let status = JobStatusPatch {
+            finished_at: Some(Time(now)),
+            claim: Some(None),
+            steps: Some(steps),
+            conditions: Some(vec![condition(
+                CONDITION_FAILED,
+                &error.reason,
+                &error.message,
+                now,
+            )]),
+            error: Some(Some(error)),
+            ..JobStatusPatch::default()
+        };
+        Self::checked(Transition::FailPermanent, from, status)
+    }
+
+    /// The worker stopped the attempt because `spec.cancel` was set.
+    pub fn cancel_running(
+        from: JobPhase,
+        steps: Vec<StepStatus>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(Transition::CancelRunning, from, cancelled(now, Some(steps)))
+    }
+
+    /// The worker shuts down before the attempt finished: hand it back.
+    pub fn release(from: JobPhase, now: Timestamp) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::Release,
+            from,
+            JobStatusPatch {
+                claim: Some(None),
+                queued_at: Some(Time(now)),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+}
+
+impl JobError {
+    pub fn new(reason: FailureReason, message: String, retryable: bool) -> Self {
+        Self {
+            reason: reason.as_str().to_owned(),
+            message,
+            retryable,
+        }
+    }
+}
+
+fn failed(reason: FailureReason, message: String, now: Timestamp) -> JobStatusPatch {
+    JobStatusPatch {
+        claim: Some(None),
+        retry_at: Some(None),
+        finished_at: Some(Time(now)),
+        conditions: Some(vec![condition(
+            CONDITION_FAILED,
+            reason.as_str(),
+            &message,
+            now,
+        )]),
+        error: Some(Some(JobError::new(reason, message, false))),
+        ..JobStatusPatch::default()
+    }
+}
+
+fn cancelled(now: Timestamp, steps: Option<Vec<StepStatus>>) -> JobStatusPatch {
+    JobStatusPatch {
+        claim: Some(None),
+        finished_at: Some(Time(now)),
+        steps,
+        conditions: Some(vec![condition(
+            CONDITION_FAILED,
+            REASON_CANCELLED,
+            "spec.cancel was set",
+            now,
+        )]),
+        ..JobStatusPatch::default()
+    }
+}
+
+fn condition(type_: &str, reason: &str, message: &str, now: Timestamp) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(now),
+        observed_generation: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Claim, JobStatus, StepPhase};
+    use JobPhase::*;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    /// RFC 7386: objects merge key by key, `null` removes, the rest replaces.
+    fn merge(target: &mut Value, patch: &Value) {
+        let Value::Object(patch) = patch else {
+            *target = patch.clone();
+            return;
+        };
+        if !target.is_object() {
+            *target = Value::Object(Default::default());
+        }
+        let target = target.as_object_mut().expect("made an object above");
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+
+    /// The status after `change` is merged into `before`, read back as the CRD type.
+    fn apply(before: &JobStatus, change: &JobTransition) -> JobStatus {
+        let mut status = serde_json::to_value(before).unwrap();
+        merge(&mut status, &serde_json::to_value(&change.status).unwrap());
+        serde_json::from_value(status).expect("the patched status is a valid JobStatus")
+    }
+
+    fn steps() -> Vec<StepStatus> {
+        vec![StepStatus {
+            name: "sleep".into(),
+            phase: StepPhase::Running,
+            started_at: Some(Time(now())),
+            finished_at: None,
+            attempts: 1,
+            progress: 0,
+            message: None,
+        }]
+    }
+
+    fn running() -> JobStatus {
+        JobStatus {
+            phase: Running,
+            attempt: 2,
+            claim: Some(Claim {
+                pod: "worker-a".into(),
+                renew_time: Time(now()),
+                lease_seconds: 15,
+            }),
+            started_at: Some(Time(now())),
+            steps: steps(),
+            ..JobStatus::default()
+        }
+    }
+
+    fn status(phase: JobPhase) -> JobStatus {
+        match phase {
+            Running => running(),
+            phase => JobStatus {
+                phase,
+                attempt: 1,
+                ..JobStatus::default()
+            },
+        }
+    }
+
+    fn error(retryable: bool) -> JobError {
+        JobError::new(FailureReason::StepTimeout, "too slow".into(), retryable)
+    }
+
+    /// One transition of every kind, built from `from`.
+    fn every_transition(from: JobPhase) -> Vec<Result<JobTransition, TransitionError>> {
+        let message = || "m-1".to_owned();
+        vec![
+            JobTransition::queued(Transition::Publish, from, 1, message(), Some(1), now()),
+            JobTransition::queued(Transition::Requeue, from, 2, message(), Some(1), now()),
+            JobTransition::queued(Transition::Republish, from, 1, message(), Some(1), now()),
+            JobTransition::schedule_retry(from, now()),
+            JobTransition::worker_lost(from, "gone".into()),
+            JobTransition::reject(from, FailureReason::InvalidInput, "bad".into(), now()),
+            JobTransition::give_up(
+                from,
+                FailureReason::MaxAttemptsExceeded,
+                "all".into(),
+                now(),
+            ),
+            JobTransition::cancel_idle(from, now()),
+            JobTransition::claim(
+                from,
+                NewClaim {
+                    attempt: 1,
+                    pod: "worker-b".into(),
+                    lease_seconds: 15,
+                    steps: steps(),
+                },
+                now(),
+            ),
+            JobTransition::progress(from, steps(), 50, now()),
+            JobTransition::succeed(from, serde_json::json!({"ok": true}), steps(), now()),
+            JobTransition::fail(from, error(true), steps(), now()),
+            JobTransition::fail(from, error(false), steps(), now()),
+            JobTransition::cancel_running(from, steps(), now()),
+            JobTransition::release(from, now()),
+        ]
+    }
+
+    #[test]
+    fn every_transition_is_built_and_every_one_is_covered() {
+        let mut seen: Vec<Transition> = JobPhase::ALL
+            .into_iter()
+            .flat_map(every_transition)
+            .filter_map(Result::ok)
+            .map(|t| t.transition)
+            .collect();
+        seen.sort_by_key(|t| format!("{t:?}"));
+        seen.dedup();
+        assert_eq!(seen.len(), Transition::ALL.len(), "{seen:?}");
+    }
+
+    #[test]
+    fn every_patch_round_trips_through_job_status_and_reaches_its_phase() {
+        for from in JobPhase::ALL {
+            for change in every_transition(from).into_iter().filter_map(Result::ok) {
+                let after = apply(&status(from), &change);
+                assert_eq!(after.phase, change.transition.to(), "{change:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_transition_from_the_wrong_phase_is_refused_before_any_write() {
+        for from in JobPhase::ALL {
+            for (built, kind) in every_transition(from).into_iter().zip(0..) {
+                if let Ok(change) = &built {
+                    assert!(
+                        change.transition.from().contains(&from),
+                        "transition #{kind} built from {from:?}: {change:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            JobTransition::succeed(Queued, Value::Null, vec![], now()).unwrap_err(),
+            TransitionError::NotAllowed {
+                actor: crate::job_state::Actor::Worker,
+                from: Queued,
+                to: Succeeded
+            }
+        );
+        assert!(matches!(
+            JobTransition::cancel_idle(Succeeded, now()),
+            Err(TransitionError::FromTerminal { .. })
+        ));
+    }
+
+    #[test]
+    fn queued_refuses_transitions_that_do_not_publish() {
+        assert!(
+            JobTransition::queued(Transition::Release, Running, 1, "m".into(), None, now())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn claim_then_progress_renews_and_keeps_the_holder() {
+        let claimed = JobTransition::claim(
+            Queued,
+            NewClaim {
+                attempt: 1,
+                pod: "worker-b".into(),
+                lease_seconds: 15,
+                steps: steps(),
+            },
+            now(),
+        )
+        .unwrap();
+        let after_claim = apply(&status(Queued), &claimed);
+        let later = now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(5))
+            .unwrap();
+        let renewed = JobTransition::progress(Running, steps(), 40, later).unwrap();
+        let after = apply(&after_claim, &renewed);
+        let claim = after.claim.expect("the claim is kept");
+        assert_eq!((claim.pod.as_str(), claim.lease_seconds), ("worker-b", 15));
+        assert_eq!(claim.renew_time, Time(later));
+        assert_eq!(after.progress, 40);
+    }
+
+    #[test]
+    fn outcomes_clear_the_claim_and_record_the_error() {
+        let before = running();
+        let succeeded = apply(
+            &before,
+            &JobTransition::succeed(Running, serde_json::json!({"n": 1}), steps(), now()).unwrap(),
+        );
+        assert_eq!(succeeded.claim, None);
+        assert_eq!(succeeded.result, Some(serde_json::json!({"n": 1})));
+        assert_eq!(succeeded.conditions[0].type_, CONDITION_COMPLETE);
+
+        let backoff = apply(
+            &before,
+            &JobTransition::fail(Running, error(true), steps(), now()).unwrap(),
+        );
+        assert_eq!((backoff.phase, backoff.claim.clone()), (Backoff, None));
+        assert!(
+            backoff.conditions.is_empty(),
+            "a retryable failure is not final"
+        );
+
+        let failed = apply(
+            &before,
+            &JobTransition::fail(Running, error(false), steps(), now()).unwrap(),
+        );
+        assert_eq!(failed.phase, Failed);
+        assert_eq!(failed.conditions[0].reason, "StepTimeout");
+        assert_eq!(failed.error, Some(error(false)));
+    }
+
+    #[test]
+    fn publish_of_the_next_attempt_clears_the_retry_time() {
+        let mut before = status(Backoff);
+        before.retry_at = Some(Time(now()));
+        let change = JobTransition::queued(
+            Transition::Requeue,
+            Backoff,
+            2,
+            "m-2".into(),
+            Some(3),
+            now(),
+        )
+        .unwrap();
+        let after = apply(&before, &change);
+        assert_eq!(after.retry_at, None);
+        assert_eq!(
+            (after.attempt, after.message_id.as_deref()),
+            (2, Some("m-2"))
+        );
+        assert_eq!(after.observed_generation, Some(3));
+    }
+}
