@@ -1,1 +1,78 @@
-//! The one conditioned writer of Job status (filled in with the typed transitions).
+//! The one writer of Job status. Every transition, by the operator or a
+//! worker, goes out as a merge patch conditioned on the resourceVersion the
+//! decision was made from: when anyone wrote in between, the apiserver
+//! answers 409 and the caller decides again from what is there now.
+
+use drover_crds::job_transition::JobStatusPatch;
+use drover_crds::{Job, JobTransition};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde::Serialize;
+
+/// The body of a conditioned status patch.
+#[derive(Serialize, Debug)]
+struct ConditionedPatch<'a> {
+    metadata: Precondition<'a>,
+    status: &'a JobStatusPatch,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct Precondition<'a> {
+    resource_version: &'a str,
+}
+
+/// Writes `change` to the status of Job `name` if it is still at `resource_version`.
+pub async fn write(
+    jobs: &Api<Job>,
+    name: &str,
+    resource_version: &str,
+    change: &JobTransition,
+) -> Result<Job, kube::Error> {
+    let patch = ConditionedPatch {
+        metadata: Precondition { resource_version },
+        status: &change.status,
+    };
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+}
+
+/// Whether a write lost the race with another writer.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_crds::JobPhase;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn the_patch_carries_the_precondition_and_only_the_transition_fields() {
+        let change = JobTransition::release(JobPhase::Running, Timestamp::UNIX_EPOCH).unwrap();
+        let body = serde_json::to_value(ConditionedPatch {
+            metadata: Precondition {
+                resource_version: "42",
+            },
+            status: &change.status,
+        })
+        .unwrap();
+        assert_eq!(
+            body["metadata"],
+            serde_json::json!({"resourceVersion": "42"})
+        );
+        let mut keys: Vec<_> = body["status"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        assert_eq!(keys, ["claim", "phase", "queuedAt"]);
+        assert!(
+            body["status"]["claim"].is_null(),
+            "release clears the claim"
+        );
+    }
+}
