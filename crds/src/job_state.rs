@@ -133,6 +133,20 @@ impl Transition {
     }
 }
 
+impl Transition {
+    /// Checks that this transition may start from `from`: the state machine
+    /// allows the move and `from` is one of this transition's own phases.
+    pub fn check_from(self, from: JobPhase) -> Result<(), TransitionError> {
+        let (actor, to) = (self.actor(), self.to());
+        check_transition(actor, from, to)?;
+        if self.from().contains(&from) {
+            Ok(())
+        } else {
+            Err(TransitionError::NotAllowed { actor, from, to })
+        }
+    }
+}
+
 /// Checks that `actor` may move a Job from `from` to `to`.
 pub fn check_transition(actor: Actor, from: JobPhase, to: JobPhase) -> Result<(), TransitionError> {
     if from.is_terminal() {

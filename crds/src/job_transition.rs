@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::failure::FailureReason;
 use crate::job::{JobError, JobPhase, StepStatus};
-use crate::job_state::{Transition, TransitionError, check_transition};
+use crate::job_state::{Transition, TransitionError};
 
 /// `status` of a Job merge patch: only the fields a transition sets.
 #[derive(Serialize, Clone, Debug, Default, PartialEq)]
@@ -97,19 +97,11 @@ impl JobTransition {
         from: JobPhase,
         status: JobStatusPatch,
     ) -> Result<Self, TransitionError> {
-        let to = transition.to();
-        check_transition(transition.actor(), from, to)?;
-        if !transition.from().contains(&from) {
-            return Err(TransitionError::NotAllowed {
-                actor: transition.actor(),
-                from,
-                to,
-            });
-        }
+        transition.check_from(from)?;
         Ok(Self {
             transition,
             status: JobStatusPatch {
-                phase: Some(to),
+                phase: Some(transition.to()),
                 ..status
             },
         })

@@ -12,22 +12,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drover_crds::job::{JobError, JobPhase};
-use drover_crds::{Job, JobMessage, PipelineWorker};
+use drover_crds::job_state::{Transition, TransitionError};
+use drover_crds::job_transition::REASON_CANCELLED;
+use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
+use drover_runtime::job_status;
 use futures::StreamExt;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::error::PublishError;
 use google_cloud_pubsub::model::Message;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{Value, json};
 
 use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
@@ -52,6 +52,11 @@ pub enum Error {
     },
     #[error("cannot write the status of Job {job}: {source}")]
     Status { job: String, source: kube::Error },
+    #[error("refused to write Job {job}: {source}")]
+    Transition {
+        job: String,
+        source: TransitionError,
+    },
     #[error("cannot delete Job {job}: {source}")]
     Delete { job: String, source: kube::Error },
 }
@@ -63,13 +68,14 @@ impl Error {
             Error::Publisher { .. } => "publisher",
             Error::Publish { .. } => "publish",
             Error::Status { .. } => "status",
+            Error::Transition { .. } => "transition",
             Error::Delete { .. } => "delete",
         }
     }
 
     /// A write that lost a race with a worker: decide again at once.
     fn is_conflict(&self) -> bool {
-        matches!(self, Error::Status { source: kube::Error::Api(status), .. } if status.code == 409)
+        matches!(self, Error::Status { source, .. } if job_status::is_conflict(source))
     }
 }
 
@@ -191,59 +197,52 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
         .fleets
         .get(&ObjectRef::new(&job.spec.worker).within(&namespace));
     let now = Timestamp::now();
+    // Every transition is checked against the phase of the very version the
+    // write is conditioned on.
+    let from = current_phase(job);
     match next_step(job, fleet.as_deref(), now) {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
-        NextStep::Publish { attempt, republish } => {
+        // The phase says whether this is a first publish, a retry or a
+        // republish; the transition is chosen from it.
+        NextStep::Publish { attempt, .. } => {
             let Some(fleet) = fleet else {
                 return Ok(Action::await_change());
             };
-            publish(job, &fleet, ctx, &namespace, attempt, republish, now).await
+            publish(job, &fleet, ctx, &namespace, attempt, now).await
         }
         NextStep::ScheduleRetry { retry_at } => {
-            write_status(job, ctx, &namespace, json!({"retryAt": Time(retry_at)})).await?;
+            write(job, ctx, JobTransition::schedule_retry(from, retry_at)).await?;
             Ok(Action::await_change())
         }
         NextStep::WorkerLost { give_up } => {
-            let error = JobError {
-                reason: "WorkerLost".into(),
-                message: lost_message(job),
-                retryable: true,
-            };
+            let lost = lost_message(job);
             if give_up {
                 let settings = fleet.as_deref().map(|f| JobSettings::of(job, f));
                 let attempts = settings.map_or(1, |s| s.max_attempts);
-                let message = format!(
-                    "all {attempts} attempts failed: {} (WorkerLost)",
-                    error.message
-                );
+                let message = format!("all {attempts} attempts failed: {lost} (WorkerLost)");
+                let reason = FailureReason::MaxAttemptsExceeded;
                 return fail(
                     job,
                     fleet.as_deref(),
                     ctx,
                     &namespace,
-                    "MaxAttemptsExceeded",
+                    reason,
                     message,
                     true,
                     now,
                 )
                 .await;
             }
+            write(job, ctx, JobTransition::worker_lost(from, lost)).await?;
             ctx.metrics
                 .job_outcomes
                 .get_or_create(&OutcomeLabels {
                     outcome: "retry",
-                    reason: "WorkerLost",
+                    reason: FailureReason::WorkerLost.as_str(),
                 })
                 .inc();
             tracing::info!(event = "worker_lost", job = %job.name_any(), namespace = %namespace, "claim expired; the attempt counts as failed");
-            let status = json!({
-                "phase": JobPhase::Backoff,
-                "claim": Value::Null,
-                "error": error,
-                "retryAt": Value::Null,
-            });
-            write_status(job, ctx, &namespace, status).await?;
             Ok(Action::await_change())
         }
         NextStep::Fail {
@@ -264,18 +263,12 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             .await
         }
         NextStep::Cancel => {
-            let status = json!({
-                "phase": JobPhase::Cancelled,
-                "claim": Value::Null,
-                "finishedAt": Time(now),
-                "conditions": [condition("Failed", "Cancelled", "spec.cancel was set", now)],
-            });
-            write_status(job, ctx, &namespace, status).await?;
+            write(job, ctx, JobTransition::cancel_idle(from, now)).await?;
             ctx.metrics
                 .job_outcomes
                 .get_or_create(&OutcomeLabels {
                     outcome: "cancelled",
-                    reason: "Cancelled",
+                    reason: REASON_CANCELLED,
                 })
                 .inc();
             tracing::info!(event = "job_cancelled", job = %job.name_any(), namespace = %namespace, "cancelled");
@@ -328,16 +321,28 @@ async fn requeue_queue(fleet: &PipelineWorker, ctx: &Context) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn publish(
     job: &Job,
     fleet: &PipelineWorker,
     ctx: &Context,
     namespace: &str,
     attempt: i32,
-    republish: bool,
     now: Timestamp,
 ) -> Result<Action, Error> {
+    let from = current_phase(job);
+    let transition = match from {
+        JobPhase::Pending => Transition::Publish,
+        JobPhase::Backoff => Transition::Requeue,
+        _ => Transition::Republish,
+    };
+    // Refuse before publishing: a message whose Queued write is refused
+    // would only be skipped by every worker.
+    transition
+        .check_from(from)
+        .map_err(|source| Error::Transition {
+            job: job.name_any(),
+            source,
+        })?;
     let names = QueueNames::of(fleet, &ctx.config.pubsub_project);
     let message = JobMessage {
         namespace: namespace.to_owned(),
@@ -363,10 +368,10 @@ async fn publish(
         source,
     })?;
 
-    let kind = match (republish, attempt) {
-        (true, _) => "republish",
-        (false, 1) => "first",
-        (false, _) => "retry",
+    let kind = match transition {
+        Transition::Publish => "first",
+        Transition::Requeue => "retry",
+        _ => "republish",
     };
     ctx.metrics
         .jobs_published
@@ -380,16 +385,9 @@ async fn publish(
     }
     tracing::info!(event = "enqueued", job = %job.name_any(), namespace, attempt, %message_id, kind, "published");
 
-    let status = json!({
-        "phase": JobPhase::Queued,
-        "attempt": attempt,
-        "queuedAt": Time(now),
-        "messageId": message_id,
-        "claim": Value::Null,
-        "retryAt": Value::Null,
-        "observedGeneration": job.meta().generation,
-    });
-    write_status(job, ctx, namespace, status).await?;
+    let generation = job.meta().generation;
+    let queued = JobTransition::queued(transition, from, attempt, message_id, generation, now);
+    write(job, ctx, queued).await?;
     Ok(Action::await_change())
 }
 
@@ -399,7 +397,7 @@ async fn fail(
     fleet: Option<&PipelineWorker>,
     ctx: &Context,
     namespace: &str,
-    reason: &'static str,
+    reason: FailureReason,
     message: String,
     dead_letter: bool,
     now: Timestamp,
@@ -417,11 +415,10 @@ async fn fail(
         };
         let publisher = ctx.publisher(&topic).await?;
         publisher
-            .publish(
-                Message::new()
-                    .set_data(body.encode())
-                    .set_attributes([("reason", reason.to_owned()), ("message", message.clone())]),
-            )
+            .publish(Message::new().set_data(body.encode()).set_attributes([
+                ("reason", reason.as_str().to_owned()),
+                ("message", message.clone()),
+            ]))
             .await
             .map_err(|source| Error::Publish {
                 job: job.name_any(),
@@ -429,26 +426,24 @@ async fn fail(
                 source,
             })?;
     }
-    let status = json!({
-        "phase": JobPhase::Failed,
-        "claim": Value::Null,
-        "retryAt": Value::Null,
-        "finishedAt": Time(now),
-        "error": JobError { reason: reason.into(), message: message.clone(), retryable: false },
-        "conditions": [condition("Failed", reason, &message, now)],
-    });
-    write_status(job, ctx, namespace, status).await?;
+    let from = current_phase(job);
+    let failed = if dead_letter {
+        JobTransition::give_up(from, reason, message.clone(), now)
+    } else {
+        JobTransition::reject(from, reason, message.clone(), now)
+    };
+    write(job, ctx, failed).await?;
     ctx.metrics
         .job_outcomes
         .get_or_create(&OutcomeLabels {
             outcome: "failed",
-            reason,
+            reason: reason.as_str(),
         })
         .inc();
-    tracing::warn!(event = "job_failed", job = %job.name_any(), namespace, reason, %message, "job failed");
+    tracing::warn!(event = "job_failed", job = %job.name_any(), namespace, reason = reason.as_str(), %message, "job failed");
     let event = Event {
         type_: EventType::Warning,
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         note: Some(message),
         action: "Dispatch".into(),
         secondary: None,
@@ -470,39 +465,27 @@ fn lost_message(job: &Job) -> String {
     }
 }
 
-fn condition(type_: &str, reason: &str, message: &str, now: Timestamp) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: "True".into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Time(now),
-        observed_generation: None,
-    }
+/// The phase of the Job version a decision is made from.
+fn current_phase(job: &Job) -> JobPhase {
+    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
-/// A JSON merge patch of the status, conditioned on the resourceVersion the
+/// Sends one checked transition, conditioned on the resourceVersion the
 /// decision was made from.
-async fn write_status(
+async fn write(
     job: &Job,
     ctx: &Context,
-    namespace: &str,
-    status: Value,
+    change: Result<JobTransition, TransitionError>,
 ) -> Result<(), Error> {
-    let jobs = Api::<Job>::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "metadata": {"resourceVersion": job.resource_version()},
-        "status": status,
-    });
-    jobs.patch_status(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| Error::Status {
-        job: job.name_any(),
+    let name = job.name_any();
+    let change = change.map_err(|source| Error::Transition {
+        job: name.clone(),
         source,
-    })
+    })?;
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let version = job.resource_version().unwrap_or_default();
+    job_status::write(&jobs, &name, &version, &change)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Status { job: name, source })
 }

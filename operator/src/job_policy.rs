@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use drover_crds::job::{Job, JobPhase};
 use drover_crds::job_state::{claim_expiry, claim_is_live};
-use drover_crds::{PipelineWorker, input};
+use drover_crds::{FailureReason, PipelineWorker, input};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 /// Margin past a Job's own timeout before the operator stops waiting for
@@ -30,9 +30,11 @@ pub enum NextStep {
     WorkerLost { give_up: bool },
     /// Finish the Job as Failed, for a reason a person reads.
     Fail {
-        reason: &'static str,
+        reason: FailureReason,
         message: String,
-        /// Also publish the Job to the fleet's dead-letter topic.
+        /// The Job gave up after it was queued (retries exhausted, deadline),
+        /// so it also goes to the fleet's dead-letter topic; otherwise it was
+        /// rejected before it could run.
         dead_letter: bool,
     },
     /// `spec.cancel` is set and no worker is running the Job.
@@ -126,7 +128,7 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
 
     let (Some(fleet), Some(settings)) = (fleet, settings) else {
         return NextStep::Fail {
-            reason: "WorkerNotFound",
+            reason: FailureReason::WorkerNotFound,
             message: format!(
                 "PipelineWorker {:?} does not exist in this namespace",
                 job.spec.worker
@@ -138,7 +140,7 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
     match status.phase {
         JobPhase::Pending => match input::validate(fleet.spec.pipeline, &job.spec.input) {
             Err(invalid) => NextStep::Fail {
-                reason: "InvalidInput",
+                reason: FailureReason::InvalidInput,
                 message: invalid.to_string(),
                 dead_letter: false,
             },
@@ -167,7 +169,7 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
             let started = status.started_at.as_ref().map_or(now, |t| t.0);
             match after(started, settings.timeout + DEADLINE_GRACE, now) {
                 None => NextStep::Fail {
-                    reason: "DeadlineExceeded",
+                    reason: FailureReason::DeadlineExceeded,
                     message: format!(
                         "attempt {} ran longer than its {} s timeout and its worker did not stop it",
                         status.attempt,
@@ -186,7 +188,7 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
                     .map(|e| format!(": {} ({})", e.message, e.reason))
                     .unwrap_or_default();
                 return NextStep::Fail {
-                    reason: "MaxAttemptsExceeded",
+                    reason: FailureReason::MaxAttemptsExceeded,
                     message: format!("all {} attempts failed{last}", settings.max_attempts),
                     dead_letter: true,
                 };
@@ -294,7 +296,7 @@ mod tests {
         else {
             panic!("expected a failure");
         };
-        assert_eq!(reason, "InvalidInput");
+        assert_eq!(reason, FailureReason::InvalidInput);
         assert!(message.contains("unknown field `duration`"), "{message}");
         assert!(!dead_letter);
     }
@@ -307,7 +309,7 @@ mod tests {
         else {
             panic!("expected a failure");
         };
-        assert_eq!(reason, "WorkerNotFound");
+        assert_eq!(reason, FailureReason::WorkerNotFound);
         assert!(message.contains("\"w\""), "{message}");
     }
 
@@ -365,7 +367,7 @@ mod tests {
         assert!(matches!(
             step(&j),
             NextStep::Fail {
-                reason: "DeadlineExceeded",
+                reason: FailureReason::DeadlineExceeded,
                 ..
             }
         ));
@@ -414,7 +416,7 @@ mod tests {
         else {
             panic!("expected a failure");
         };
-        assert_eq!(reason, "MaxAttemptsExceeded");
+        assert_eq!(reason, FailureReason::MaxAttemptsExceeded);
         assert_eq!(message, "all 3 attempts failed: boom (StepFailed)");
         assert!(dead_letter);
     }
@@ -426,7 +428,7 @@ mod tests {
         assert!(matches!(
             step(&j),
             NextStep::Fail {
-                reason: "MaxAttemptsExceeded",
+                reason: FailureReason::MaxAttemptsExceeded,
                 ..
             }
         ));
