@@ -7,13 +7,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_crds::job_state::{ClaimDecision, ClaimView, decide_claim};
-use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker, StepPhase};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use drover_crds::FailureReason;
+use drover_crds::job::JobError;
+use drover_crds::job_state::{ClaimDecision, ClaimView, TransitionError, decide_claim};
+use drover_crds::job_transition::NewClaim;
+use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker, StepPhase};
+use drover_runtime::job_status;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::pipelines::{self, Attempt, Context, Failure};
 use crate::progress::Progress;
@@ -94,7 +97,7 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                     Ok(claimed) => {
                         return run_claimed(worker, fleet, &jobs, claimed, message, progress).await;
                     }
-                    Err(kube::Error::Api(status)) if status.code == 409 => conflicts += 1,
+                    Err(error) if error.is_conflict() => conflicts += 1,
                     Err(error) => {
                         tracing::warn!(job = %message.name, %error, "cannot claim the Job; handing the message back");
                         return Answer::Nack;
@@ -112,43 +115,70 @@ async fn claim(
     progress: &Progress,
     pod: &str,
     attempt: i32,
-) -> Result<Job, kube::Error> {
-    let now = Time(Timestamp::now());
-    let status = json!({
-        "phase": JobPhase::Running,
-        "attempt": attempt,
-        "startedAt": now,
-        "claim": {"pod": pod, "renewTime": now, "leaseSeconds": CLAIM_LEASE_SECONDS},
-        "steps": progress.snapshot(),
-        "progress": 0,
-        "result": Value::Null,
-        "resultRef": Value::Null,
-    });
-    let version = job.resource_version().unwrap_or_default();
-    write_status_at(jobs, &job.name_any(), &version, status).await
+) -> Result<Job, WriteError> {
+    let claim = NewClaim {
+        attempt,
+        pod: pod.to_owned(),
+        lease_seconds: CLAIM_LEASE_SECONDS,
+        steps: progress.snapshot(),
+    };
+    let change = JobTransition::claim(phase_of(job), claim, Timestamp::now());
+    write_checked(jobs, job, change).await
 }
 
 /// Whether `pod` still runs this attempt of the Job.
-fn holds_claim(job: &Job, attempt: &Attempt, pod: &str) -> bool {
+pub(crate) fn holds_claim(job: &Job, attempt: i32, pod: &str) -> bool {
     job.status.as_ref().is_some_and(|s| {
         s.phase == JobPhase::Running
-            && s.attempt == attempt.attempt
+            && s.attempt == attempt
             && s.claim.as_ref().is_some_and(|c| c.pod == pod)
     })
 }
 
-/// A status merge patch that applies only while the Job is still at
-/// `version`: every worker write is conditioned, so a write that raced the
-/// operator or another worker fails with 409 instead of overwriting it.
-async fn write_status_at(
+fn phase_of(job: &Job) -> JobPhase {
+    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+/// Why a status write did not land.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// Never sent: the Job is in a phase this worker may not move it from.
+    #[error("the state machine refuses it: {0}")]
+    Refused(#[from] TransitionError),
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+}
+
+impl WriteError {
+    /// The Job changed under us (409) or moved where we may not follow:
+    /// read it again and decide from what is there.
+    fn is_conflict(&self) -> bool {
+        match self {
+            WriteError::Refused(_) => true,
+            WriteError::Api(error) => job_status::is_conflict(error),
+        }
+    }
+}
+
+/// Sends a transition conditioned on the version of `job` it was decided
+/// from: a write that raced the operator or another worker fails with 409
+/// instead of overwriting it.
+async fn write_checked(
+    jobs: &Api<Job>,
+    job: &Job,
+    change: Result<JobTransition, TransitionError>,
+) -> Result<Job, WriteError> {
+    let version = job.resource_version().unwrap_or_default();
+    write_at(jobs, &job.name_any(), &version, change).await
+}
+
+async fn write_at(
     jobs: &Api<Job>,
     name: &str,
     version: &str,
-    status: Value,
-) -> Result<Job, kube::Error> {
-    let patch = json!({"metadata": {"resourceVersion": version}, "status": status});
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
+    change: Result<JobTransition, TransitionError>,
+) -> Result<Job, WriteError> {
+    Ok(job_status::write(jobs, name, version, &change?).await?)
 }
 
 async fn run_claimed(
@@ -192,7 +222,7 @@ async fn run_claimed(
         outcome = tokio::time::timeout(timeout, pipeline) => match outcome {
             Ok(result) => Outcome::Finished(result),
             Err(_) => Outcome::Finished(Err(Failure {
-                reason: "JobTimeout",
+                reason: FailureReason::JobTimeout,
                 message: format!("attempt {} ran longer than {} s", attempt.attempt, timeout.as_secs()),
                 retryable: true,
             })),
@@ -255,21 +285,21 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
                 continue;
             }
         };
-        if !holds_claim(&job, attempt, pod) {
+        if !holds_claim(&job, attempt.attempt, pod) {
             return Outcome::Lost("claim_taken");
         }
         if job.spec.cancel {
             return Outcome::Cancelled;
         }
-        let status = json!({
-            "claim": {"renewTime": Time(Timestamp::now())},
-            "steps": progress.snapshot(),
-            "progress": progress.overall(),
-        });
+        let renewal = JobTransition::progress(
+            phase_of(&job),
+            progress.snapshot(),
+            progress.overall(),
+            Timestamp::now(),
+        );
         last_write = tokio::time::Instant::now();
         next_renewal = last_write + period;
-        let version = job.resource_version().unwrap_or_default();
-        match write_status_at(jobs, &attempt.name, &version, status).await {
+        match write_checked(jobs, &job, renewal).await {
             Ok(written) => claimed.remember(&written),
             Err(error) => {
                 tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
@@ -287,14 +317,16 @@ async fn finish(
     outcome: Outcome,
 ) -> Answer {
     let (attempt, progress) = (&claimed.attempt, &claimed.progress);
-    let now = Time(Timestamp::now());
+    let now = Timestamp::now();
     let pipeline = fleet.spec.pipeline;
     let took = claimed.started.elapsed();
     let steps = |running: StepPhase| {
         progress.close(running);
         progress.snapshot()
     };
-    let status = match &outcome {
+    // Only the holder of a live claim gets here, so the Job is Running.
+    let from = JobPhase::Running;
+    let change = match &outcome {
         Outcome::Lost(why) => {
             tracing::warn!(event = "idempotent_skip", reason = why, job = %attempt.name, "the Job moved on without this worker");
             worker.stats.skipped(why);
@@ -303,39 +335,23 @@ async fn finish(
         Outcome::Finished(Ok(result)) => {
             tracing::info!(event = "job_completed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, took_ms = took.as_millis() as u64, "succeeded");
             worker.stats.outcome(pipeline, "succeeded", took);
-            json!({
-                "phase": JobPhase::Succeeded, "finishedAt": now, "progress": 100,
-                "result": result, "error": Value::Null, "claim": Value::Null,
-                "steps": steps(StepPhase::Succeeded),
-                "conditions": [{"type": "Complete", "status": "True", "reason": "Succeeded", "message": "the pipeline finished", "lastTransitionTime": now}],
-            })
+            JobTransition::succeed(from, result.clone(), steps(StepPhase::Succeeded), now)
         }
         Outcome::Finished(Err(failure)) => {
-            tracing::warn!(event = "job_failed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, reason = failure.reason, retryable = failure.retryable, message = %failure.message, "attempt failed");
+            tracing::warn!(event = "job_failed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, reason = failure.reason.as_str(), retryable = failure.retryable, message = %failure.message, "attempt failed");
             let outcome = if failure.retryable {
                 "retryable"
             } else {
                 "failed"
             };
             worker.stats.outcome(pipeline, outcome, took);
-            let error = json!({"reason": failure.reason, "message": failure.message, "retryable": failure.retryable});
-            if failure.retryable {
-                json!({"phase": JobPhase::Backoff, "error": error, "claim": Value::Null, "retryAt": Value::Null, "steps": steps(StepPhase::Failed)})
-            } else {
-                json!({
-                    "phase": JobPhase::Failed, "finishedAt": now, "error": error, "claim": Value::Null,
-                    "steps": steps(StepPhase::Failed),
-                    "conditions": [{"type": "Failed", "status": "True", "reason": failure.reason, "message": failure.message, "lastTransitionTime": now}],
-                })
-            }
+            let error = JobError::new(failure.reason, failure.message.clone(), failure.retryable);
+            JobTransition::fail(from, error, steps(StepPhase::Failed), now)
         }
         Outcome::Cancelled => {
             tracing::info!(event = "job_cancelled", job = %attempt.name, attempt = attempt.attempt, "stopped on cancel");
             worker.stats.outcome(pipeline, "cancelled", took);
-            json!({
-                "phase": JobPhase::Cancelled, "finishedAt": now, "claim": Value::Null, "steps": steps(StepPhase::Skipped),
-                "conditions": [{"type": "Failed", "status": "True", "reason": "Cancelled", "message": "spec.cancel was set", "lastTransitionTime": now}],
-            })
+            JobTransition::cancel_running(from, steps(StepPhase::Skipped), now)
         }
     };
     // The version of our own last write: if the Job is still at it, nothing
@@ -347,7 +363,7 @@ async fn finish(
             Some(version) => version,
             None => match jobs.get_opt(&attempt.name).await {
                 Ok(Some(job)) => {
-                    if !holds_claim(&job, attempt, &worker.pod) {
+                    if !holds_claim(&job, attempt.attempt, &worker.pod) {
                         // The operator requeued it meanwhile; its decision stands.
                         return Answer::Ack;
                     }
@@ -361,9 +377,9 @@ async fn finish(
                 }
             },
         };
-        match write_status_at(jobs, &attempt.name, &version, status.clone()).await {
+        match write_at(jobs, &attempt.name, &version, change.clone()).await {
             Ok(_) => return Answer::Ack,
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(error) if error.is_conflict() => continue,
             Err(error) => {
                 tracing::warn!(job = %attempt.name, %error, "cannot write the outcome");
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use drover_crds::FailureReason;
 use drover_crds::{Pipeline, StepPhase, StepStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -80,7 +81,7 @@ impl Progress {
         let outcome = match tokio::time::timeout(self.inner.step_timeout, work).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Failure {
-                reason: "StepTimeout",
+                reason: FailureReason::StepTimeout,
                 message: format!(
                     "step {name} ran longer than {} s",
                     self.inner.step_timeout.as_secs()
@@ -102,7 +103,7 @@ impl Progress {
                 self.finish(name, StepPhase::Succeeded, None);
             }
             Err(failure) => {
-                tracing::warn!(event = "step_failed", step = name, reason = failure.reason, message = %failure.message, "step failed");
+                tracing::warn!(event = "step_failed", step = name, reason = failure.reason.as_str(), message = %failure.message, "step failed");
                 self.finish(name, StepPhase::Failed, Some(failure.message.clone()));
             }
         }
@@ -241,7 +242,7 @@ mod tests {
         let failed: Result<(), _> = p
             .step("b", async {
                 Err(Failure {
-                    reason: "Bad",
+                    reason: FailureReason::Told,
                     message: "no".into(),
                     retryable: false,
                 })
@@ -263,7 +264,7 @@ mod tests {
             })
             .await;
         let failure = out.unwrap_err();
-        assert_eq!(failure.reason, "StepTimeout");
+        assert_eq!(failure.reason, FailureReason::StepTimeout);
         assert!(failure.retryable);
     }
 

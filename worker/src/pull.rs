@@ -10,15 +10,17 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
 use drover_operator::pubsub::PubSubEndpoint;
 use drover_operator::queue::QueueNames;
+use drover_runtime::job_status;
 use futures::FutureExt;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -227,21 +229,18 @@ async fn release(worker: &Worker, in_flight: &InFlight) {
         let Ok(Some(job)) = api.get_opt(&name).await else {
             continue;
         };
-        let status = job.status.clone().unwrap_or_default();
-        let ours = status.phase == JobPhase::Running
-            && status.attempt == attempt
-            && status.claim.as_ref().is_some_and(|c| c.pod == worker.pod);
-        if !ours {
+        if !job_run::holds_claim(&job, attempt, &worker.pod) {
             continue;
         }
-        let patch = json!({
-            "metadata": {"resourceVersion": job.metadata.resource_version},
-            "status": {"phase": JobPhase::Queued, "claim": Value::Null, "queuedAt": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())},
-        });
-        match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let version = job.metadata.resource_version.clone().unwrap_or_default();
+        let released = match JobTransition::release(JobPhase::Running, Timestamp::now()) {
+            Ok(released) => released,
+            Err(refused) => {
+                tracing::warn!(job = %name, %refused, "cannot hand the Job back; its claim will expire");
+                continue;
+            }
+        };
+        match job_status::write(&api, &name, &version, &released).await {
             Ok(_) => {
                 tracing::info!(event = "released", job = %name, attempt, "handed back on shutdown")
             }

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_crds::FailureReason;
 use drover_crds::{Pipeline, PipelineWorkerSpec, StepPhase};
 use drover_worker::pipelines::assembly::{self, decode, loudness};
 use drover_worker::pipelines::{Attempt, Context, Failure};
@@ -332,7 +333,7 @@ async fn damaged_inputs_fail_for_good_and_name_the_file() {
         let failure = result.unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
-            ("UndecodableAudio", false),
+            (FailureReason::UndecodableAudio, false),
             "{failure:?}"
         );
         assert!(failure.message.contains(&url(bad)), "{}", failure.message);
@@ -361,7 +362,7 @@ async fn a_missing_object_fails_for_good_and_says_which() {
     let failure = result.unwrap_err();
     assert_eq!(
         (failure.reason, failure.retryable),
-        ("ObjectNotFound", false)
+        (FailureReason::ObjectNotFound, false)
     );
     assert_eq!(failure.message, format!("{missing} does not exist"));
     let fetch = progress

@@ -6,7 +6,7 @@ pub mod assembly;
 pub mod consensus;
 pub mod sleep;
 
-use drover_crds::{Pipeline, PipelineWorkerSpec};
+use drover_crds::{FailureReason, Pipeline, PipelineWorkerSpec};
 use serde_json::Value;
 
 use crate::progress::Progress;
@@ -14,8 +14,8 @@ use crate::progress::Progress;
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// CamelCase, for `status.error.reason`.
-    pub reason: &'static str,
+    /// Written to `status.error.reason`.
+    pub reason: FailureReason,
     pub message: String,
     pub retryable: bool,
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use drover_crds::FailureReason;
 use drover_crds::input::SleepInput;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ async fn sleep_once(input: &SleepInput, attempt: &Attempt) -> Result<Value, Fail
     tokio::time::sleep(Duration::from_millis(input.duration_millis)).await;
     if input.fail_on_attempts.contains(&attempt.attempt) {
         return Err(Failure {
-            reason: "Told",
+            reason: FailureReason::Told,
             message: format!("the input asked attempt {} to fail", attempt.attempt),
             retryable: input.fail_retryable,
         });
@@ -49,7 +50,7 @@ async fn record_effect(dir: &str, attempt: &Attempt) -> Result<(), Failure> {
         .await
         .map(|_| ())
         .map_err(|e| Failure {
-            reason: "EffectNotRecorded",
+            reason: FailureReason::EffectNotRecorded,
             message: format!("cannot create {}: {e}", path.display()),
             retryable: false,
         })
@@ -59,7 +60,7 @@ async fn record_effect(dir: &str, attempt: &Attempt) -> Result<(), Failure> {
 /// a Job edited by hand or a newer operator.
 fn parse(input: &Value) -> Result<SleepInput, Failure> {
     SleepInput::deserialize(input).map_err(|e| Failure {
-        reason: "InvalidInput",
+        reason: FailureReason::InvalidInput,
         message: format!("spec.input is not valid sleep input: {e}"),
         retryable: false,
     })
@@ -85,7 +86,10 @@ mod tests {
     async fn fails_on_the_attempts_it_is_told_to() {
         let input = json!({"durationMillis": 0, "failOnAttempts": [1], "failRetryable": false});
         let failure = run_attempt(&input, 1).await.unwrap_err();
-        assert_eq!((failure.reason, failure.retryable), ("Told", false));
+        assert_eq!(
+            (failure.reason, failure.retryable),
+            (FailureReason::Told, false)
+        );
         assert!(run_attempt(&input, 2).await.is_ok());
     }
 
@@ -96,7 +100,7 @@ mod tests {
         let input = json!({"durationMillis": 0, "effectsDir": dir.to_str().unwrap()});
         run_attempt(&input, 1).await.unwrap();
         let again = run_attempt(&input, 1).await.unwrap_err();
-        assert_eq!(again.reason, "EffectNotRecorded");
+        assert_eq!(again.reason, FailureReason::EffectNotRecorded);
         assert!(dir.join("ns_job_1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -104,6 +108,9 @@ mod tests {
     #[tokio::test]
     async fn bad_input_is_a_permanent_failure() {
         let failure = run_attempt(&json!({"sleep": 1}), 1).await.unwrap_err();
-        assert_eq!((failure.reason, failure.retryable), ("InvalidInput", false));
+        assert_eq!(
+            (failure.reason, failure.retryable),
+            (FailureReason::InvalidInput, false)
+        );
     }
 }

@@ -5,6 +5,7 @@
 use std::io::Cursor;
 
 use bytes::Bytes;
+use drover_crds::FailureReason;
 use symphonia::core::audio::SampleBuffer;
 use symphonia::core::codecs::{CODEC_TYPE_MP3, CODEC_TYPE_VORBIS, DecoderOptions};
 use symphonia::core::errors::Error as SymphoniaError;
@@ -29,7 +30,7 @@ const BAD_PACKETS_ALLOWED: usize = 3;
 /// Decodes a whole file. `name` (its URL) is used in every message.
 pub fn decode(name: &str, extension: Option<&str>, bytes: Bytes) -> Result<Audio, Failure> {
     let corrupt = |why: String| Failure {
-        reason: "UndecodableAudio",
+        reason: FailureReason::UndecodableAudio,
         message: format!("{name}: {why}"),
         retryable: false,
     };
@@ -174,7 +175,7 @@ mod tests {
         let failure = decode("file:///cut.wav", Some("wav"), Bytes::from(bytes)).unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
-            ("UndecodableAudio", false)
+            (FailureReason::UndecodableAudio, false)
         );
         assert!(
             failure.message.starts_with("file:///cut.wav: is truncated"),
@@ -189,7 +190,7 @@ mod tests {
         let failure = decode("s3://b/noise.mp3", Some("mp3"), Bytes::from(bytes)).unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
-            ("UndecodableAudio", false)
+            (FailureReason::UndecodableAudio, false)
         );
         assert!(
             failure.message.contains("s3://b/noise.mp3"),

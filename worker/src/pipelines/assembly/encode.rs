@@ -5,6 +5,7 @@
 use std::io::Cursor;
 use std::mem::MaybeUninit;
 
+use drover_crds::FailureReason;
 use mp3lame_encoder::{Bitrate, Builder, DualPcm, FlushNoGap, MonoPcm, Quality};
 
 use crate::pipelines::Failure;
@@ -22,7 +23,7 @@ impl Format {
             "mp3" => Ok(Self::Mp3),
             "wav" => Ok(Self::Wav),
             other => Err(Failure {
-                reason: "InvalidInput",
+                reason: FailureReason::InvalidInput,
                 message: format!("template.format {other:?} is not mp3 or wav"),
                 retryable: false,
             }),
@@ -48,7 +49,7 @@ const MP3_CHUNK: usize = 65_536;
 
 fn failed(format: Format, why: impl std::fmt::Display) -> Failure {
     Failure {
-        reason: "EncodeFailed",
+        reason: FailureReason::EncodeFailed,
         message: format!("cannot encode {}: {why}", format.as_str()),
         retryable: false,
     }
@@ -197,7 +198,7 @@ mod tests {
         assert_eq!(Format::parse(None).unwrap(), Format::Mp3);
         assert_eq!(
             Format::parse(Some("ogg")).unwrap_err().reason,
-            "InvalidInput"
+            FailureReason::InvalidInput
         );
     }
 }

@@ -2,6 +2,7 @@
 //! true-peak ceiling. Gain is linear, so loudness and true peak after a
 //! gain are computed from one measurement instead of measuring again.
 
+use drover_crds::FailureReason;
 use ebur128::{EbuR128, Mode};
 
 use crate::pipelines::Failure;
@@ -33,7 +34,7 @@ const MASTER_ROUNDS: usize = 3;
 
 fn failure(why: impl std::fmt::Display) -> Failure {
     Failure {
-        reason: "LoudnessMeasurementFailed",
+        reason: FailureReason::LoudnessMeasurementFailed,
         message: format!("cannot measure loudness: {why}"),
         retryable: false,
     }

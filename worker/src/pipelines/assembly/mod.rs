@@ -12,6 +12,7 @@ pub mod resample;
 pub mod storage;
 
 use bytes::Bytes;
+use drover_crds::FailureReason;
 use drover_crds::input::AssemblyInput;
 use drover_crds::pipeline_worker::AssemblySpec;
 use serde::Deserialize;
@@ -93,7 +94,7 @@ pub struct Plan {
 impl Plan {
     pub fn new(input: &AssemblyInput, fleet: Option<&AssemblySpec>) -> Result<Self, Failure> {
         let invalid = |message: String| Failure {
-            reason: "InvalidInput",
+            reason: FailureReason::InvalidInput,
             message,
             retryable: false,
         };
@@ -131,7 +132,7 @@ pub struct Episode {
 
 pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     let input = AssemblyInput::deserialize(input).map_err(|e| Failure {
-        reason: "InvalidInput",
+        reason: FailureReason::InvalidInput,
         message: format!("spec.input is not valid assembly input: {e}"),
         retryable: false,
     })?;
@@ -209,7 +210,7 @@ async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Failure {
-            reason: "WorkerPanicked",
+            reason: FailureReason::WorkerPanicked,
             message: format!("assembly work stopped unexpectedly: {e}"),
             retryable: true,
         })?
@@ -245,7 +246,7 @@ fn in_parallel<T: Send, R: Send>(
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
                     Err(Failure {
-                        reason: "WorkerPanicked",
+                        reason: FailureReason::WorkerPanicked,
                         message: "an assembly thread panicked".into(),
                         retryable: true,
                     })

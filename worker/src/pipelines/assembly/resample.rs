@@ -2,6 +2,7 @@
 //! ratios audio files come in (22.05 -> 44.1 kHz, 48 -> 44.1 kHz) and much
 //! faster than a sinc interpolator. Audio already at the rate is untouched.
 
+use drover_crds::FailureReason;
 use rubato::{FftFixedIn, Resampler};
 
 use super::Audio;
@@ -16,7 +17,7 @@ pub fn resample(audio: Audio, rate: u32) -> Result<Audio, Failure> {
         return Ok(audio);
     }
     let failed = |why: String| Failure {
-        reason: "ResampleFailed",
+        reason: FailureReason::ResampleFailed,
         message: format!("cannot resample {} Hz to {rate} Hz: {why}", audio.rate),
         retryable: false,
     };

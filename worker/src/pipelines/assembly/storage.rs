@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use drover_crds::FailureReason;
 use drover_crds::pipeline_worker::AssemblySpec;
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -113,7 +114,7 @@ impl Location {
     pub async fn put(&self, bytes: Bytes) -> Result<(), Failure> {
         if !self.writable {
             return Err(Failure {
-                reason: "OutputNotWritable",
+                reason: FailureReason::OutputNotWritable,
                 message: format!(
                     "{} cannot be written: https:// URLs are read-only; use file://, s3:// or gs://",
                     self.url
@@ -131,7 +132,7 @@ impl Location {
 
 fn invalid(url: &str, why: &str) -> Failure {
     Failure {
-        reason: "InvalidStorageUrl",
+        reason: FailureReason::InvalidStorageUrl,
         message: format!("cannot use {url}: {why}"),
         retryable: false,
     }
@@ -143,22 +144,22 @@ fn storage_failure(url: &str, verb: &str, error: object_store::Error) -> Failure
     use object_store::Error as E;
     match error {
         E::NotFound { .. } => Failure {
-            reason: "ObjectNotFound",
+            reason: FailureReason::ObjectNotFound,
             message: format!("{url} does not exist"),
             retryable: false,
         },
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Failure {
-            reason: "StorageAccessDenied",
+            reason: FailureReason::StorageAccessDenied,
             message: format!("cannot {verb} {url}: {error}"),
             retryable: false,
         },
         E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented { .. } => Failure {
-            reason: "InvalidStorageUrl",
+            reason: FailureReason::InvalidStorageUrl,
             message: format!("cannot {verb} {url}: {error}"),
             retryable: false,
         },
         other => Failure {
-            reason: "StorageUnavailable",
+            reason: FailureReason::StorageUnavailable,
             message: format!("cannot {verb} {url}: {other}"),
             retryable: true,
         },
@@ -179,7 +180,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
-            ("ObjectNotFound", false)
+            (FailureReason::ObjectNotFound, false)
         );
         assert!(failure.message.contains(&url), "{}", failure.message);
     }
@@ -199,7 +200,7 @@ mod tests {
     async fn https_is_read_only() {
         let location = Location::parse("https://media.example.invalid/a/b.mp3", None).unwrap();
         let failure = location.put(Bytes::new()).await.unwrap_err();
-        assert_eq!(failure.reason, "OutputNotWritable");
+        assert_eq!(failure.reason, FailureReason::OutputNotWritable);
     }
 
     #[test]
@@ -207,7 +208,7 @@ mod tests {
         let failure = Location::parse("ftp://host/a.wav", None).unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
-            ("InvalidStorageUrl", false)
+            (FailureReason::InvalidStorageUrl, false)
         );
     }
 }

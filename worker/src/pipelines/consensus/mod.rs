@@ -16,6 +16,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
+use drover_crds::FailureReason;
 use drover_crds::Pipeline;
 use drover_crds::input::ConsensusInput;
 use drover_crds::pipeline_worker::ConsensusSpec;
@@ -68,13 +69,13 @@ async fn run_with_key(
     let input = parse(input)?;
     let Some(spec) = ctx.fleet.consensus.as_ref() else {
         return Err(Failure {
-            reason: "ConsensusNotConfigured",
+            reason: FailureReason::ConsensusNotConfigured,
             message: "the PipelineWorker has no spec.consensus (model, base URL, personas)".into(),
             retryable: false,
         });
     };
     let client = ChatClient::new(spec, api_key).map_err(|message| Failure {
-        reason: "HttpClientUnavailable",
+        reason: FailureReason::HttpClientUnavailable,
         message,
         retryable: true,
     })?;
@@ -92,7 +93,7 @@ async fn run_with_key(
                 .ask(EXPAND, &expand, schema::parse_proposal)
                 .await
                 .map_err(|why| Failure {
-                    reason: "ExpandFailed",
+                    reason: FailureReason::ExpandFailed,
                     message: format!("expand: {why}"),
                     retryable: true,
                 })
@@ -113,7 +114,7 @@ async fn run_with_key(
                         .ask(&step, &messages, schema::parse_review)
                         .await
                         .map_err(|why| Failure {
-                            reason: "PersonaFailed",
+                            reason: FailureReason::PersonaFailed,
                             message: format!("persona {}: {why}", persona.name),
                             retryable: true,
                         })
@@ -227,7 +228,7 @@ impl Caller<'_> {
 /// Job edited by hand or a newer operator.
 fn parse(input: &Value) -> Result<ConsensusInput, Failure> {
     let invalid = |message: String| Failure {
-        reason: "InvalidInput",
+        reason: FailureReason::InvalidInput,
         message,
         retryable: false,
     };

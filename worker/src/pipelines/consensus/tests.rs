@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use drover_crds::FailureReason;
 use drover_crds::{PipelineWorkerSpec, StepPhase, StepStatus};
 use drover_e2e::llm::{Call, Reply, ScriptedLlm};
 use serde_json::{Value, json};
@@ -310,7 +311,10 @@ async fn server_errors_until_retries_run_out_fail_the_job_retryably_naming_the_p
     let ran = run_fleet(&fleet, &input()).await;
 
     let failure = ran.failure();
-    assert_eq!((failure.reason, failure.retryable), ("PersonaFailed", true));
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::PersonaFailed, true)
+    );
     assert!(
         failure.message.starts_with(
             "persona operator: gave up after 3 tries; the last: HTTP 500: upstream exploded"
@@ -340,7 +344,10 @@ async fn a_client_error_is_not_retried() {
     let ran = run_fleet(&fleet, &input()).await;
 
     let failure = ran.failure();
-    assert_eq!((failure.reason, failure.retryable), ("PersonaFailed", true));
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::PersonaFailed, true)
+    );
     assert!(
         failure.message.starts_with("persona skeptic: HTTP 401:"),
         "{}",
@@ -444,7 +451,7 @@ async fn a_persona_failing_for_good_ends_the_attempt_without_waiting_for_the_res
     let fleet = fleet(&llm, &["slow", "broken"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
 
-    assert_eq!(ran.failure().reason, "PersonaFailed");
+    assert_eq!(ran.failure().reason, FailureReason::PersonaFailed);
     assert!(ran.failure().message.starts_with("persona broken:"));
     assert!(ran.took < Duration::from_secs(5), "{:?}", ran.took);
 }
@@ -468,7 +475,10 @@ async fn an_expand_that_fails_for_good_reviews_nothing() {
     let ran = run_fleet(&fleet, &input()).await;
 
     let failure = ran.failure();
-    assert_eq!((failure.reason, failure.retryable), ("ExpandFailed", true));
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::ExpandFailed, true)
+    );
     assert!(
         failure.message.contains("HTTP 503: overloaded"),
         "{}",
@@ -485,7 +495,10 @@ async fn invalid_input_fails_for_good_without_a_model_call() {
     for input in [json!({"text": "  "}), json!({"idea": "x"})] {
         let ran = run_fleet(&fleet, &input).await;
         let failure = ran.failure();
-        assert_eq!((failure.reason, failure.retryable), ("InvalidInput", false));
+        assert_eq!(
+            (failure.reason, failure.retryable),
+            (FailureReason::InvalidInput, false)
+        );
         assert!(
             failure
                 .message
@@ -504,7 +517,7 @@ async fn a_base_url_that_is_no_url_fails_without_retries() {
     }}));
     let ran = run_fleet(&fleet, &input()).await;
     let failure = ran.failure();
-    assert_eq!(failure.reason, "ExpandFailed");
+    assert_eq!(failure.reason, FailureReason::ExpandFailed);
     assert!(
         failure
             .message
