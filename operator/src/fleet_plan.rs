@@ -473,6 +473,23 @@ mod tests {
     }
 
     #[test]
+    fn a_skipped_sync_still_remembers_the_recommendation() {
+        let pw = synced(fleet(), 3);
+        let mut observed = observe(&pw, 30);
+        observed.memory.last_desired = Some(3);
+        observed.since_sync = Some(Duration::from_millis(300));
+        let skipped = plan(&observed, at(1));
+        assert!(skipped.sync.is_none());
+        // The 3 recommended at 1 s holds a later scale-down inside the window.
+        let mut history = skipped.history;
+        let policy = scaling_policy(&pw);
+        assert_eq!(
+            scaler::desired_replicas(0, 3, &policy, &mut history, at(30)),
+            3
+        );
+    }
+
+    #[test]
     fn unchanged_fleet_past_sync_interval_syncs_again() {
         let pw = synced(fleet(), 3);
         let mut observed = observe(&pw, 30);
