@@ -3,6 +3,7 @@
 //! state machine shared by the operator and the worker.
 
 pub mod failure;
+pub mod fleet_conditions;
 pub mod input;
 pub mod job;
 pub mod job_state;

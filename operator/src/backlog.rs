@@ -1,6 +1,8 @@
 //! Counting a fleet's backlog from the Jobs the operator already has in its
 //! informer cache: no extra API calls, no polling.
 
+use std::collections::BTreeMap;
+
 use drover_crds::job::{Job, JobPhase};
 use drover_crds::pipeline_worker::Backlog;
 use k8s_openapi::jiff::Timestamp;
@@ -71,6 +73,27 @@ pub fn next_retry<'a>(
         .filter_map(|status| status.retry_at.as_ref().map(|t| t.0))
         .filter(|at| *at > now)
         .min()
+}
+
+/// How many Running Jobs each pod in `namespace` holds a claim on: what a
+/// scale-down would interrupt if it stopped that pod.
+pub fn running_by_pod<'a>(
+    jobs: impl IntoIterator<Item = &'a Job>,
+    namespace: &str,
+) -> BTreeMap<String, u32> {
+    let mut running = BTreeMap::new();
+    for job in jobs {
+        if job.metadata.namespace.as_deref() != Some(namespace) {
+            continue;
+        }
+        if let Some(status) = &job.status
+            && status.phase == JobPhase::Running
+            && let Some(claim) = &status.claim
+        {
+            *running.entry(claim.pod.clone()).or_default() += 1;
+        }
+    }
+    running
 }
 
 #[cfg(test)]
@@ -147,5 +170,29 @@ mod tests {
         let mut cancelled = job("a", "w", JobPhase::Queued, None);
         cancelled.spec.cancel = true;
         assert_eq!(count([&cancelled], "a", "w", now()).demand, 0);
+    }
+
+    #[test]
+    fn running_jobs_are_counted_per_claiming_pod() {
+        let claimed = |ns: &str, pod: &str, phase: JobPhase| {
+            let mut j = job(ns, "w", phase, None);
+            let claim = serde_json::json!({"pod": pod, "renewTime": "2027-01-15T08:00:00Z", "leaseSeconds": 30});
+            if let Some(status) = j.status.as_mut() {
+                status.claim = Some(serde_json::from_value(claim).unwrap());
+            }
+            j
+        };
+        let jobs = [
+            claimed("a", "p1", JobPhase::Running),
+            claimed("a", "p1", JobPhase::Running),
+            claimed("a", "p2", JobPhase::Running),
+            claimed("a", "p3", JobPhase::Succeeded),
+            claimed("b", "p1", JobPhase::Running),
+        ];
+        let running = running_by_pod(&jobs, "a");
+        assert_eq!(
+            running,
+            BTreeMap::from([("p1".into(), 2), ("p2".into(), 1)])
+        );
     }
 }

@@ -147,59 +147,51 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
     if let Some(host) = &config.pubsub_emulator_host {
         env.push(value_env("PUBSUB_EMULATOR_HOST", host));
     }
-    if let Some(consensus) = &pw.spec.consensus
-        && let Some(key) = &consensus.api_key_secret_ref
-    {
-        env.push(secret_env("DROVER_LLM_API_KEY", key));
-    }
-    if let Some(assembly) = &pw.spec.assembly {
-        if let Some(s3) = &assembly.s3 {
-            env.push(secret_env(
-                "AWS_ACCESS_KEY_ID",
-                &s3.access_key_id_secret_ref,
-            ));
-            env.push(secret_env(
-                "AWS_SECRET_ACCESS_KEY",
-                &s3.secret_access_key_secret_ref,
-            ));
-        }
-        if let Some(key) = assembly
-            .gcs
-            .as_ref()
-            .and_then(|g| g.service_account_key_secret_ref.as_ref())
-        {
-            env.push(secret_env("GOOGLE_SERVICE_ACCOUNT_KEY", key));
-        }
-    }
+    env.extend(
+        pipeline_secrets(pw)
+            .into_iter()
+            .map(|secret| secret_env(secret.env_var, secret.selector)),
+    );
     env.extend(pw.spec.env.iter().flatten().cloned());
     env
 }
 
-/// Every Secret key the fleet's pods read, for the SecretNotFound check.
-pub fn secret_refs(pw: &PipelineWorker) -> Vec<&SecretKeySelector> {
-    let mut refs = Vec::new();
+/// A Secret key a fleet's pods read, and the env var it arrives in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PipelineSecret<'a> {
+    /// The worker env var that carries the value.
+    pub env_var: &'static str,
+    /// The Secret name and key (and whether it is optional).
+    pub selector: &'a SecretKeySelector,
+}
+
+/// Every Secret key the pipeline settings reference. The worker env and the
+/// fleet's SecretNotFound check both read this one list, so they cannot drift.
+pub fn pipeline_secrets(pw: &PipelineWorker) -> Vec<PipelineSecret<'_>> {
+    let mut secrets = Vec::new();
+    let mut read = |env_var, selector| secrets.push(PipelineSecret { env_var, selector });
     if let Some(key) = pw
         .spec
         .consensus
         .as_ref()
         .and_then(|c| c.api_key_secret_ref.as_ref())
     {
-        refs.push(key);
+        read("DROVER_LLM_API_KEY", key);
     }
     if let Some(assembly) = &pw.spec.assembly {
         if let Some(s3) = &assembly.s3 {
-            refs.push(&s3.access_key_id_secret_ref);
-            refs.push(&s3.secret_access_key_secret_ref);
+            read("AWS_ACCESS_KEY_ID", &s3.access_key_id_secret_ref);
+            read("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key_secret_ref);
         }
         if let Some(key) = assembly
             .gcs
             .as_ref()
             .and_then(|g| g.service_account_key_secret_ref.as_ref())
         {
-            refs.push(key);
+            read("GOOGLE_SERVICE_ACCOUNT_KEY", key);
         }
     }
-    refs
+    secrets
 }
 
 fn value_env(name: &str, value: &str) -> EnvVar {
@@ -415,7 +407,36 @@ mod tests {
             (secret.name.as_str(), secret.key.as_str()),
             ("llm", "apiKey")
         );
-        assert_eq!(secret_refs(&pw).len(), 1);
+        assert_eq!(pipeline_secrets(&pw).len(), 1);
+    }
+
+    #[test]
+    fn every_pipeline_secret_reaches_the_env_by_reference() {
+        let mut pw = sample();
+        pw.spec.pipeline = drover_crds::Pipeline::Assembly;
+        pw.spec.assembly = Some(
+            serde_json::from_value(serde_json::json!({
+                "s3": {
+                    "region": "eu-west-1",
+                    "accessKeyIdSecretRef": {"name": "s3", "key": "id"},
+                    "secretAccessKeySecretRef": {"name": "s3", "key": "secret"},
+                },
+                "gcs": {"serviceAccountKeySecretRef": {"name": "gcs", "key": "json"}},
+            }))
+            .unwrap(),
+        );
+        let d = worker_deployment(&pw, &config(), 1);
+        let env = pod_spec(&d).containers[0].env.clone().unwrap();
+        let secrets = pipeline_secrets(&pw);
+        assert_eq!(secrets.len(), 3);
+        for secret in secrets {
+            let var = env.iter().find(|e| e.name == secret.env_var).unwrap();
+            let from = var
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            assert_eq!(from, Some(secret.selector));
+        }
     }
 
     #[test]

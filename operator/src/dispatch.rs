@@ -25,8 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
@@ -34,6 +33,7 @@ use crate::job_policy::{JobSettings, NextStep, next_step};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
 use crate::pubsub::PubSubEndpoint;
 use crate::queue::{QueueAdmin, QueueNames};
+use crate::watches::JobWatches;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -117,7 +117,8 @@ impl Context {
     }
 }
 
-/// Runs the Job controller until shutdown.
+/// Runs the Job controller until shutdown, on the shared Job and
+/// PipelineWorker caches the fleet controller drives.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
@@ -125,17 +126,10 @@ pub async fn run(
     queue: QueueAdmin,
     recorder: Recorder,
     metrics: Metrics,
+    watches: JobWatches,
 ) {
-    let (fleets, fleet_writer) = reflector::store();
-    let fleet_watch = watcher(
-        Api::<PipelineWorker>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(fleet_writer)
-    .touched_objects();
+    let fleets = watches.fleets;
     // A Job whose fleet is merely not cached yet must not fail as WorkerNotFound.
-    let fleet_task = tokio::spawn(fleet_watch.for_each(|_| async {}));
     if fleets.wait_until_ready().await.is_err() {
         tracing::error!("the PipelineWorker cache never became ready");
         return;
@@ -151,19 +145,16 @@ pub async fn run(
         metrics,
         publishers: Mutex::default(),
     });
-    Controller::new(
-        Api::<Job>::all(client),
-        watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "job reconcile did not complete");
-        }
-    })
-    .await;
-    fleet_task.abort();
+    let jobs = watches.jobs.reader();
+    Controller::for_shared_stream(watches.jobs, jobs)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "job reconcile did not complete");
+            }
+        })
+        .await;
 }
 
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {

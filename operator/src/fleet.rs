@@ -2,20 +2,22 @@
 //! ServiceAccount, RBAC and Service in place, its queue present, its size
 //! matched to its backlog, and its status truthful.
 //!
+//! Each reconcile runs in three parts: `observe` reads the caches (Jobs,
+//! pods, Deployments), the queue and Secret checks and what this process
+//! remembers; `fleet_plan::plan` decides, without I/O; `apply_plan` writes.
 //! Level-triggered: every reconcile computes the whole desired state from
-//! what it observes now (caches of Jobs and pods, the queue), so a missed
-//! event or an operator restart changes nothing.
+//! what it observes now, so a missed event or an operator restart changes
+//! nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drover_crds::pipeline_worker::{PipelineWorkerStatus, ScalingMode};
+use drover_crds::pipeline_worker::PipelineWorkerStatus;
 use drover_crds::{Job, PipelineWorker};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -27,31 +29,20 @@ use serde_json::json;
 
 use crate::backlog;
 use crate::config::OperatorConfig;
-use crate::deployment::{secret_refs, worker_deployment};
-use crate::health::{self, Observation, Problem};
+use crate::deployment::{pipeline_secrets, worker_deployment};
+use crate::fleet_plan::{
+    self, FleetEvent, FleetMemory, FleetObservation, FleetPlan, POD_DELETION_COST, PodCost,
+};
+use crate::health::Problem;
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
 use crate::queue::QueueAdmin;
 use crate::rbac;
-use crate::scaler::{self, RecommendationHistory, ScalingPolicy};
 use crate::service::metrics_service;
+use crate::watches::FleetWatches;
 
-/// Pod annotation the ReplicaSet controller reads to pick pods to remove:
-/// lower cost goes first, so idle workers are stopped before busy ones.
-pub const POD_DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
-
-/// How often a healthy queue and the Secrets are checked again.
-const SLOW_CHECK_HEALTHY: Duration = Duration::from_secs(60);
-/// How soon a missing topic, subscription or Secret is looked for again.
-const SLOW_CHECK_BROKEN: Duration = Duration::from_secs(2);
 /// Job events arrive in bursts; one reconcile answers a burst.
 const DEBOUNCE: Duration = Duration::from_millis(10);
-/// Under a stream of Job events a fleet is reconciled many times a second.
-/// A reconcile that changes no replica count writes nothing (no Deployment
-/// apply, pod costs or status) if the last full sync is younger than this;
-/// it schedules one for when the interval is up instead, so a hand edit is
-/// still reverted and the status still catches up within it.
-const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,20 +77,22 @@ impl Error {
 
 /// What the controller remembers per fleet between reconciles.
 #[derive(Debug, Default)]
-struct FleetMemory {
-    /// Generation whose ServiceAccount, RBAC and Service were applied.
-    applied_generation: Option<i64>,
-    /// Last check of the queue and Secrets, and what it found.
+struct FleetState {
+    /// What the plan reads back.
+    plan: FleetMemory,
+    /// When the Deployment, pod costs and status were last written.
+    last_sync: Option<Instant>,
+    /// Last check of the queue and Secrets, the generation it checked, and
+    /// what it found.
     checked: Option<(Instant, Option<i64>)>,
     queue_problem: Option<Problem>,
     missing_secrets: Vec<String>,
-    history: RecommendationHistory,
-    /// Replicas this process last set; the status may lag behind it.
-    last_desired: Option<i32>,
-    /// Degraded reason last announced with an Event.
-    announced_problem: Option<&'static str>,
-    /// When the Deployment, pod costs and status were last written.
-    last_sync: Option<Instant>,
+}
+
+impl FleetState {
+    fn broken(&self) -> bool {
+        self.queue_problem.is_some() || !self.missing_secrets.is_empty()
+    }
 }
 
 /// Shared by every reconcile.
@@ -109,16 +102,17 @@ pub struct Context {
     pub queue: QueueAdmin,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
+    pub deployments: Store<Deployment>,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    memory: Mutex<HashMap<ObjectRef<PipelineWorker>, FleetMemory>>,
+    memory: Mutex<HashMap<ObjectRef<PipelineWorker>, FleetState>>,
 }
 
 impl Context {
     fn memory<T>(
         &self,
         key: &ObjectRef<PipelineWorker>,
-        f: impl FnOnce(&mut FleetMemory) -> T,
+        f: impl FnOnce(&mut FleetState) -> T,
     ) -> T {
         let mut all = self
             .memory
@@ -128,32 +122,24 @@ impl Context {
     }
 }
 
-/// Runs the controller until the stream ends (shutdown).
+/// Runs the controller until the stream ends (shutdown). It drives the
+/// shared Job and PipelineWorker watches in `watches`.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     queue: QueueAdmin,
     recorder: Recorder,
     metrics: Metrics,
+    watches: FleetWatches,
 ) {
-    let fleets = Api::<PipelineWorker>::all(client.clone());
-    let (fleet_reader, fleet_writer) = reflector::store();
     // Status writes bump no generation; filtering on it keeps our own status
     // patches from waking us in a loop.
-    let fleet_stream = watcher(fleets, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(fleet_writer)
+    let fleet_stream = watches
+        .fleet_events
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
-
-    let (jobs, job_writer) = reflector::store();
-    let job_stream = watcher(
-        Api::<Job>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(job_writer)
-    .touched_objects();
+    // Deletions count too: a deleted Job shrinks the backlog.
+    let job_stream = watches.job_events.touched_objects();
 
     let (pods, pod_writer) = reflector::store();
     let pod_config = watcher::Config::default().labels("app.kubernetes.io/name=drover-worker");
@@ -162,19 +148,30 @@ pub async fn run(
         .reflect(pod_writer)
         .touched_objects();
 
+    // Only the operator's own Deployments are cached; one whose label was
+    // edited away leaves the cache, which wakes its fleet to put it back.
+    let (deployments, deployment_writer) = reflector::store();
+    let deployment_config =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=drover-operator");
+    let deployment_stream = watcher(Api::<Deployment>::all(client.clone()), deployment_config)
+        .default_backoff()
+        .reflect(deployment_writer)
+        .touched_objects();
+
     let context = Arc::new(Context {
-        client: client.clone(),
+        client,
         config,
         queue,
-        jobs,
+        jobs: watches.jobs,
         pods,
+        deployments,
         recorder,
         metrics,
         memory: Mutex::default(),
     });
 
-    Controller::for_stream(fleet_stream, fleet_reader)
-        .owns(Api::<Deployment>::all(client), watcher::Config::default())
+    Controller::for_stream(fleet_stream, watches.fleets)
+        .owns_stream(deployment_stream)
         .watches_stream(job_stream, |job: Job| {
             let namespace = job.namespace()?;
             Some(ObjectRef::new(&job.spec.worker).within(&namespace))
@@ -209,136 +206,129 @@ fn error_policy(pw: Arc<PipelineWorker>, error: &Error, ctx: Arc<Context>) -> Ac
 
 async fn reconcile(pw: Arc<PipelineWorker>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_fleet(&pw, &ctx).await;
+    let result = observe_plan_apply(&pw, &ctx).await;
     ctx.metrics.observe_reconcile("fleet", started.elapsed());
     result
 }
 
-async fn reconcile_fleet(pw: &PipelineWorker, ctx: &Context) -> Result<Action, Error> {
+async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action, Error> {
     let namespace = pw.namespace().ok_or(Error::MissingNamespace)?;
-    let name = pw.name_any();
     if pw.meta().deletion_timestamp.is_some() {
         // The garbage collector removes what the fleet owns.
         return Ok(Action::await_change());
     }
-    let key = ObjectRef::from_obj(pw);
     let now = Timestamp::now();
-    let generation = pw.meta().generation;
-
-    if ctx.memory(&key, |m| {
-        m.applied_generation != generation || m.applied_generation.is_none()
-    }) {
-        apply_supporting_objects(pw, &ctx.client, &namespace).await?;
-        ctx.memory(&key, |m| m.applied_generation = generation);
-    }
-    check_queue_and_secrets(pw, ctx, &key, &namespace).await?;
-
-    // Size the fleet from the Job cache.
-    let jobs = ctx.jobs.state();
-    let count = backlog::count(jobs.iter().map(|j| j.as_ref()), &namespace, &name, now);
-    let current = ctx
-        .memory(&key, |m| m.last_desired)
-        .unwrap_or_else(|| current_replicas(pw));
-    let desired = match pw.spec.scaling.mode {
-        ScalingMode::Manual => pw.spec.scaling.replicas.unwrap_or(current).max(0),
-        ScalingMode::Auto => {
-            let policy = scaling_policy(pw);
-            ctx.memory(&key, |m| {
-                scaler::desired_replicas(count.demand, current, &policy, &mut m.history, now)
-            })
-        }
-    };
-
-    let since_sync = ctx.memory(&key, |m| m.last_sync.map(|at| at.elapsed()));
-    if desired == current
-        && let Some(since) = since_sync
-        && since < SYNC_INTERVAL
-        && pw.status.as_ref().and_then(|s| s.observed_generation) == generation
-    {
-        return Ok(Action::requeue(SYNC_INTERVAL - since));
-    }
-    ctx.memory(&key, |m| m.last_sync = Some(Instant::now()));
-
-    let deployment = worker_deployment(pw, &ctx.config, desired);
-    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace);
-    let applied = apply(&deployments, "Deployment", &deployment).await?;
-    ctx.memory(&key, |m| m.last_desired = Some(desired));
-    let scaled = desired != current;
-    if scaled {
-        announce_scale(pw, ctx, &namespace, current, desired, count.demand).await;
-    }
-
-    let pods = fleet_pods(ctx, &namespace, &name);
-    protect_busy_pods(ctx, &namespace, &pods, &jobs).await;
-
-    let ready = applied
-        .status
-        .as_ref()
-        .and_then(|s| s.ready_replicas)
-        .unwrap_or(0);
-    let replicas = applied
-        .status
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(0);
-    let (queue_problem, missing_secrets) = ctx.memory(&key, |m| {
-        (m.queue_problem.clone(), m.missing_secrets.clone())
-    });
-    let observation = Observation {
-        queue_problem,
-        missing_secrets,
-        desired_replicas: desired,
-        ready_replicas: ready,
-        pods,
-    };
-    let previous = pw.status.clone().unwrap_or_default();
-    let now_time = Time(now);
-    let conditions = health::conditions(&observation, generation, &now_time, &previous.conditions);
-    announce_problem(pw, ctx, &key, &conditions).await;
-
-    let status = PipelineWorkerStatus {
-        conditions,
-        replicas,
-        ready_replicas: ready,
-        desired_replicas: desired,
-        selector: Some(labels::selector_string(pw)),
-        backlog: count.backlog,
-        last_scale_time: if scaled {
-            Some(now_time)
-        } else {
-            previous.last_scale_time.clone()
-        },
-        observed_generation: generation,
-    };
-    if status != previous {
-        let fleets = Api::<PipelineWorker>::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": "drover.dev/v1alpha1",
-            "kind": "PipelineWorker",
-            "status": status,
-        });
-        fleets
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| Error::Status {
-                name: name.clone(),
-                source,
-            })?;
-    }
-    record_metrics(ctx, &namespace, &name, &status);
-
-    Ok(Action::requeue(next_wake(
-        pw, ctx, &key, desired, current, now,
-    )))
+    let observed = observe(pw, ctx, &namespace, now).await?;
+    let plan = fleet_plan::plan(&observed, now);
+    apply_plan(pw, ctx, &namespace, plan).await
 }
 
-/// After a restart, the replica count last recorded in the status.
-fn current_replicas(pw: &PipelineWorker) -> i32 {
-    pw.status.as_ref().map(|s| s.desired_replicas).unwrap_or(0)
+/// What the caches say about the fleet now, what the queue and Secret checks
+/// found (re-running them when due), and what this process remembers.
+async fn observe<'a>(
+    pw: &'a PipelineWorker,
+    ctx: &Context,
+    namespace: &str,
+    now: Timestamp,
+) -> Result<FleetObservation<'a>, Error> {
+    let key = ObjectRef::from_obj(pw);
+    check_queue_and_secrets(pw, ctx, &key, namespace).await?;
+    let name = pw.name_any();
+    let cached = ctx.jobs.state();
+    let jobs = || cached.iter().map(|job| job.as_ref());
+    let deployment = ctx
+        .deployments
+        .get(&ObjectRef::new(&labels::child_name(pw)).within(namespace))
+        .and_then(|d| d.status.clone());
+    let (memory, since_sync, queue_problem, missing_secrets) = ctx.memory(&key, |m| {
+        (
+            m.plan.clone(),
+            m.last_sync.map(|at| at.elapsed()),
+            m.queue_problem.clone(),
+            m.missing_secrets.clone(),
+        )
+    });
+    Ok(FleetObservation {
+        fleet: pw,
+        backlog: backlog::count(jobs(), namespace, &name, now),
+        next_retry: backlog::next_retry(jobs(), namespace, &name, now),
+        running_by_pod: backlog::running_by_pod(jobs(), namespace),
+        pods: fleet_pods(ctx, namespace, &name),
+        deployment,
+        queue_problem,
+        missing_secrets,
+        memory,
+        since_sync,
+    })
+}
+
+/// Makes the plan's writes, remembering each as it succeeds.
+async fn apply_plan(
+    pw: &PipelineWorker,
+    ctx: &Context,
+    namespace: &str,
+    plan: FleetPlan,
+) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(pw);
+    ctx.memory(&key, |m| m.plan.history = plan.history);
+    let Some(sync) = plan.sync else {
+        return Ok(Action::requeue(plan.wake));
+    };
+    ctx.memory(&key, |m| m.last_sync = Some(Instant::now()));
+
+    if sync.apply_children {
+        apply_supporting_objects(pw, &ctx.client, namespace).await?;
+        ctx.memory(&key, |m| m.plan.applied_generation = pw.meta().generation);
+    }
+    let deployment = worker_deployment(pw, &ctx.config, plan.desired_replicas);
+    let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), namespace);
+    apply(&deployments, "Deployment", &deployment).await?;
+    ctx.memory(&key, |m| m.plan.last_desired = Some(plan.desired_replicas));
+    if let Some(scale) = sync.scale {
+        ctx.metrics
+            .scale_decisions
+            .get_or_create(&ScaleLabels {
+                namespace: namespace.to_owned(),
+                worker: pw.name_any(),
+                direction: scale.direction(),
+            })
+            .inc();
+        tracing::info!(worker = %pw.name_any(), namespace, from = scale.from, to = scale.to, demand = scale.demand, "scaled");
+    }
+    ctx.memory(&key, |m| m.plan.announced_problem = sync.announced_problem);
+    for event in &sync.events {
+        record_event(ctx, pw, event).await;
+    }
+    set_pod_costs(ctx, namespace, &sync.pod_costs).await;
+    if sync.write_status {
+        write_status(pw, ctx, namespace, &sync.status).await?;
+    }
+    record_metrics(ctx, namespace, &pw.name_any(), &sync.status);
+    Ok(Action::requeue(plan.wake))
+}
+
+async fn write_status(
+    pw: &PipelineWorker,
+    ctx: &Context,
+    namespace: &str,
+    status: &PipelineWorkerStatus,
+) -> Result<(), Error> {
+    let name = pw.name_any();
+    let fleets = Api::<PipelineWorker>::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "drover.dev/v1alpha1",
+        "kind": "PipelineWorker",
+        "status": status,
+    });
+    fleets
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status { name, source })?;
+    Ok(())
 }
 
 /// ServiceAccount, Role, RoleBinding and Service change only with the spec.
@@ -386,8 +376,8 @@ where
     .map_err(|source| Error::Apply { kind, name, source })
 }
 
-/// Pub/Sub and Secret lookups cost API calls, so they run when the spec
-/// changed, soon after a problem was found, or once a minute.
+/// Checks (and, with `queue.create`, ensures) the topic and subscription
+/// and looks up the Secrets, when `fleet_plan::slow_check_due` says so.
 async fn check_queue_and_secrets(
     pw: &PipelineWorker,
     ctx: &Context,
@@ -395,17 +385,9 @@ async fn check_queue_and_secrets(
     namespace: &str,
 ) -> Result<(), Error> {
     let generation = pw.meta().generation;
-    let due = ctx.memory(key, |m| match m.checked {
-        None => true,
-        Some((at, checked_generation)) => {
-            let broken = m.queue_problem.is_some() || !m.missing_secrets.is_empty();
-            let interval = if broken {
-                SLOW_CHECK_BROKEN
-            } else {
-                SLOW_CHECK_HEALTHY
-            };
-            checked_generation != generation || at.elapsed() >= interval
-        }
+    let due = ctx.memory(key, |m| {
+        let last = m.checked.map(|(at, checked)| (at.elapsed(), checked));
+        fleet_plan::slow_check_due(last, m.broken(), generation)
     });
     if !due {
         return Ok(());
@@ -434,7 +416,8 @@ async fn missing_secrets(
 ) -> Result<Vec<String>, Error> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut missing = Vec::new();
-    for reference in secret_refs(pw) {
+    for secret in pipeline_secrets(pw) {
+        let reference = secret.selector;
         if reference.optional == Some(true) {
             continue;
         }
@@ -460,21 +443,6 @@ async fn missing_secrets(
     Ok(missing)
 }
 
-fn scaling_policy(pw: &PipelineWorker) -> ScalingPolicy {
-    let scaling = &pw.spec.scaling;
-    ScalingPolicy {
-        min_replicas: scaling.min_replicas,
-        max_replicas: scaling.max_replicas,
-        jobs_per_replica: scaling
-            .jobs_per_replica
-            .unwrap_or(pw.spec.concurrency)
-            .max(1),
-        scale_down_stabilization: Duration::from_secs(
-            u64::try_from(scaling.scale_down_stabilization_seconds).unwrap_or(0),
-        ),
-    }
-}
-
 fn fleet_pods(ctx: &Context, namespace: &str, name: &str) -> Vec<Pod> {
     ctx.pods
         .state()
@@ -487,125 +455,36 @@ fn fleet_pods(ctx: &Context, namespace: &str, name: &str) -> Vec<Pod> {
         .collect()
 }
 
-/// Sets each pod's deletion cost to the number of Jobs it runs, so a scale
-/// down removes idle pods first. Writes only when the cost changed.
-async fn protect_busy_pods(ctx: &Context, namespace: &str, pods: &[Pod], jobs: &[Arc<Job>]) {
-    let mut running: BTreeMap<&str, i64> = BTreeMap::new();
-    for job in jobs {
-        if job.metadata.namespace.as_deref() != Some(namespace) {
-            continue;
-        }
-        if let Some(claim) = job.status.as_ref().and_then(|s| s.claim.as_ref())
-            && job.status.as_ref().map(|s| s.phase) == Some(drover_crds::JobPhase::Running)
-        {
-            *running.entry(claim.pod.as_str()).or_default() += 1;
-        }
-    }
+/// Writes the deletion costs the plan changed. Best effort: a missed cost
+/// only means a busier pod may be picked.
+async fn set_pod_costs(ctx: &Context, namespace: &str, costs: &[PodCost]) {
     let api = Api::<Pod>::namespaced(ctx.client.clone(), namespace);
-    for pod in pods {
-        if pod.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let name = pod.name_any();
-        let cost = running.get(name.as_str()).copied().unwrap_or(0).to_string();
-        let current = pod.annotations().get(POD_DELETION_COST);
-        if current == Some(&cost) || (current.is_none() && cost == "0") {
-            continue;
-        }
+    for PodCost { pod, cost } in costs {
         let patch = json!({"metadata": {"annotations": {POD_DELETION_COST: cost}}});
         if let Err(error) = api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            // Best effort: a missed cost only means a busier pod may be picked.
-            tracing::debug!(pod = %name, %error, "cannot set pod deletion cost");
+            tracing::debug!(%pod, %error, "cannot set pod deletion cost");
         }
     }
 }
 
-async fn announce_scale(
-    pw: &PipelineWorker,
-    ctx: &Context,
-    namespace: &str,
-    from: i32,
-    to: i32,
-    demand: u32,
-) {
-    let direction = if to > from { "up" } else { "down" };
-    ctx.metrics
-        .scale_decisions
-        .get_or_create(&ScaleLabels {
-            namespace: namespace.to_owned(),
-            worker: pw.name_any(),
-            direction,
-        })
-        .inc();
-    tracing::info!(worker = %pw.name_any(), namespace, from, to, demand, "scaled");
-    publish(
-        ctx,
-        pw,
-        EventType::Normal,
-        "Scaled",
-        format!("scaled worker Deployment from {from} to {to} replicas (backlog {demand})"),
-    )
-    .await;
-}
-
-/// One Warning Event per new Degraded reason, so `kubectl describe` shows it.
-async fn announce_problem(
-    pw: &PipelineWorker,
-    ctx: &Context,
-    key: &ObjectRef<PipelineWorker>,
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-) {
-    let Some(degraded) = conditions.iter().find(|c| c.type_ == "Degraded") else {
-        return;
-    };
-    let problem = (degraded.status == "True").then(|| reason_static(&degraded.reason));
-    let changed = ctx.memory(key, |m| {
-        let changed = m.announced_problem != problem;
-        m.announced_problem = problem;
-        changed
-    });
-    if let (true, Some(reason)) = (changed, problem) {
-        publish(
-            ctx,
-            pw,
-            EventType::Warning,
-            reason,
-            degraded.message.clone(),
-        )
-        .await;
-    }
-}
-
-/// Condition reasons are a closed set; this maps them back to `'static`.
-fn reason_static(reason: &str) -> &'static str {
-    [
-        "SecretNotFound",
-        "TopicNotFound",
-        "SubscriptionNotFound",
-        "DeadLetterTopicNotFound",
-        "SubscriptionTopicMismatch",
-        "ImagePullBackOff",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-    ]
-    .into_iter()
-    .find(|known| *known == reason)
-    .unwrap_or("Degraded")
-}
-
-async fn publish(ctx: &Context, pw: &PipelineWorker, type_: EventType, reason: &str, note: String) {
+/// Records a Kubernetes Event on the fleet, for `kubectl describe`.
+async fn record_event(ctx: &Context, pw: &PipelineWorker, event: &FleetEvent) {
     let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
+        type_: if event.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: event.reason().to_owned(),
+        note: Some(event.note()),
         action: "Reconcile".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &pw.object_ref(&())).await {
-        tracing::debug!(%error, "cannot publish event");
+        tracing::debug!(%error, "cannot record event");
     }
 }
 
@@ -636,48 +515,4 @@ fn record_metrics(ctx: &Context, namespace: &str, name: &str, status: &PipelineW
             })
             .set(i64::from(value));
     }
-}
-
-/// When to look again without any event: when a pending scale-down may
-/// happen, when a Backoff Job becomes due, or when a broken queue or Secret
-/// should be checked again.
-fn next_wake(
-    pw: &PipelineWorker,
-    ctx: &Context,
-    key: &ObjectRef<PipelineWorker>,
-    desired: i32,
-    current: i32,
-    now: Timestamp,
-) -> Duration {
-    let mut wake = SLOW_CHECK_HEALTHY;
-    let recommended_lower = {
-        let jobs = ctx.jobs.state();
-        let namespace = pw.namespace().unwrap_or_default();
-        let count = backlog::count(
-            jobs.iter().map(|j| j.as_ref()),
-            &namespace,
-            &pw.name_any(),
-            now,
-        );
-        if let Some(at) = backlog::next_retry(
-            jobs.iter().map(|j| j.as_ref()),
-            &namespace,
-            &pw.name_any(),
-            now,
-        ) {
-            let until = at.duration_since(now);
-            wake = wake.min(Duration::try_from(until).unwrap_or(Duration::ZERO));
-        }
-        scaler::recommended_replicas(count.demand, &scaling_policy(pw)) < desired.max(current)
-    };
-    if recommended_lower {
-        // Check again when older recommendations start leaving the window.
-        wake = wake.min(Duration::from_secs(1));
-    }
-    if ctx.memory(key, |m| {
-        m.queue_problem.is_some() || !m.missing_secrets.is_empty()
-    }) {
-        wake = wake.min(SLOW_CHECK_BROKEN);
-    }
-    wake
 }

@@ -1,13 +1,14 @@
 //! What a fleet's conditions say, as a pure function of what the operator
 //! observed: the queue, the Secrets the pods read, and the pods themselves.
 
+use drover_crds::fleet_conditions::{ConditionReason, DegradedReason, FleetCondition};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A problem a person has to fix, with the condition reason it shows as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    pub reason: &'static str,
+    pub reason: DegradedReason,
     pub message: String,
 }
 
@@ -38,10 +39,13 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
         })
         .collect::<Vec<_>>();
     for (known, label) in [
-        ("ImagePullBackOff", "ImagePullBackOff"),
-        ("ErrImagePull", "ImagePullBackOff"),
-        ("CrashLoopBackOff", "CrashLoopBackOff"),
-        ("CreateContainerConfigError", "CreateContainerConfigError"),
+        ("ImagePullBackOff", DegradedReason::ImagePullBackOff),
+        ("ErrImagePull", DegradedReason::ImagePullBackOff),
+        ("CrashLoopBackOff", DegradedReason::CrashLoopBackOff),
+        (
+            "CreateContainerConfigError",
+            DegradedReason::CreateContainerConfigError,
+        ),
     ] {
         if let Some((pod, _, message)) = waiting.iter().find(|(_, reason, _)| reason == known) {
             return Some(Problem {
@@ -59,6 +63,21 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
     None
 }
 
+/// What the fleet is degraded by, if anything: missing Secrets first, then
+/// the queue, then the pods (the first is usually the cause of the others).
+pub fn degraded_problem(observed: &Observation) -> Option<Problem> {
+    let secret_problem = (!observed.missing_secrets.is_empty()).then(|| Problem {
+        reason: DegradedReason::SecretNotFound,
+        message: format!(
+            "the worker pods read {} which does not exist",
+            observed.missing_secrets.join(", ")
+        ),
+    });
+    secret_problem
+        .or_else(|| observed.queue_problem.clone())
+        .or_else(|| pod_problem(&observed.pods))
+}
+
 /// `Ready`, `QueueReady` and `Degraded`, keeping each condition's
 /// `lastTransitionTime` while its status does not change.
 pub fn conditions(
@@ -67,30 +86,21 @@ pub fn conditions(
     now: &Time,
     previous: &[Condition],
 ) -> Vec<Condition> {
-    let secret_problem = (!observed.missing_secrets.is_empty()).then(|| Problem {
-        reason: "SecretNotFound",
-        message: format!(
-            "the worker pods read {} which does not exist",
-            observed.missing_secrets.join(", ")
-        ),
-    });
-    let degraded = secret_problem
-        .or_else(|| observed.queue_problem.clone())
-        .or_else(|| pod_problem(&observed.pods));
+    let degraded = degraded_problem(observed);
 
     let queue = match &observed.queue_problem {
         None => (
             true,
-            "QueueInPlace",
+            ConditionReason::QueueInPlace,
             "topic and subscription exist".to_owned(),
         ),
-        Some(p) => (false, p.reason, p.message.clone()),
+        Some(p) => (false, p.reason.into(), p.message.clone()),
     };
     let ready = match &degraded {
-        Some(p) => (false, p.reason, p.message.clone()),
+        Some(p) => (false, p.reason.into(), p.message.clone()),
         None if observed.ready_replicas < observed.desired_replicas => (
             false,
-            "PodsNotReady",
+            ConditionReason::PodsNotReady,
             format!(
                 "{} of {} worker pods are ready",
                 observed.ready_replicas, observed.desired_replicas
@@ -98,27 +108,32 @@ pub fn conditions(
         ),
         None if observed.desired_replicas == 0 => (
             true,
-            "Idle",
+            ConditionReason::Idle,
             "no backlog; the fleet is scaled to zero".to_owned(),
         ),
         None => (
             true,
-            "PodsReady",
+            ConditionReason::PodsReady,
             format!("{} worker pods are ready", observed.ready_replicas),
         ),
     };
     let degraded = match &degraded {
-        Some(p) => (true, p.reason, p.message.clone()),
-        None => (false, "AsExpected", "nothing needs attention".to_owned()),
+        Some(p) => (true, p.reason.into(), p.message.clone()),
+        None => (
+            false,
+            ConditionReason::AsExpected,
+            "nothing needs attention".to_owned(),
+        ),
     };
 
     [
-        ("Ready", ready),
-        ("QueueReady", queue),
-        ("Degraded", degraded),
+        (FleetCondition::Ready, ready),
+        (FleetCondition::QueueReady, queue),
+        (FleetCondition::Degraded, degraded),
     ]
     .into_iter()
     .map(|(type_, (status, reason, message))| {
+        let type_ = type_.as_str();
         let status = if status { "True" } else { "False" }.to_owned();
         let last_transition_time = previous
             .iter()
@@ -128,7 +143,7 @@ pub fn conditions(
         Condition {
             type_: type_.to_owned(),
             status,
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message,
             observed_generation: generation,
             last_transition_time,
@@ -207,7 +222,7 @@ mod tests {
     fn queue_problem_shows_on_queue_ready_and_degraded() {
         let observed = Observation {
             queue_problem: Some(Problem {
-                reason: "SubscriptionNotFound",
+                reason: DegradedReason::SubscriptionNotFound,
                 message: "subscription s does not exist".into(),
             }),
             ..Observation::default()

@@ -15,7 +15,7 @@ use drover_operator::metrics::Metrics;
 use drover_operator::pubsub::PubSubEndpoint;
 use drover_operator::queue::QueueAdmin;
 use drover_operator::telemetry::init_json_logs;
-use drover_operator::{dispatch, fleet};
+use drover_operator::{dispatch, fleet, watches};
 use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -127,6 +127,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    // One watch of Jobs and one of PipelineWorkers feed both controllers.
+    let (fleet_watches, job_watches) = watches::shared(&client);
     let controllers = async {
         tokio::join!(
             fleet::run(
@@ -134,9 +136,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 config.clone(),
                 queue.clone(),
                 recorder.clone(),
-                metrics.clone()
+                metrics.clone(),
+                fleet_watches,
             ),
-            dispatch::run(client, config, endpoint, queue, recorder, metrics),
+            dispatch::run(
+                client,
+                config,
+                endpoint,
+                queue,
+                recorder,
+                metrics,
+                job_watches
+            ),
         );
     };
     let result = tokio::select! {

@@ -59,12 +59,15 @@ pub enum QueueProblem {
 
 impl QueueProblem {
     /// The condition reason a person sees.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> drover_crds::fleet_conditions::DegradedReason {
+        use drover_crds::fleet_conditions::DegradedReason;
         match self {
-            QueueProblem::TopicNotFound(_) => "TopicNotFound",
-            QueueProblem::SubscriptionNotFound(_) => "SubscriptionNotFound",
-            QueueProblem::DeadLetterTopicNotFound(_) => "DeadLetterTopicNotFound",
-            QueueProblem::SubscriptionTopicMismatch { .. } => "SubscriptionTopicMismatch",
+            QueueProblem::TopicNotFound(_) => DegradedReason::TopicNotFound,
+            QueueProblem::SubscriptionNotFound(_) => DegradedReason::SubscriptionNotFound,
+            QueueProblem::DeadLetterTopicNotFound(_) => DegradedReason::DeadLetterTopicNotFound,
+            QueueProblem::SubscriptionTopicMismatch { .. } => {
+                DegradedReason::SubscriptionTopicMismatch
+            }
         }
     }
 }

@@ -1,0 +1,77 @@
+//! One watch per kind that both controllers read: the fleet controller and
+//! the Job controller share one cache of Jobs and one of PipelineWorkers
+//! instead of holding two full copies of each.
+
+use drover_crds::{Job, PipelineWorker};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+/// Job changes the shared stream can hold before the watch waits for the
+/// Job controller to take them; a burst of creates fits.
+const JOB_CHANGE_BUFFER: usize = 1024;
+
+/// The events of one watch, after they updated its cache.
+pub type EventStream<K> = BoxStream<'static, watcher::Result<watcher::Event<K>>>;
+
+/// What the fleet controller gets. It drives both watches: it needs every
+/// Job deletion (a shrinking backlog), which a shared subscriber never sees.
+pub struct FleetWatches {
+    /// The shared PipelineWorker cache.
+    pub fleets: Store<PipelineWorker>,
+    /// The PipelineWorker watch; polling it fills `fleets`.
+    pub fleet_events: EventStream<PipelineWorker>,
+    /// The shared Job cache.
+    pub jobs: Store<Job>,
+    /// The Job watch; polling it fills `jobs` and feeds the Job controller.
+    pub job_events: EventStream<Job>,
+}
+
+/// What the Job controller gets: the same caches, and every Job the watch
+/// applied (its `reader()` is the shared Job cache).
+pub struct JobWatches {
+    /// The shared PipelineWorker cache.
+    pub fleets: Store<PipelineWorker>,
+    /// Every Job the shared watch applied, looked up in the shared cache.
+    pub jobs: ReflectHandle<Job>,
+}
+
+/// Sets up the shared watches of Jobs and PipelineWorkers. Nothing is read
+/// until the fleet controller polls its event streams.
+pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
+    let (fleets, fleet_writer) = reflector::store();
+    let fleet_events = watcher(
+        Api::<PipelineWorker>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(fleet_writer)
+    .boxed();
+
+    let (jobs, job_writer) = reflector::store_shared(JOB_CHANGE_BUFFER);
+    let Some(job_changes) = job_writer.subscribe() else {
+        unreachable!("a store made by store_shared always hands out subscribers")
+    };
+    let job_events = watcher(
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect_shared(job_writer)
+    .boxed();
+
+    (
+        FleetWatches {
+            fleets: fleets.clone(),
+            fleet_events,
+            jobs,
+            job_events,
+        },
+        JobWatches {
+            fleets,
+            jobs: job_changes,
+        },
+    )
+}
