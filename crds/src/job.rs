@@ -194,6 +194,11 @@ pub struct JobStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Claim {
+    /// This claim's own identity, new for every claim: every later write of
+    /// the attempt is fenced on it and on the Job's uid, so a recreated Job
+    /// or a restarted container never takes another claim's writes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// Name of the worker pod.
     pub pod: String,
     /// When the worker last renewed the claim.

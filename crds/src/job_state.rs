@@ -188,7 +188,8 @@ pub enum SkipReason {
     UidMismatch,
     /// Another worker holds a live claim.
     ClaimedElsewhere,
-    /// This worker already runs it (a duplicate delivery).
+    /// This worker process already runs it under this very claim (a
+    /// duplicate delivery).
     AlreadyRunningHere,
     /// Cancel was requested; the operator finishes it.
     CancelRequested,
@@ -224,6 +225,10 @@ pub struct ClaimView<'a> {
     pub uid: &'a str,
     pub cancel_requested: bool,
     pub status: &'a JobStatus,
+    /// Whether the Job's current claim is one this worker process holds now.
+    /// A claim naming this pod that the process does not hold belongs to a
+    /// container of the pod that is gone (a restart).
+    pub claim_held_here: bool,
 }
 
 /// Decides whether the worker pod `me` may claim the Job a message names.
@@ -260,7 +265,9 @@ pub fn decide_claim(
         JobPhase::Queued => Claim,
         JobPhase::Backoff => Skip(SkipReason::AttemptFinished),
         JobPhase::Running => match &status.claim {
-            Some(claim) if claim.pod == me => Skip(SkipReason::AlreadyRunningHere),
+            Some(_) if job.claim_held_here => Skip(SkipReason::AlreadyRunningHere),
+            // A previous container of this pod: nobody renews it any more.
+            Some(claim) if claim.pod == me => Claim,
             Some(claim) if claim_is_live(claim, now) => Skip(SkipReason::ClaimedElsewhere),
             // The holder stopped renewing: take over this same attempt. The
             // watchdog may race us; the resourceVersion check picks one winner.
@@ -419,6 +426,7 @@ mod tests {
 
     fn claimed(pod: &str, renewed_secs_ago: i64, lease: i32) -> Option<Claim> {
         Some(Claim {
+            id: format!("claim-of-{pod}"),
             pod: pod.into(),
             renew_time: Time(
                 now()
@@ -434,10 +442,21 @@ mod tests {
     }
 
     fn decide_with(status: &JobStatus, attempt: i32, uid: &str, cancel: bool) -> ClaimDecision {
+        decide_held(status, attempt, uid, cancel, false)
+    }
+
+    fn decide_held(
+        status: &JobStatus,
+        attempt: i32,
+        uid: &str,
+        cancel: bool,
+        claim_held_here: bool,
+    ) -> ClaimDecision {
         let view = ClaimView {
             uid,
             cancel_requested: cancel,
             status,
+            claim_held_here,
         };
         decide_claim(view, &message(attempt), ME, now())
     }
@@ -491,13 +510,20 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_delivery_to_the_running_pod_is_skipped() {
+    fn duplicate_delivery_to_the_running_process_is_skipped() {
         let mut s = status(Running, 1);
         s.claim = claimed(ME, 1, 30);
         assert_eq!(
-            decide(&s, 1),
+            decide_held(&s, 1, UID, false, true),
             ClaimDecision::Skip(SkipReason::AlreadyRunningHere)
         );
+    }
+
+    #[test]
+    fn live_claim_of_a_previous_container_of_this_pod_is_taken_over() {
+        let mut s = status(Running, 1);
+        s.claim = claimed(ME, 1, 30);
+        assert_eq!(decide(&s, 1), ClaimDecision::Claim);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct JobStatusPatch {
 #[serde(rename_all = "camelCase")]
 pub struct ClaimPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_time: Option<Time>,
@@ -83,6 +85,8 @@ pub const REASON_CANCELLED: &str = "Cancelled";
 /// The facts a worker writes when it claims an attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewClaim {
+    /// New for every claim (see [`crate::job::Claim::id`]).
+    pub id: String,
     pub attempt: i32,
     pub pod: String,
     pub lease_seconds: i32,
@@ -210,6 +214,7 @@ impl JobTransition {
                 attempt: Some(claim.attempt),
                 started_at: Some(Time(now)),
                 claim: Some(Some(ClaimPatch {
+                    id: Some(claim.id),
                     pod: Some(claim.pod),
                     renew_time: Some(Time(now)),
                     lease_seconds: Some(claim.lease_seconds),
@@ -438,6 +443,7 @@ mod tests {
             phase: Running,
             attempt: 2,
             claim: Some(Claim {
+                id: "c-0".into(),
                 pod: "worker-a".into(),
                 renew_time: Time(now()),
                 lease_seconds: 15,
@@ -483,6 +489,7 @@ mod tests {
             JobTransition::claim(
                 from,
                 NewClaim {
+                    id: "c-1".into(),
                     attempt: 1,
                     pod: "worker-b".into(),
                     lease_seconds: 15,
@@ -561,6 +568,7 @@ mod tests {
         let claimed = JobTransition::claim(
             Queued,
             NewClaim {
+                id: "c-2".into(),
                 attempt: 1,
                 pod: "worker-b".into(),
                 lease_seconds: 15,
@@ -576,7 +584,10 @@ mod tests {
         let renewed = JobTransition::progress(Running, steps(), 40, later).unwrap();
         let after = apply(&after_claim, &renewed);
         let claim = after.claim.expect("the claim is kept");
-        assert_eq!((claim.pod.as_str(), claim.lease_seconds), ("worker-b", 15));
+        assert_eq!(
+            (claim.id.as_str(), claim.pod.as_str(), claim.lease_seconds),
+            ("c-2", "worker-b", 15)
+        );
         assert_eq!(claim.renew_time, Time(later));
         assert_eq!(after.progress, 40);
     }

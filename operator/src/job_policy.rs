@@ -332,6 +332,7 @@ mod tests {
     fn expired_claim_is_worker_lost() {
         let mut j = job(JobPhase::Running, 1);
         j.status.as_mut().unwrap().claim = Some(Claim {
+            id: "c".into(),
             pod: "p".into(),
             renew_time: ago(31),
             lease_seconds: 30,
@@ -347,6 +348,7 @@ mod tests {
         let s = j.status.as_mut().unwrap();
         s.started_at = Some(ago(10));
         s.claim = Some(Claim {
+            id: "c".into(),
             pod: "p".into(),
             renew_time: ago(5),
             lease_seconds: 30,
@@ -360,6 +362,7 @@ mod tests {
         let s = j.status.as_mut().unwrap();
         s.started_at = Some(ago(151));
         s.claim = Some(Claim {
+            id: "c".into(),
             pod: "p".into(),
             renew_time: ago(1),
             lease_seconds: 30,
@@ -442,6 +445,7 @@ mod tests {
         let mut j = job(JobPhase::Running, 1);
         j.spec.cancel = true;
         j.status.as_mut().unwrap().claim = Some(Claim {
+            id: "c".into(),
             pod: "p".into(),
             renew_time: ago(10),
             lease_seconds: 30,

@@ -18,6 +18,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
+use crate::claims::{Claims, HeldClaim};
 use crate::pipelines::{self, Attempt, Context, Failure};
 use crate::progress::Progress;
 use crate::stats::Stats;
@@ -34,6 +35,12 @@ const DEFER_WAIT: Duration = Duration::from_secs(3);
 const DEFER_POLL: Duration = Duration::from_millis(10);
 /// Step transitions closer together than this share one status write.
 const MIN_WRITE_GAP: Duration = Duration::from_millis(250);
+/// First and longest wait between tries of a failed read or outcome write.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Past its timeout the operator fails a running attempt after this grace
+/// (`DeadlineExceeded`); an outcome still unwritten by then is moot.
+const DEADLINE_GRACE: Duration = Duration::from_secs(30);
 
 /// What the pull loop does with the message afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +54,8 @@ pub struct Worker {
     pub client: Client,
     pub pod: String,
     pub stats: Arc<Stats>,
+    /// The claims this process holds now.
+    pub claims: Claims,
 }
 
 /// Handles one Job message to the end.
@@ -68,10 +77,15 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
             }
         };
         let status = job.status.clone().unwrap_or_default();
+        let claim_held_here = status
+            .claim
+            .as_ref()
+            .is_some_and(|c| worker.claims.holds(&c.id));
         let view = ClaimView {
             uid: job.metadata.uid.as_deref().unwrap_or_default(),
             cancel_requested: job.spec.cancel,
             status: &status,
+            claim_held_here,
         };
         match decide_claim(view, &message, &worker.pod, Timestamp::now()) {
             ClaimDecision::Skip(reason) => {
@@ -93,9 +107,17 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                     Duration::from_secs(fleet.spec.timeouts.step_seconds.max(1).unsigned_abs()),
                     worker.stats.clone(),
                 );
-                match claim(&jobs, &job, &progress, &worker.pod, message.attempt).await {
+                let held = HeldClaim {
+                    id: Claims::new_id(),
+                    namespace: message.namespace.clone(),
+                    name: message.name.clone(),
+                    uid: message.uid.clone(),
+                    attempt: message.attempt,
+                };
+                match claim(&jobs, &job, &progress, &worker.pod, &held).await {
                     Ok(claimed) => {
-                        return run_claimed(worker, fleet, &jobs, claimed, message, progress).await;
+                        let _held_while_running = worker.claims.hold(held.clone());
+                        return run_claimed(worker, fleet, &jobs, claimed, held, progress).await;
                     }
                     Err(error) if error.is_conflict() => conflicts += 1,
                     Err(error) => {
@@ -114,10 +136,11 @@ async fn claim(
     job: &Job,
     progress: &Progress,
     pod: &str,
-    attempt: i32,
+    held: &HeldClaim,
 ) -> Result<Job, WriteError> {
     let claim = NewClaim {
-        attempt,
+        id: held.id.clone(),
+        attempt: held.attempt,
         pod: pod.to_owned(),
         lease_seconds: CLAIM_LEASE_SECONDS,
         steps: progress.snapshot(),
@@ -126,13 +149,16 @@ async fn claim(
     write_checked(jobs, job, change).await
 }
 
-/// Whether `pod` still runs this attempt of the Job.
-pub(crate) fn holds_claim(job: &Job, attempt: i32, pod: &str) -> bool {
-    job.status.as_ref().is_some_and(|s| {
-        s.phase == JobPhase::Running
-            && s.attempt == attempt
-            && s.claim.as_ref().is_some_and(|c| c.pod == pod)
-    })
+/// Whether `held` is still this Job's running claim: the same Job (uid,
+/// not just the name), the same attempt and the same claim id. Every write
+/// after the claim is fenced on it.
+pub(crate) fn still_held(job: &Job, held: &HeldClaim) -> bool {
+    job.metadata.uid.as_deref() == Some(held.uid.as_str())
+        && job.status.as_ref().is_some_and(|s| {
+            s.phase == JobPhase::Running
+                && s.attempt == held.attempt
+                && s.claim.as_ref().is_some_and(|c| c.id == held.id)
+        })
 }
 
 fn phase_of(job: &Job) -> JobPhase {
@@ -186,19 +212,14 @@ async fn run_claimed(
     fleet: &PipelineWorker,
     jobs: &Api<Job>,
     job: Job,
-    message: JobMessage,
+    held: HeldClaim,
     progress: Progress,
 ) -> Answer {
     let attempt = Attempt {
-        namespace: message.namespace.clone(),
-        name: message.name.clone(),
-        attempt: message.attempt,
-    };
-    let claimed = Claimed {
-        attempt: attempt.clone(),
-        progress: progress.clone(),
-        started: std::time::Instant::now(),
-        version: Mutex::new(job.resource_version().unwrap_or_default()),
+        namespace: held.namespace.clone(),
+        name: held.name.clone(),
+        uid: held.uid.clone(),
+        attempt: held.attempt,
     };
     let timeout = Duration::from_secs(
         job.spec
@@ -207,7 +228,15 @@ async fn run_claimed(
             .max(1)
             .unsigned_abs(),
     );
-    tracing::info!(event = "job_started", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, pod = %worker.pod, "claimed");
+    let started = std::time::Instant::now();
+    let claimed = Claimed {
+        held,
+        progress: progress.clone(),
+        started,
+        deadline: started + timeout + DEADLINE_GRACE,
+        version: Mutex::new(job.resource_version().unwrap_or_default()),
+    };
+    tracing::info!(event = "job_started", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, pod = %worker.pod, claim = %claimed.held.id, "claimed");
     worker.stats.started();
 
     let span = tracing::info_span!("job", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt);
@@ -217,7 +246,6 @@ async fn run_claimed(
         progress: progress.clone(),
     };
     let pipeline = tracing::Instrument::instrument(pipelines::run(&job.spec.input, &ctx), span);
-    let heartbeat = keep_claim(jobs, &claimed, &worker.pod);
     let outcome = tokio::select! {
         outcome = tokio::time::timeout(timeout, pipeline) => match outcome {
             Ok(result) => Outcome::Finished(result),
@@ -227,7 +255,7 @@ async fn run_claimed(
                 retryable: true,
             })),
         },
-        stop = heartbeat => stop,
+        stop = keep_claim(jobs, &claimed, KeepOn::Stop) => stop,
     };
     let answer = finish(worker, fleet, jobs, &claimed, outcome).await;
     worker.stats.finished();
@@ -236,9 +264,11 @@ async fn run_claimed(
 
 /// One attempt this worker holds the claim of.
 struct Claimed {
-    attempt: Attempt,
+    held: HeldClaim,
     progress: Progress,
     started: std::time::Instant,
+    /// When the operator stops waiting for this attempt.
+    deadline: std::time::Instant,
     /// The Job's resourceVersion after this worker's last write to it.
     version: Mutex<String>,
 }
@@ -264,11 +294,12 @@ enum Outcome {
 /// Renews the claim every third of its lease, writes step transitions as
 /// they come (coalesced), and watches for cancel or for the Job slipping
 /// away; returns only when the attempt must stop.
-async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
-    let (attempt, progress) = (&claimed.attempt, &claimed.progress);
+async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, keep_on: KeepOn) -> Outcome {
+    let (held, progress) = (&claimed.held, &claimed.progress);
     let period = Duration::from_secs(u64::from(CLAIM_LEASE_SECONDS.unsigned_abs()) / 3);
     let mut next_renewal = tokio::time::Instant::now() + period;
     let mut last_write = tokio::time::Instant::now();
+    let mut read_retry = Backoff::default();
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_renewal) => {}
@@ -276,19 +307,22 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
                 tokio::time::sleep_until(last_write + MIN_WRITE_GAP).await;
             }
         }
-        let job = match jobs.get_opt(&attempt.name).await {
+        let job = match jobs.get_opt(&held.name).await {
             Ok(Some(job)) => job,
             Ok(None) => return Outcome::Lost("deleted"),
             Err(error) => {
-                // A blip: the claim has two more renewals before it expires.
-                tracing::warn!(job = %attempt.name, %error, "cannot renew the claim this time");
+                // A blip: the claim has two more renewals before it expires;
+                // try again soon, but never in a tight loop.
+                tracing::warn!(job = %held.name, %error, "cannot renew the claim this time");
+                next_renewal = tokio::time::Instant::now() + read_retry.next();
                 continue;
             }
         };
-        if !holds_claim(&job, attempt.attempt, pod) {
+        read_retry = Backoff::default();
+        if !still_held(&job, held) {
             return Outcome::Lost("claim_taken");
         }
-        if job.spec.cancel {
+        if job.spec.cancel && keep_on == KeepOn::Stop {
             return Outcome::Cancelled;
         }
         let renewal = JobTransition::progress(
@@ -301,10 +335,41 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, pod: &str) -> Outcome {
         next_renewal = last_write + period;
         match write_checked(jobs, &job, renewal).await {
             Ok(written) => claimed.remember(&written),
+            Err(error) if error.is_conflict() => {
+                // Someone wrote in between: read again now, not a period later.
+                tracing::debug!(job = %held.name, %error, "claim renewal lost a race; checking again");
+                next_renewal = tokio::time::Instant::now();
+            }
             Err(error) => {
-                tracing::debug!(job = %attempt.name, %error, "claim renewal lost a race; checking again");
+                tracing::warn!(job = %held.name, %error, "cannot renew the claim this time");
+                next_renewal = tokio::time::Instant::now() + read_retry.next();
             }
         }
+    }
+}
+
+/// What the claim keeper does when `spec.cancel` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepOn {
+    /// Stop the attempt: it is still running.
+    Stop,
+    /// Keep renewing: the attempt is finished and its outcome is being written.
+    Cancel,
+}
+
+/// Doubling waits from [`RETRY_FIRST`] up to [`RETRY_MAX`].
+#[derive(Debug, Default)]
+struct Backoff {
+    last: Option<Duration>,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = self
+            .last
+            .map_or(RETRY_FIRST, |last| (last * 2).min(RETRY_MAX));
+        self.last = Some(wait);
+        wait
     }
 }
 
@@ -316,7 +381,7 @@ async fn finish(
     claimed: &Claimed,
     outcome: Outcome,
 ) -> Answer {
-    let (attempt, progress) = (&claimed.attempt, &claimed.progress);
+    let (held, progress) = (&claimed.held, &claimed.progress);
     let now = Timestamp::now();
     let pipeline = fleet.spec.pipeline;
     let took = claimed.started.elapsed();
@@ -328,17 +393,17 @@ async fn finish(
     let from = JobPhase::Running;
     let change = match &outcome {
         Outcome::Lost(why) => {
-            tracing::warn!(event = "idempotent_skip", reason = why, job = %attempt.name, "the Job moved on without this worker");
+            tracing::warn!(event = "idempotent_skip", reason = why, job = %held.name, "the Job moved on without this worker");
             worker.stats.skipped(why);
             return Answer::Ack;
         }
         Outcome::Finished(Ok(result)) => {
-            tracing::info!(event = "job_completed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, took_ms = took.as_millis() as u64, "succeeded");
+            tracing::info!(event = "job_completed", job = %held.name, namespace = %held.namespace, attempt = held.attempt, took_ms = took.as_millis() as u64, "succeeded");
             worker.stats.outcome(pipeline, "succeeded", took);
             JobTransition::succeed(from, result.clone(), steps(StepPhase::Succeeded), now)
         }
         Outcome::Finished(Err(failure)) => {
-            tracing::warn!(event = "job_failed", job = %attempt.name, namespace = %attempt.namespace, attempt = attempt.attempt, reason = failure.reason.as_str(), retryable = failure.retryable, message = %failure.message, "attempt failed");
+            tracing::warn!(event = "job_failed", job = %held.name, namespace = %held.namespace, attempt = held.attempt, reason = failure.reason.as_str(), retryable = failure.retryable, message = %failure.message, "attempt failed");
             let outcome = if failure.retryable {
                 "retryable"
             } else {
@@ -349,43 +414,70 @@ async fn finish(
             JobTransition::fail(from, error, steps(StepPhase::Failed), now)
         }
         Outcome::Cancelled => {
-            tracing::info!(event = "job_cancelled", job = %attempt.name, attempt = attempt.attempt, "stopped on cancel");
+            tracing::info!(event = "job_cancelled", job = %held.name, attempt = held.attempt, "stopped on cancel");
             worker.stats.outcome(pipeline, "cancelled", took);
             JobTransition::cancel_running(from, steps(StepPhase::Skipped), now)
         }
     };
+    let change = match change {
+        Ok(change) => change,
+        Err(refused) => {
+            tracing::error!(job = %held.name, %refused, "the outcome is not a transition from Running; handing the message back");
+            return Answer::Nack;
+        }
+    };
+    // The outcome may take a while to land (an apiserver that refuses or
+    // is away); meanwhile the claim stays renewed, so nobody runs the
+    // attempt again while its result is waiting to be written.
+    tokio::select! {
+        answer = write_outcome(jobs, claimed, &change) => answer,
+        stopped = keep_claim(jobs, claimed, KeepOn::Cancel) => {
+            if let Outcome::Lost(why) = stopped {
+                tracing::warn!(event = "idempotent_skip", reason = why, job = %held.name, "the Job moved on before its outcome was written");
+                worker.stats.skipped(why);
+            }
+            Answer::Ack
+        }
+    }
+}
+
+/// Writes the outcome, conditioned on the claim still being ours, trying
+/// again with backoff until it lands, the Job moves on without us, or the
+/// operator's deadline for the attempt passes.
+async fn write_outcome(jobs: &Api<Job>, claimed: &Claimed, change: &JobTransition) -> Answer {
+    let held = &claimed.held;
+    let mut retry = Backoff::default();
     // The version of our own last write: if the Job is still at it, nothing
     // has touched it since and the claim is ours, so the first try needs no
     // read. A conflict means something did; read and check then.
     let mut unchanged_since_our_write = claimed.version.lock().ok().map(|v| v.clone());
-    for _ in 0..CLAIM_TRIES {
+    loop {
+        if std::time::Instant::now() >= claimed.deadline {
+            tracing::error!(job = %held.name, attempt = held.attempt, "the outcome could not be written before the attempt's deadline; handing the message back");
+            return Answer::Nack;
+        }
         let version = match unchanged_since_our_write.take() {
             Some(version) => version,
-            None => match jobs.get_opt(&attempt.name).await {
-                Ok(Some(job)) => {
-                    if !holds_claim(&job, attempt.attempt, &worker.pod) {
-                        // The operator requeued it meanwhile; its decision stands.
-                        return Answer::Ack;
-                    }
-                    job.resource_version().unwrap_or_default()
-                }
+            None => match jobs.get_opt(&held.name).await {
+                // The operator requeued it meanwhile, or it was deleted or
+                // recreated: its decision stands.
+                Ok(Some(job)) if !still_held(&job, held) => return Answer::Ack,
                 Ok(None) => return Answer::Ack,
+                Ok(Some(job)) => job.resource_version().unwrap_or_default(),
                 Err(error) => {
-                    tracing::warn!(job = %attempt.name, %error, "cannot read the Job to write its outcome");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tracing::warn!(job = %held.name, %error, "cannot read the Job to write its outcome; trying again");
+                    tokio::time::sleep(retry.next()).await;
                     continue;
                 }
             },
         };
-        match write_at(jobs, &attempt.name, &version, change.clone()).await {
+        match job_status::write(jobs, &held.name, &version, change).await {
             Ok(_) => return Answer::Ack,
-            Err(error) if error.is_conflict() => continue,
+            Err(error) if job_status::is_conflict(&error) => continue,
             Err(error) => {
-                tracing::warn!(job = %attempt.name, %error, "cannot write the outcome");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tracing::warn!(job = %held.name, %error, "cannot write the outcome; trying again");
+                tokio::time::sleep(retry.next()).await;
             }
         }
     }
-    // Unwritten outcome: let the message come back rather than lose the result.
-    Answer::Nack
 }

@@ -2,6 +2,7 @@
 //! pulls Job messages from the fleet's subscription, claims and runs each Job,
 //! and reports every step to the Job's status.
 
+pub mod claims;
 pub mod fleet_config;
 pub mod http;
 pub mod job_run;

@@ -10,6 +10,7 @@ use clap::Parser;
 use drover_crds::PipelineWorker;
 use drover_operator::pubsub::PubSubEndpoint;
 use drover_operator::telemetry::init_json_logs;
+use drover_worker::claims::Claims;
 use drover_worker::fleet_config::watch_fleet;
 use drover_worker::http::{self, WorkerState};
 use drover_worker::job_run::Worker;
@@ -84,6 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client,
         pod: args.pod_name.clone(),
         stats,
+        claims: Claims::default(),
     });
     let settings = PullSettings {
         endpoint: PubSubEndpoint::from_env(),

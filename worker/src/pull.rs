@@ -6,8 +6,7 @@
 //! is read: `max_outstanding_messages` is only a request to the server, and
 //! the emulator ignores it.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
@@ -25,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::claims::HeldClaim;
 use crate::fleet_config::FleetConfig;
 use crate::job_run::{self, Answer, Worker};
 
@@ -36,9 +36,6 @@ pub struct PullSettings {
     /// handed back.
     pub drain_grace: Duration,
 }
-
-/// Jobs this worker runs now, for handing them back on a forced stop.
-type InFlight = Arc<Mutex<BTreeSet<(String, String, i32)>>>;
 
 /// Pulls and runs Jobs until `stop` turns true, then drains.
 pub async fn run(
@@ -73,7 +70,6 @@ pub async fn run(
     let shutdown = stream.shutdown_token();
     tracing::info!(subscription = %names.subscription, concurrency = pw.spec.concurrency, "pulling");
 
-    let in_flight: InFlight = Arc::default();
     let slots = Arc::new(Semaphore::new(
         usize::try_from(pw.spec.concurrency.max(1)).unwrap_or(1),
     ));
@@ -88,7 +84,7 @@ pub async fn run(
                 Some(Ok((message, handler))) => {
                     let slot = slot.expect("the semaphore is never closed");
                     let fleet_now = fleet.borrow().clone().unwrap_or_else(|| pw.clone());
-                    tasks.spawn(answer_one(worker.clone(), fleet_now, message, handler, dead_letter.clone(), in_flight.clone(), slot));
+                    tasks.spawn(answer_one(worker.clone(), fleet_now, message, handler, dead_letter.clone(), slot));
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, "streaming pull failed; the client retries");
@@ -112,8 +108,12 @@ pub async fn run(
     .await
     .is_ok();
     if !drained {
+        // Aborting drops each task's hold on its claim: take the list first,
+        // and hand the Jobs back only once their tasks no longer write.
+        let unfinished = worker.claims.all();
         tasks.abort_all();
-        release(&worker, &in_flight).await;
+        while tasks.join_next().await.is_some() {}
+        release(&worker, unfinished).await;
     }
     // Sends the outstanding acks and nacks before the process exits.
     shutdown.shutdown().await;
@@ -126,22 +126,15 @@ async fn answer_one(
     message: Message,
     handler: Handler,
     dead_letter: Option<Publisher>,
-    in_flight: InFlight,
     _slot: OwnedSemaphorePermit,
 ) {
     let answer = match JobMessage::decode(&message.data) {
-        Ok(job) => {
-            let key = (job.namespace.clone(), job.name.clone(), job.attempt);
-            lock(&in_flight).insert(key.clone());
-            // A panic in one Job must not take the worker down; the message
-            // is handed back.
-            let answer = std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
-                .catch_unwind()
-                .await
-                .unwrap_or(Answer::Nack);
-            lock(&in_flight).remove(&key);
-            answer
-        }
+        // A panic in one Job must not take the worker down; the message is
+        // handed back.
+        Ok(job) => std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
+            .catch_unwind()
+            .await
+            .unwrap_or(Answer::Nack),
         Err(error) => {
             foreign(
                 &worker,
@@ -222,37 +215,30 @@ async fn foreign(
 
 /// Hands Jobs that did not finish within the grace back to the queue, so
 /// another worker takes them at once instead of after the claim expires.
-async fn release(worker: &Worker, in_flight: &InFlight) {
-    let jobs: Vec<_> = lock(in_flight).iter().cloned().collect();
-    for (namespace, name, attempt) in jobs {
-        let api: Api<Job> = Api::namespaced(worker.client.clone(), &namespace);
-        let Ok(Some(job)) = api.get_opt(&name).await else {
+async fn release(worker: &Worker, unfinished: Vec<HeldClaim>) {
+    for held in unfinished {
+        let api: Api<Job> = Api::namespaced(worker.client.clone(), &held.namespace);
+        let Ok(Some(job)) = api.get_opt(&held.name).await else {
             continue;
         };
-        if !job_run::holds_claim(&job, attempt, &worker.pod) {
+        if !job_run::still_held(&job, &held) {
             continue;
         }
         let version = job.metadata.resource_version.clone().unwrap_or_default();
         let released = match JobTransition::release(JobPhase::Running, Timestamp::now()) {
             Ok(released) => released,
             Err(refused) => {
-                tracing::warn!(job = %name, %refused, "cannot hand the Job back; its claim will expire");
+                tracing::warn!(job = %held.name, %refused, "cannot hand the Job back; its claim will expire");
                 continue;
             }
         };
-        match job_status::write(&api, &name, &version, &released).await {
+        match job_status::write(&api, &held.name, &version, &released).await {
             Ok(_) => {
-                tracing::info!(event = "released", job = %name, attempt, "handed back on shutdown")
+                tracing::info!(event = "released", job = %held.name, attempt = held.attempt, "handed back on shutdown")
             }
             Err(error) => {
-                tracing::warn!(job = %name, %error, "cannot hand the Job back; its claim will expire")
+                tracing::warn!(job = %held.name, %error, "cannot hand the Job back; its claim will expire")
             }
         }
     }
-}
-
-fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, BTreeSet<(String, String, i32)>> {
-    in_flight
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

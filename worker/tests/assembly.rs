@@ -138,6 +138,7 @@ async fn assemble(fleet: &PipelineWorkerSpec, input: Value) -> (Result<Value, Fa
         attempt: Attempt {
             namespace: "ns".into(),
             name: "episode".into(),
+            uid: "uid-episode".into(),
             attempt: 1,
         },
         fleet,

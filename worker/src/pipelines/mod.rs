@@ -25,6 +25,8 @@ pub struct Failure {
 pub struct Attempt {
     pub namespace: String,
     pub name: String,
+    /// The Job's uid: a recreated Job under the same name is another Job.
+    pub uid: String,
     pub attempt: i32,
 }
 
@@ -77,6 +79,7 @@ pub(crate) mod testing {
             attempt: Attempt {
                 namespace: "ns".into(),
                 name: "job".into(),
+                uid: "uid-1".into(),
                 attempt,
             },
             fleet,

@@ -33,7 +33,8 @@ async fn sleep_once(input: &SleepInput, attempt: &Attempt) -> Result<Value, Fail
     if let Some(dir) = &input.effects_dir {
         record_effect(dir, attempt).await?;
     }
-    Ok(json!({"sleptMillis": input.duration_millis}))
+    // The uid names whose result this is: a recreated Job is another Job.
+    Ok(json!({"sleptMillis": input.duration_millis, "jobUid": attempt.uid}))
 }
 
 /// `<dir>/<namespace>_<name>_<attempt>`, created exclusively: a second run of
@@ -79,7 +80,7 @@ mod tests {
     #[tokio::test]
     async fn sleeps_and_reports_how_long() {
         let out = run_attempt(&json!({"durationMillis": 1}), 1).await.unwrap();
-        assert_eq!(out, json!({"sleptMillis": 1}));
+        assert_eq!(out, json!({"sleptMillis": 1, "jobUid": "uid-1"}));
     }
 
     #[tokio::test]
