@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use drover_crds::{Job, PipelineWorker};
 use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, shared_drover};
 use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use drover_crds::{Job, JobMessage, JobPhase, JobStatus};
 use drover_e2e::drover::{PUBSUB_PROJECT, shared_drover};
 use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
 use google_cloud_pubsub::subscriber::MessageStream;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};

@@ -9,7 +9,7 @@ use drover_crds::{Job, JobMessage, JobPhase};
 use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, shared_drover};
 use drover_e2e::observe::http_get;
 use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, topic_path};
+use drover_queue::{PubSubEndpoint, topic_path};
 use google_cloud_pubsub::model::Message;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};

@@ -4,8 +4,8 @@
 
 use drover_crds::PipelineWorker;
 use drover_e2e::shared;
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::{QueueAdmin, QueueProblem};
+use drover_queue::PubSubEndpoint;
+use drover_queue::{QueueAdmin, QueueProblem};
 use serde_json::json;
 
 const PROJECT: &str = "drover-queue";

@@ -31,10 +31,10 @@ use crate::deployment::{secret_refs, worker_deployment};
 use crate::health::{self, Observation, Problem};
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
-use crate::queue::QueueAdmin;
 use crate::rbac;
 use crate::scaler::{self, RecommendationHistory, ScalingPolicy};
 use crate::service::metrics_service;
+use drover_queue::{QueueAdmin, QueueError};
 
 /// Pod annotation the ReplicaSet controller reads to pick pods to remove:
 /// lower cost goes first, so idle workers are stopped before busy ones.
@@ -68,7 +68,7 @@ pub enum Error {
     #[error("cannot read Secret {name}: {source}")]
     Secret { name: String, source: kube::Error },
     #[error(transparent)]
-    Queue(#[from] crate::queue::QueueError),
+    Queue(#[from] QueueError),
 }
 
 impl Error {

@@ -10,8 +10,6 @@ pub mod http;
 pub mod job_policy;
 pub mod labels;
 pub mod metrics;
-pub mod pubsub;
-pub mod queue;
 pub mod rbac;
 pub mod scaler;
 pub mod service;

@@ -12,10 +12,9 @@ use clap::Parser;
 use drover_operator::config::OperatorConfig;
 use drover_operator::http::{self, Health};
 use drover_operator::metrics::Metrics;
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::QueueAdmin;
 use drover_operator::telemetry::init_json_logs;
 use drover_operator::{dispatch, fleet};
+use drover_queue::{PubSubEndpoint, PubSubQueue, QueueAdmin};
 use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -136,7 +135,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 recorder.clone(),
                 metrics.clone()
             ),
-            dispatch::run(client, config, endpoint, queue, recorder, metrics),
+            dispatch::run(
+                client,
+                config,
+                PubSubQueue::new(endpoint, queue),
+                recorder,
+                metrics
+            ),
         );
     };
     let result = tokio::select! {

@@ -11,8 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::QueueNames;
+use drover_queue::{PubSubEndpoint, QueueNames};
 use futures::FutureExt;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
