@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
 use drover_e2e::drover::shared_drover;
-use drover_e2e::llm::{Call, Reply, ScriptedLlm};
 use drover_e2e::wait;
+use drover_testkit::llm::{Call, Reply, ScriptedLlm};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
