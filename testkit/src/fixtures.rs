@@ -3,7 +3,7 @@
 //! test does not name keeps the default a user would get, because the builder
 //! starts from the same serde defaults as the API.
 
-use drover_crds::pipeline_worker::{ConsensusSpec, Persona, ScalingMode};
+use drover_crds::pipeline_worker::{AssemblySpec, ConsensusSpec, Persona, ScalingMode};
 use drover_crds::{Job, JobSpec, Pipeline, PipelineWorker, PipelineWorkerSpec};
 use k8s_openapi::api::core::v1::SecretKeySelector;
 use serde_json::{Value, json};
@@ -41,6 +41,15 @@ impl PipelineWorkerBuilder {
         .expect("a base URL, a model and personas are all consensus needs");
         let mut builder = Self::new(name, Pipeline::Consensus);
         builder.pw.spec.consensus = Some(consensus);
+        builder
+    }
+
+    /// An assembly fleet with the default output settings.
+    pub fn assembly(name: &str) -> Self {
+        let assembly: AssemblySpec =
+            serde_json::from_value(json!({})).expect("every assembly setting has a default");
+        let mut builder = Self::new(name, Pipeline::Assembly);
+        builder.pw.spec.assembly = Some(assembly);
         builder
     }
 
@@ -94,6 +103,12 @@ impl PipelineWorkerBuilder {
         self
     }
 
+    /// At most `max` replicas, the default minimum.
+    pub fn max_replicas(mut self, max: i32) -> Self {
+        self.pw.spec.scaling.max_replicas = max;
+        self
+    }
+
     /// The backlog one replica is meant to carry.
     pub fn jobs_per_replica(mut self, jobs: i32) -> Self {
         self.pw.spec.scaling.jobs_per_replica = Some(jobs);
@@ -116,6 +131,12 @@ impl PipelineWorkerBuilder {
     /// Attempts per Job before it fails.
     pub fn max_attempts(mut self, attempts: i32) -> Self {
         self.pw.spec.retry.max_attempts = attempts;
+        self
+    }
+
+    /// The first retry's wait.
+    pub fn initial_backoff_seconds(mut self, seconds: i64) -> Self {
+        self.pw.spec.retry.initial_backoff_seconds = seconds;
         self
     }
 
@@ -157,6 +178,15 @@ impl PipelineWorkerBuilder {
         self
     }
 
+    /// How often a consensus persona's call is retried, and the first wait.
+    pub fn persona_retries(mut self, retries: i32, initial_backoff_millis: i64) -> Self {
+        if let Some(consensus) = self.pw.spec.consensus.as_mut() {
+            consensus.max_retries_per_persona = retries;
+            consensus.initial_backoff_millis = initial_backoff_millis;
+        }
+        self
+    }
+
     /// The consensus API key, from `key` of Secret `secret`.
     pub fn api_key_secret(mut self, secret: &str, key: &str) -> Self {
         if let Some(consensus) = self.pw.spec.consensus.as_mut() {
@@ -165,6 +195,22 @@ impl PipelineWorkerBuilder {
                 key: key.to_owned(),
                 optional: None,
             });
+        }
+        self
+    }
+
+    /// The assembly output: sample rate, loudness target and true-peak
+    /// ceiling (an assembly fleet only).
+    pub fn assembly_output(
+        mut self,
+        sample_rate: i32,
+        loudness_lufs: f64,
+        true_peak_dbtp: f64,
+    ) -> Self {
+        if let Some(assembly) = self.pw.spec.assembly.as_mut() {
+            assembly.sample_rate = sample_rate;
+            assembly.default_loudness_lufs = loudness_lufs;
+            assembly.true_peak_ceiling_dbtp = true_peak_dbtp;
         }
         self
     }
