@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::job::{JobError, JobPhase};
 use drover_crds::{Job, JobMessage, PipelineWorker};
+use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -27,7 +28,6 @@ use serde_json::{Value, json};
 use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
-use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::pipeline_worker::{PipelineWorkerStatus, ScalingMode};
 use drover_crds::{Job, PipelineWorker};
+use drover_queue::{QueueAdmin, QueueError};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -34,7 +35,6 @@ use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabe
 use crate::rbac;
 use crate::scaler::{self, RecommendationHistory, ScalingPolicy};
 use crate::service::metrics_service;
-use drover_queue::{QueueAdmin, QueueError};
 
 /// Pod annotation the ReplicaSet controller reads to pick pods to remove:
 /// lower cost goes first, so idle workers are stopped before busy ones.
