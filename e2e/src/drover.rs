@@ -5,7 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use drover_crds::{Job, PipelineWorker};
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+
 use crate::TestEnv;
+use crate::manifests::FIELD_MANAGER;
 use crate::process::{ManagedProcess, ProcessError};
 
 /// The project id the sandbox and the tests use with the emulator.
@@ -235,4 +241,56 @@ pub async fn drover_test(prefix: &str) -> DroverTest {
         client,
         namespace,
     }
+}
+
+impl DroverTest {
+    /// The objects of kind `K` in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// `<namespace>-<suffix>`: a queue name no other test uses.
+    pub fn unique(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.namespace)
+    }
+
+    /// [`apply_fleet`] in this test's namespace.
+    pub async fn apply_fleet(&self, fleet: PipelineWorker) -> PipelineWorker {
+        apply_fleet(&self.client, &self.namespace, fleet).await
+    }
+
+    /// [`create_job`] in this test's namespace.
+    pub async fn create_job(&self, job: Job) -> Job {
+        create_job(&self.client, &self.namespace, job).await
+    }
+}
+
+/// Applies `fleet` to `namespace` with server-side apply, the way a person's
+/// `kubectl apply` would, and returns what the apiserver stored.
+pub async fn apply_fleet(
+    client: &kube::Client,
+    namespace: &str,
+    fleet: PipelineWorker,
+) -> PipelineWorker {
+    let name = fleet.name_any();
+    Api::<PipelineWorker>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&fleet),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("PipelineWorker {name} does not apply: {e}"))
+}
+
+/// Creates `job` in `namespace` and returns what the apiserver stored.
+pub async fn create_job(client: &kube::Client, namespace: &str, job: Job) -> Job {
+    let name = job.name_any();
+    Api::<Job>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &job)
+        .await
+        .unwrap_or_else(|e| panic!("Job {name} is not created: {e}"))
 }

@@ -6,7 +6,6 @@
 //! * [`pubsub_emulator`] runs the Pub/Sub emulator.
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
-//! * [`llm`] is a scripted OpenAI-compatible server standing in for a paid LLM API.
 //!
 //! Test binaries normally call [`shared`] to get one environment per binary.
 //! Linux only (the process management uses `PR_SET_PDEATHSIG`).
@@ -16,7 +15,6 @@ pub mod control_plane;
 pub mod drover;
 pub mod kubelet;
 pub mod latency;
-pub mod llm;
 pub mod manifests;
 pub mod observe;
 pub mod ports;

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use drover_crds::{Job, PipelineWorker};
 use drover_e2e::{TestEnv, manifests, shared, workspace_root};
+use drover_testkit::JobBuilder;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use serde_json::{Value, json};
@@ -201,10 +202,10 @@ async fn job_worker_and_cancel_cannot_be_changed_back() {
     let env = shared().await;
     let (client, ns) = client_and_namespace(env, "immutable").await;
     let jobs = Api::<Job>::namespaced(client.clone(), &ns);
-    let created: Job = serde_json::from_value(job(json!({
-        "worker": "pw", "input": { "durationMillis": 1 }, "cancel": true
-    })))
-    .expect("job");
+    let created = JobBuilder::new("job", "pw")
+        .input(json!({ "durationMillis": 1 }))
+        .cancelled()
+        .build();
     let created = jobs
         .create(&PostParams::default(), &created)
         .await

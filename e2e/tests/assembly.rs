@@ -8,10 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
-use drover_e2e::drover::shared_drover;
+use drover_crds::{Job, JobPhase, StepPhase};
+use drover_e2e::drover::drover_test;
 use drover_e2e::wait;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use kube::api::Api;
 use serde_json::json;
 
 const STEPS: [&str; 7] = [
@@ -110,13 +111,8 @@ fn loudness(path: &Path) -> (f64, f64) {
 
 #[tokio::test]
 async fn a_worker_pod_assembles_an_episode_into_an_mp3() {
-    let (env, _drover) = shared_drover().await;
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace("assembly")
-        .await
-        .expect("namespace");
+    let t = drover_test("assembly").await;
+    let (env, ns) = (t.env, t.namespace.clone());
     let media = env.control_plane.state_dir().join("media").join(&ns);
     std::fs::create_dir_all(&media).expect("media dir");
     let (intro, main, outro, bed) = (
@@ -157,45 +153,32 @@ async fn a_worker_pod_assembles_an_episode_into_an_mp3() {
     let output = media.join("out").join("episode-42.mp3");
     let url = |p: &Path| format!("file://{}", p.display());
 
-    let fleet = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": "episodes"},
-        "spec": {
-            "pipeline": "assembly",
-            "queue": {"topic": format!("{ns}-episodes"), "subscription": format!("{ns}-episodes-sub"), "ackDeadlineSeconds": 30},
-            "scaling": {"minReplicas": 1, "maxReplicas": 1},
-            // Debug builds are slow at DSP; the step bound only guards a hang.
-            "timeouts": {"stepSeconds": 600, "jobSeconds": 1800},
-            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1},
-            "assembly": {"sampleRate": 44100, "defaultLoudnessLufs": -16, "truePeakCeilingDbtp": -1},
+    let fleet = PipelineWorkerBuilder::assembly("episodes")
+        .queue(&format!("{ns}-episodes"), &format!("{ns}-episodes-sub"))
+        .ack_deadline_seconds(30)
+        .replicas(1, 1)
+        // Debug builds are slow at DSP; the step bound only guards a hang.
+        .timeouts(600, 1800)
+        .max_attempts(2)
+        .initial_backoff_seconds(1)
+        .assembly_output(44100, -16.0, -1.0);
+    t.apply_fleet(fleet.build()).await;
+    let input = json!({
+        "episodeId": "42",
+        "mainUrl": url(&main),
+        "template": {
+            "introUrl": url(&intro), "outroUrl": url(&outro), "musicBedUrl": url(&bed),
+            "crossfadeSeconds": 1.0, "format": "mp3",
         },
+        "outputUrl": url(&output),
     });
-    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
-        .patch(
-            "episodes",
-            &PatchParams::apply("assembly-test").force(),
-            &Patch::Apply(&fleet),
-        )
-        .await
-        .expect("fleet applies");
-    let job: Job = serde_json::from_value(json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-        "metadata": {"name": "episode-42"},
-        "spec": {"worker": "episodes", "input": {
-            "episodeId": "42",
-            "mainUrl": url(&main),
-            "template": {
-                "introUrl": url(&intro), "outroUrl": url(&outro), "musicBedUrl": url(&bed),
-                "crossfadeSeconds": 1.0, "format": "mp3",
-            },
-            "outputUrl": url(&output),
-        }},
-    }))
-    .expect("job");
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    jobs.create(&PostParams::default(), &job)
-        .await
-        .expect("job is created");
+    t.create_job(
+        JobBuilder::new("episode-42", "episodes")
+            .input(input)
+            .build(),
+    )
+    .await;
+    let jobs: Api<Job> = t.api();
 
     let status = wait::job_finished(&jobs, "episode-42", Duration::from_secs(600)).await;
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");

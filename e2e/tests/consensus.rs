@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use drover_crds::{Job, JobPhase, PipelineWorker, StepPhase};
-use drover_e2e::drover::shared_drover;
-use drover_e2e::llm::{Call, Reply, ScriptedLlm};
+use drover_crds::{Job, JobPhase, StepPhase};
+use drover_e2e::drover::drover_test;
 use drover_e2e::wait;
+use drover_testkit::llm::{Call, Reply, ScriptedLlm};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 const API_KEY: &str = "sk-e2e-consensus";
@@ -42,13 +43,8 @@ fn script(call: &Call) -> Reply {
 
 #[tokio::test]
 async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_secret() {
-    let (env, _) = shared_drover().await;
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace("consensus")
-        .await
-        .expect("namespace");
+    let t = drover_test("consensus").await;
+    let (client, ns) = (t.client.clone(), t.namespace.clone());
     let llm = ScriptedLlm::start(script)
         .await
         .expect("the scripted LLM server starts");
@@ -62,45 +58,27 @@ async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_sec
         .create(&PostParams::default(), &secret)
         .await
         .expect("the Secret is created");
-    let fleet = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": "reviewers"},
-        "spec": {
-            "pipeline": "consensus",
-            "queue": {"topic": format!("{ns}-jobs"), "subscription": format!("{ns}-jobs-sub"), "ackDeadlineSeconds": 10},
-            "scaling": {"minReplicas": 1, "maxReplicas": 1},
-            "timeouts": {"stepSeconds": 30, "jobSeconds": 60},
-            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "maxBackoffSeconds": 2},
-            "consensus": {
-                "baseUrl": llm.base_url(), "model": "scripted",
-                "apiKeySecretRef": {"name": "llm-api", "key": "apiKey"},
-                "maxRetriesPerPersona": 2, "initialBackoffMillis": 200,
-                "personas": [
-                    {"name": "skeptic", "prompt": "You look for the weakest assumption."},
-                    {"name": "operator", "prompt": "You run this in production."},
-                    {"name": "user", "prompt": "You are the person this is for."},
-                ],
-            },
-        },
-    });
-    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
-        .patch(
-            "reviewers",
-            &PatchParams::apply("consensus-test").force(),
-            &Patch::Apply(&fleet),
-        )
-        .await
-        .expect("the fleet applies");
-    let job: Job = serde_json::from_value(json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-        "metadata": {"name": "review-cache"},
-        "spec": {"worker": "reviewers", "input": {"text": "Cache billing reads", "context": "Reads are 90% of load."}},
-    }))
-    .expect("job");
+    let fleet = PipelineWorkerBuilder::consensus("reviewers", &llm.base_url(), "scripted")
+        .queue(&format!("{ns}-jobs"), &format!("{ns}-jobs-sub"))
+        .ack_deadline_seconds(10)
+        .replicas(1, 1)
+        .timeouts(30, 60)
+        .max_attempts(2)
+        // The default multiplier (2): the spec named only the first and the last wait.
+        .backoff(1, 2.0, 2)
+        .api_key_secret("llm-api", "apiKey")
+        .persona_retries(2, 200)
+        .persona("skeptic", "You look for the weakest assumption.")
+        .persona("operator", "You run this in production.")
+        .persona("user", "You are the person this is for.");
+    t.apply_fleet(fleet.build()).await;
+    t.create_job(
+        JobBuilder::new("review-cache", "reviewers")
+            .input(json!({"text": "Cache billing reads", "context": "Reads are 90% of load."}))
+            .build(),
+    )
+    .await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
-    jobs.create(&PostParams::default(), &job)
-        .await
-        .expect("the Job is created");
 
     let status = wait::job_finished(&jobs, "review-cache", Duration::from_secs(120)).await;
 

@@ -14,11 +14,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{DroverTest, drover_test};
+use drover_crds::{Job, JobPhase};
+use drover_e2e::drover::{DroverTest, create_job, drover_test};
 use drover_e2e::observe::http_get;
 use drover_e2e::{error_chain, wait};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 const PER_FLEET: usize = 12;
@@ -34,48 +35,25 @@ async fn every_job_succeeds_once_after_the_emulator_loses_every_message() {
     let effects = env.control_plane.state_dir().join("effects-amnesia");
     std::fs::create_dir_all(&effects).expect("effects dir");
 
-    let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &ns);
     let apply_fleet = |name: &'static str, replicas: i32| {
-        let fleets = fleets.clone();
-        async move {
-            let fleet = json!({
-                "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-                "metadata": {"name": name},
-                "spec": {
-                    "pipeline": "sleep",
-                    "queue": {"topic": format!("{name}-jobs"), "subscription": format!("{name}-jobs-sub"), "ackDeadlineSeconds": 10},
-                    "concurrency": 4,
-                    "scaling": {"mode": "Manual", "replicas": replicas, "maxReplicas": 2},
-                },
-            });
-            fleets
-                .patch(
-                    name,
-                    &PatchParams::apply("emulator-restart-test").force(),
-                    &Patch::Apply(&fleet),
-                )
-                .await
-                .expect("fleet applies");
-        }
+        let fleet = PipelineWorkerBuilder::sleep(name)
+            .queue(&format!("{name}-jobs"), &format!("{name}-jobs-sub"))
+            .ack_deadline_seconds(10)
+            .concurrency(4)
+            .manual_replicas(replicas)
+            .max_replicas(2)
+            .build();
+        drover_e2e::drover::apply_fleet(&client, &ns, fleet)
     };
     apply_fleet("live", 1).await;
     apply_fleet("parked", 0).await;
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let create = |fleet: &'static str, i: usize| {
-        let jobs = jobs.clone();
-        let effects = effects.display().to_string();
-        async move {
-            let job: Job = serde_json::from_value(json!({
-                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-                "metadata": {"name": format!("{fleet}-{i}")},
-                "spec": {"worker": fleet, "input": {"durationMillis": 300, "effectsDir": effects}},
-            }))
-            .expect("job");
-            jobs.create(&PostParams::default(), &job)
-                .await
-                .expect("job is created");
-        }
+        let job = JobBuilder::new(&format!("{fleet}-{i}"), fleet)
+            .input(json!({"durationMillis": 300, "effectsDir": effects.display().to_string()}))
+            .build();
+        create_job(&client, &ns, job)
     };
     let statuses = || async {
         let list = jobs

@@ -15,8 +15,8 @@ use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// A fleet of one worker pod with room for two Jobs at once.
@@ -39,13 +39,17 @@ fn sleep_job(name: &str, worker: &str, millis: u64, effects: &Path) -> Job {
 }
 
 async fn running(jobs: &Api<Job>, name: &str) -> Job {
-    wait::until(&format!("{name} to run"), Duration::from_secs(60), || async {
-        let job = jobs.get(name).await.map_err(|e| e.to_string())?;
-        match job.status.as_ref().map(|s| s.phase) {
-            Some(JobPhase::Running) => Ok(job),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        &format!("{name} to run"),
+        Duration::from_secs(60),
+        || async {
+            let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+            match job.status.as_ref().map(|s| s.phase) {
+                Some(JobPhase::Running) => Ok(job),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await
 }
 
@@ -70,19 +74,26 @@ async fn a_job_recreated_under_the_same_name_never_receives_the_old_result() {
     one_pod_fleet(&test, "w").await;
     let jobs: Api<Job> = test.api();
 
-    test.create_job(sleep_job("same", "w", 6_000, &effects)).await;
+    test.create_job(sleep_job("same", "w", 6_000, &effects))
+        .await;
     let old = running(&jobs, "same").await;
     jobs.delete("same", &DeleteParams::default())
         .await
         .expect("the running Job is deleted");
-    wait::until("the old Job to be gone", Duration::from_secs(10), || async {
-        match jobs.get_opt("same").await {
-            Ok(None) => Ok(()),
-            other => Err(format!("{:?}", other.map(|j| j.map(|j| j.uid())))),
-        }
-    })
+    wait::until(
+        "the old Job to be gone",
+        Duration::from_secs(10),
+        || async {
+            match jobs.get_opt("same").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{:?}", other.map(|j| j.map(|j| j.uid())))),
+            }
+        },
+    )
     .await;
-    let new = test.create_job(sleep_job("same", "w", 15_000, &effects)).await;
+    let new = test
+        .create_job(sleep_job("same", "w", 15_000, &effects))
+        .await;
     assert_ne!(new.uid(), old.uid());
 
     let status = wait::job_finished(&jobs, "same", Duration::from_secs(90)).await;
@@ -141,24 +152,34 @@ async fn refuse_succeeded_writes(client: &kube::Client, namespace: &str) -> Stri
 async fn policy_in_force(jobs: &Api<Job>) {
     jobs.create(
         &PostParams::default(),
-        &JobBuilder::new("probe", "no-such-worker").input(json!({})).build(),
+        &JobBuilder::new("probe", "no-such-worker")
+            .input(json!({}))
+            .build(),
     )
     .await
     .expect("probe Job");
     let mut tries = 0;
-    wait::until("the policy to refuse a Succeeded write", Duration::from_secs(30), || {
-        tries += 1;
-        let patch = json!({"status": {"phase": "Succeeded", "progress": tries % 100}});
-        async move {
-            match jobs
-                .patch_status("probe", &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Err(kube::Error::Api(status)) if status.message.contains("refuses status writes") => Ok(()),
-                other => Err(format!("{other:?}")),
+    wait::until(
+        "the policy to refuse a Succeeded write",
+        Duration::from_secs(30),
+        || {
+            tries += 1;
+            let patch = json!({"status": {"phase": "Succeeded", "progress": tries % 100}});
+            async move {
+                match jobs
+                    .patch_status("probe", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Err(kube::Error::Api(status))
+                        if status.message.contains("refuses status writes") =>
+                    {
+                        Ok(())
+                    }
+                    other => Err(format!("{other:?}")),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -172,14 +193,25 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
     let policy = refuse_succeeded_writes(&test.client, &test.namespace).await;
     policy_in_force(&jobs).await;
 
-    let job = test.create_job(sleep_job("refused", "w", 500, &effects)).await;
+    let job = test
+        .create_job(sleep_job("refused", "w", 500, &effects))
+        .await;
     running(&jobs, "refused").await;
     // The attempt finishes within a second; its outcome write is refused
     // for ten, longer than the claim's 15 s lease would survive unrenewed
     // counted from the claim.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let during = jobs.get("refused").await.expect("job").status.unwrap_or_default();
-    assert_eq!(during.phase, JobPhase::Running, "the outcome cannot have landed: {during:?}");
+    let during = jobs
+        .get("refused")
+        .await
+        .expect("job")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        during.phase,
+        JobPhase::Running,
+        "the outcome cannot have landed: {during:?}"
+    );
     Api::<ValidatingAdmissionPolicyBinding>::all(test.client.clone())
         .delete(&policy, &DeleteParams::default())
         .await
@@ -187,7 +219,10 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
 
     let status = wait::job_finished(&jobs, "refused", Duration::from_secs(60)).await;
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
-    assert_eq!(status.attempt, 1, "the finished attempt ran again: {status:?}");
+    assert_eq!(
+        status.attempt, 1,
+        "the finished attempt ran again: {status:?}"
+    );
     assert_eq!(
         status.result,
         Some(json!({"sleptMillis": 500, "jobUid": job.uid().expect("uid")}))
@@ -199,7 +234,11 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
         .into_iter()
         .filter(|f| f.starts_with(&prefix))
         .collect();
-    assert_eq!(runs, [format!("{prefix}1")], "the attempt's effect repeated");
+    assert_eq!(
+        runs,
+        [format!("{prefix}1")],
+        "the attempt's effect repeated"
+    );
     Api::<ValidatingAdmissionPolicy>::all(test.client.clone())
         .delete(&policy, &DeleteParams::default())
         .await

@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, PipelineWorker};
-use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, WORKER_IMAGE, shared_drover};
+use drover_e2e::drover::{
+    DroverProcesses, DroverTest, PUBSUB_PROJECT, WORKER_IMAGE, apply_fleet, create_job, drover_test,
+};
 use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -17,7 +20,7 @@ use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
-use serde_json::{Value, json};
+use serde_json::json;
 
 struct Fixture {
     env: &'static TestEnv,
@@ -27,13 +30,12 @@ struct Fixture {
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let (env, processes) = shared_drover().await;
-    let client = env.control_plane.client().await.expect("client");
-    let ns = env
-        .control_plane
-        .create_namespace(prefix)
-        .await
-        .expect("namespace");
+    let DroverTest {
+        env,
+        drover: processes,
+        client,
+        namespace: ns,
+    } = drover_test(prefix).await;
     Fixture {
         env,
         processes,
@@ -51,24 +53,15 @@ impl Fixture {
     }
 
     /// A sleep fleet whose queue names are unique to this namespace.
-    async fn apply_fleet(&self, name: &str, extra: Value) -> PipelineWorker {
-        let mut spec = json!({
-            "pipeline": "sleep",
-            "queue": {"topic": format!("{}-{name}", self.ns), "subscription": format!("{}-{name}-sub", self.ns)},
-        });
-        merge(&mut spec, extra);
-        let pw = json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-            "metadata": {"name": name}, "spec": spec,
-        });
-        self.api::<PipelineWorker>()
-            .patch(
-                name,
-                &PatchParams::apply("fleet-test").force(),
-                &Patch::Apply(&pw),
-            )
-            .await
-            .expect("PipelineWorker applies")
+    fn sleep_fleet(&self, name: &str) -> PipelineWorkerBuilder {
+        PipelineWorkerBuilder::sleep(name).queue(
+            &format!("{}-{name}", self.ns),
+            &format!("{}-{name}-sub", self.ns),
+        )
+    }
+
+    async fn apply_fleet(&self, fleet: PipelineWorkerBuilder) -> PipelineWorker {
+        apply_fleet(&self.client, &self.ns, fleet.build()).await
     }
 
     async fn condition(&self, fleet: &str, type_: &str) -> Option<(String, String, String)> {
@@ -108,18 +101,12 @@ impl Fixture {
     }
 
     async fn create_jobs(&self, fleet: &str, count: usize) {
-        let jobs = self.api::<Job>();
         for i in 0..count {
-            let job: Job = serde_json::from_value(json!({
-                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-                "metadata": {"name": format!("{fleet}-job-{i}")},
+            let job = JobBuilder::new(&format!("{fleet}-job-{i}"), fleet)
                 // Long enough to stay in the backlog until the test deletes them.
-                "spec": {"worker": fleet, "input": {"durationMillis": 600000}},
-            }))
-            .expect("job");
-            jobs.create(&PostParams::default(), &job)
-                .await
-                .expect("job is created");
+                .input(json!({"durationMillis": 600000}))
+                .build();
+            create_job(&self.client, &self.ns, job).await;
         }
     }
 
@@ -133,17 +120,6 @@ impl Fixture {
     }
 }
 
-fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(base), Value::Object(extra)) => {
-            for (k, v) in extra {
-                merge(base.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (base, extra) => *base = extra,
-    }
-}
-
 fn owned_by(meta: &kube::core::ObjectMeta, owner: &PipelineWorker) -> bool {
     meta.owner_references
         .iter()
@@ -154,7 +130,7 @@ fn owned_by(meta: &kube::core::ObjectMeta, owner: &PipelineWorker) -> bool {
 #[tokio::test]
 async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
     let f = fixture("owned").await;
-    let pw = f.apply_fleet("gc", json!({})).await;
+    let pw = f.apply_fleet(f.sleep_fleet("gc")).await;
     let name = "gc-worker";
 
     wait::until("all fleet objects", Duration::from_secs(20), || async {
@@ -241,7 +217,7 @@ async fn fleet_objects_are_owned_and_garbage_collected_with_the_fleet() {
 #[tokio::test]
 async fn spec_edit_rolls_the_deployment_and_hand_edits_are_reverted() {
     let f = fixture("drift").await;
-    f.apply_fleet("drift", json!({"concurrency": 1})).await;
+    f.apply_fleet(f.sleep_fleet("drift").concurrency(1)).await;
     let hash = |d: &Deployment| {
         d.spec
             .template
@@ -261,7 +237,7 @@ async fn spec_edit_rolls_the_deployment_and_hand_edits_are_reverted() {
     })
     .await;
 
-    f.apply_fleet("drift", json!({"concurrency": 4})).await;
+    f.apply_fleet(f.sleep_fleet("drift").concurrency(4)).await;
     wait::until(
         "a new pod template after a spec edit",
         Duration::from_secs(10),
@@ -315,17 +291,13 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
     let f = fixture("problems").await;
     let topic = format!("{}-byo", f.ns);
     let subscription = format!("{topic}-sub");
-    let spec = json!({
-        "pipeline": "consensus",
-        "queue": {"topic": topic, "subscription": subscription, "create": false},
-        "consensus": {
-            "baseUrl": "http://127.0.0.1:9/v1", "model": "m",
-            "personas": [{"name": "skeptic", "prompt": "Find the flaw."}],
-            "apiKeySecretRef": {"name": "llm", "key": "apiKey"},
-        },
-    });
+    let fleet = PipelineWorkerBuilder::consensus("byo", "http://127.0.0.1:9/v1", "m")
+        .queue(&topic, &subscription)
+        .existing_queue()
+        .persona("skeptic", "Find the flaw.")
+        .api_key_secret("llm", "apiKey");
     let started = Instant::now();
-    f.apply_fleet("byo", spec).await;
+    f.apply_fleet(fleet).await;
     let five = Duration::from_secs(5);
     f.wait_for_condition("byo", "Degraded", "True", "SecretNotFound", five)
         .await;
@@ -379,13 +351,13 @@ async fn missing_secret_topic_and_subscription_show_as_conditions_and_clear() {
 #[tokio::test]
 async fn backlog_of_25_runs_3_workers_then_scales_to_zero_after_the_window() {
     let f = fixture("scale").await;
-    let window = 6;
+    let window: u64 = 6;
     f.apply_fleet(
-        "burst",
-        json!({
-            "concurrency": 10,
-            "scaling": {"minReplicas": 0, "maxReplicas": 5, "jobsPerReplica": 10, "scaleDownStabilizationSeconds": window},
-        }),
+        f.sleep_fleet("burst")
+            .concurrency(10)
+            .replicas(0, 5)
+            .jobs_per_replica(10)
+            .scale_down_stabilization_seconds(window as i32),
     )
     .await;
     f.create_jobs("burst", 25).await;
@@ -518,7 +490,7 @@ async fn allowed(
 #[tokio::test]
 async fn worker_identity_cannot_read_secrets_or_change_job_specs() {
     let f = fixture("rbac").await;
-    f.apply_fleet("least", json!({})).await;
+    f.apply_fleet(f.sleep_fleet("least")).await;
     let roles = f.api::<RoleBinding>();
     wait::until(
         "the worker RoleBinding",
@@ -607,8 +579,9 @@ async fn worker_identity_cannot_read_secrets_or_change_job_specs() {
 async fn unknown_worker_image_is_reported_as_image_pull_back_off() {
     let f = fixture("image").await;
     f.apply_fleet(
-        "badimage",
-        json!({"image": "registry.invalid/none:1", "scaling": {"minReplicas": 1}}),
+        f.sleep_fleet("badimage")
+            .image("registry.invalid/none:1")
+            .min_replicas(1),
     )
     .await;
     let pods = f.api::<k8s_openapi::api::core::v1::Pod>();
@@ -647,11 +620,7 @@ async fn unknown_worker_image_is_reported_as_image_pull_back_off() {
 #[tokio::test]
 async fn busy_pods_cost_more_to_delete_and_scale_events_are_recorded() {
     let f = fixture("cost").await;
-    f.apply_fleet(
-        "busy",
-        json!({"scaling": {"minReplicas": 2, "maxReplicas": 2}}),
-    )
-    .await;
+    f.apply_fleet(f.sleep_fleet("busy").replicas(2, 2)).await;
     let ns = f.ns.clone();
     let running = f
         .processes
@@ -734,11 +703,8 @@ async fn busy_pods_cost_more_to_delete_and_scale_events_are_recorded() {
 #[tokio::test]
 async fn manual_mode_follows_the_scale_subresource() {
     let f = fixture("manual").await;
-    f.apply_fleet(
-        "manual",
-        json!({"scaling": {"mode": "Manual", "replicas": 1, "maxReplicas": 4}}),
-    )
-    .await;
+    f.apply_fleet(f.sleep_fleet("manual").manual_replicas(1).max_replicas(4))
+        .await;
     wait::until("1 manual replica", Duration::from_secs(15), || async {
         match f.deployment_replicas("manual").await {
             Some(1) => Ok(()),

@@ -8,72 +8,54 @@
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase, JobStatus};
-use drover_e2e::drover::{PUBSUB_PROJECT, shared_drover};
-use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
+use drover_e2e::wait;
+use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use google_cloud_pubsub::subscriber::MessageStream;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 struct Fixture {
-    env: &'static TestEnv,
-    client: Client,
-    ns: String,
+    t: DroverTest,
 }
 
 impl Fixture {
     async fn new(prefix: &str) -> Self {
-        let (env, _) = shared_drover().await;
-        let client = env.control_plane.client().await.expect("client");
-        let ns = env
-            .control_plane
-            .create_namespace(prefix)
-            .await
-            .expect("namespace");
-        Self { env, client, ns }
+        Self {
+            t: drover_test(prefix).await,
+        }
     }
 
     fn jobs(&self) -> Api<Job> {
-        Api::namespaced(self.client.clone(), &self.ns)
+        self.t.api()
     }
 
     fn topic(&self, suffix: &str) -> String {
-        format!("{}-{suffix}", self.ns)
+        self.t.unique(suffix)
     }
 
-    async fn fleet(&self, name: &str, extra: Value) {
-        let mut spec = json!({
-            "pipeline": "sleep",
-            "queue": {"topic": self.topic("jobs"), "subscription": self.topic("jobs-sub"), "deadLetterTopic": self.topic("dead")},
-            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 5},
-            // No worker pods: the test plays the worker.
-            "scaling": {"mode": "Manual", "replicas": 0},
-        });
-        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, extra) {
-            spec.extend(extra);
-        }
-        let pw = json!({"apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker", "metadata": {"name": name}, "spec": spec});
-        Api::<drover_crds::PipelineWorker>::namespaced(self.client.clone(), &self.ns)
-            .patch(
-                name,
-                &PatchParams::apply("jobs-test").force(),
-                &Patch::Apply(&pw),
-            )
-            .await
-            .expect("fleet applies");
+    /// A sleep fleet with two attempts and no worker pods (the test plays
+    /// the worker), changed by `customize`.
+    async fn fleet(
+        &self,
+        name: &str,
+        customize: impl FnOnce(PipelineWorkerBuilder) -> PipelineWorkerBuilder,
+    ) {
+        let fleet = PipelineWorkerBuilder::sleep(name)
+            .queue(&self.topic("jobs"), &self.topic("jobs-sub"))
+            .dead_letter_topic(&self.topic("dead"))
+            .max_attempts(2)
+            .backoff(1, 2.0, 5)
+            .manual_replicas(0);
+        self.t.apply_fleet(customize(fleet).build()).await;
     }
 
     async fn create(&self, name: &str, worker: &str, input: Value) -> Job {
-        let job: Job = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": name}, "spec": {"worker": worker, "input": input},
-        }))
-        .expect("job");
-        self.jobs()
-            .create(&PostParams::default(), &job)
+        self.t
+            .create_job(JobBuilder::new(name, worker).input(input).build())
             .await
-            .expect("job is created")
     }
 
     async fn wait_for(
@@ -109,7 +91,7 @@ impl Fixture {
     }
 
     fn pubsub(&self) -> PubSubEndpoint {
-        PubSubEndpoint::emulator(self.env.pubsub.host_port())
+        PubSubEndpoint::emulator(self.t.env.pubsub.host_port())
     }
 
     /// A subscription of our own on `topic`, made before anything is published to it.
@@ -159,7 +141,7 @@ const SOON: Duration = Duration::from_secs(15);
 async fn valid_job_is_published_then_marked_queued() {
     let f = Fixture::new("publish").await;
     let mut tap = f.tap(&f.topic("jobs")).await;
-    f.fleet("sleeper", json!({})).await;
+    f.fleet("sleeper", |pw| pw).await;
     let job = f
         .create("nap", "sleeper", json!({"durationMillis": 10}))
         .await;
@@ -177,7 +159,7 @@ async fn valid_job_is_published_then_marked_queued() {
     assert_eq!(
         message,
         JobMessage {
-            namespace: f.ns.clone(),
+            namespace: f.t.namespace.clone(),
             name: "nap".into(),
             uid: job.uid().unwrap_or_default(),
             attempt: 1
@@ -189,7 +171,7 @@ async fn valid_job_is_published_then_marked_queued() {
 #[tokio::test]
 async fn invalid_input_and_unknown_worker_fail_at_once_with_reasons() {
     let f = Fixture::new("reject").await;
-    f.fleet("sleeper", json!({})).await;
+    f.fleet("sleeper", |pw| pw).await;
     f.create("typo", "sleeper", json!({"durationMilis": 10}))
         .await;
     f.create("orphan", "nobody", json!({"durationMillis": 10}))
@@ -227,7 +209,7 @@ async fn retryable_failure_is_retried_then_dead_lettered_after_the_last_attempt(
     let f = Fixture::new("retry").await;
     let mut jobs_tap = f.tap(&f.topic("jobs")).await;
     let mut dead_tap = f.tap(&f.topic("dead")).await;
-    f.fleet("sleeper", json!({})).await;
+    f.fleet("sleeper", |pw| pw).await;
     f.create("flaky", "sleeper", json!({"durationMillis": 10}))
         .await;
     f.wait_for("flaky", "Queued", SOON, |s| s.phase == JobPhase::Queued)
@@ -266,7 +248,7 @@ async fn retryable_failure_is_retried_then_dead_lettered_after_the_last_attempt(
 #[tokio::test]
 async fn expired_claim_is_requeued_as_worker_lost() {
     let f = Fixture::new("lost").await;
-    f.fleet("sleeper", json!({})).await;
+    f.fleet("sleeper", |pw| pw).await;
     f.create("orphaned", "sleeper", json!({"durationMillis": 10}))
         .await;
     f.wait_for("orphaned", "Queued", SOON, |s| s.phase == JobPhase::Queued)
@@ -291,7 +273,7 @@ async fn expired_claim_is_requeued_as_worker_lost() {
 async fn cancelled_job_is_finished_and_deleted_after_its_ttl() {
     let f = Fixture::new("cancel").await;
     // A TTL long enough that the Cancelled phase is seen before the Job goes.
-    f.fleet("sleeper", json!({"ttlSecondsAfterFinished": 4}))
+    f.fleet("sleeper", |pw| pw.ttl_seconds_after_finished(4))
         .await;
     f.create("unwanted", "sleeper", json!({"durationMillis": 60000}))
         .await;

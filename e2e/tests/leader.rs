@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use drover_crds::{Job, PipelineWorker};
-use drover_e2e::drover::{OperatorOptions, start_operator};
+use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, start_operator};
 use drover_e2e::{error_chain, ports, shared, wait};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::Api;
 use serde_json::json;
 
 const LEASE_SECONDS: u64 = 4;
@@ -53,24 +53,11 @@ async fn standby_takes_over_after_the_leader_is_killed() {
     })
     .await;
 
-    let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &ns);
-    let fleet = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": "takeover"},
-        "spec": {
-            "pipeline": "sleep",
-            "queue": {"topic": "takeover-topic", "subscription": "takeover-sub"},
-            "scaling": {"maxReplicas": 5, "jobsPerReplica": 1},
-        },
-    });
-    fleets
-        .patch(
-            "takeover",
-            &PatchParams::apply("leader-test").force(),
-            &Patch::Apply(&fleet),
-        )
-        .await
-        .expect("fleet applies");
+    let fleet = PipelineWorkerBuilder::sleep("takeover")
+        .queue("takeover-topic", "takeover-sub")
+        .max_replicas(5)
+        .jobs_per_replica(1);
+    apply_fleet(&client, &ns, fleet.build()).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     wait::until(
         "the leader to create the Deployment",
@@ -93,17 +80,11 @@ async fn standby_takes_over_after_the_leader_is_killed() {
     killed.1.kill_hard();
     let killed_at = Instant::now();
 
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     for i in 0..4 {
-        let job: Job = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": format!("after-kill-{i}")},
-            "spec": {"worker": "takeover", "input": {"durationMillis": 10}},
-        }))
-        .expect("job");
-        jobs.create(&PostParams::default(), &job)
-            .await
-            .expect("job");
+        let job = JobBuilder::new(&format!("after-kill-{i}"), "takeover")
+            .input(json!({"durationMillis": 10}))
+            .build();
+        create_job(&client, &ns, job).await;
     }
     wait::until(
         "the standby to scale to 4",

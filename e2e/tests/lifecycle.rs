@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase};
-use drover_e2e::drover::{DroverProcesses, PUBSUB_PROJECT, shared_drover};
+use drover_e2e::drover::{
+    DroverProcesses, DroverTest, PUBSUB_PROJECT, apply_fleet, create_job, drover_test,
+};
 use drover_e2e::observe::http_get;
 use drover_e2e::{TestEnv, wait};
-use drover_operator::pubsub::{PubSubEndpoint, topic_path};
+use drover_queue::{PubSubEndpoint, topic_path};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use google_cloud_pubsub::model::Message;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -24,14 +27,17 @@ struct Fixture {
 }
 
 impl Fixture {
-    async fn new(prefix: &str, fleet: Value) -> Self {
-        let (env, processes) = shared_drover().await;
-        let client = env.control_plane.client().await.expect("client");
-        let ns = env
-            .control_plane
-            .create_namespace(prefix)
-            .await
-            .expect("namespace");
+    /// A namespace with the fleet `sleeper`, changed by `customize`.
+    async fn new(
+        prefix: &str,
+        customize: impl FnOnce(PipelineWorkerBuilder) -> PipelineWorkerBuilder,
+    ) -> Self {
+        let DroverTest {
+            env,
+            drover: processes,
+            client,
+            namespace: ns,
+        } = drover_test(prefix).await;
         let effects = env.control_plane.state_dir().join("effects").join(&ns);
         std::fs::create_dir_all(&effects).expect("effects dir");
         let f = Self {
@@ -41,27 +47,19 @@ impl Fixture {
             ns,
             effects,
         };
-        let mut spec = json!({
-            "pipeline": "sleep",
+        let fleet = PipelineWorkerBuilder::sleep("sleeper")
             // A short ack deadline: a message the streaming pull fails to surface
             // (seen rarely with the emulator) comes back within 10 s.
-            "queue": {"topic": format!("{}-jobs", f.ns), "subscription": format!("{}-jobs-sub", f.ns), "deadLetterTopic": format!("{}-dead", f.ns), "ackDeadlineSeconds": 10},
-            "concurrency": 4,
-            "scaling": {"minReplicas": 1, "maxReplicas": 3, "jobsPerReplica": 4, "scaleDownStabilizationSeconds": 30},
-            "retry": {"maxAttempts": 3, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 4},
-        });
-        if let (Value::Object(spec), Value::Object(extra)) = (&mut spec, fleet) {
-            spec.extend(extra);
-        }
-        let pw = json!({"apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker", "metadata": {"name": "sleeper"}, "spec": spec});
-        Api::<drover_crds::PipelineWorker>::namespaced(f.client.clone(), &f.ns)
-            .patch(
-                "sleeper",
-                &PatchParams::apply("lifecycle-test").force(),
-                &Patch::Apply(&pw),
-            )
-            .await
-            .expect("fleet applies");
+            .queue(&format!("{}-jobs", f.ns), &format!("{}-jobs-sub", f.ns))
+            .dead_letter_topic(&format!("{}-dead", f.ns))
+            .ack_deadline_seconds(10)
+            .concurrency(4)
+            .replicas(1, 3)
+            .jobs_per_replica(4)
+            .scale_down_stabilization_seconds(30)
+            .max_attempts(3)
+            .backoff(1, 2.0, 4);
+        apply_fleet(&f.client, &f.ns, customize(fleet).build()).await;
         f
     }
 
@@ -72,15 +70,8 @@ impl Fixture {
     async fn create(&self, name: &str, input: Value) -> Job {
         let mut input = input;
         input["effectsDir"] = json!(self.effects.display().to_string());
-        let job: Job = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": name}, "spec": {"worker": "sleeper", "input": input},
-        }))
-        .expect("job");
-        self.jobs()
-            .create(&PostParams::default(), &job)
-            .await
-            .expect("job is created")
+        let job = JobBuilder::new(name, "sleeper").input(input).build();
+        create_job(&self.client, &self.ns, job).await
     }
 
     async fn finished(&self, name: &str, within: Duration) -> drover_crds::JobStatus {
@@ -133,7 +124,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn two_hundred_sleep_jobs_succeed_through_three_worker_pods_each_effect_once() {
-    let f = Fixture::new("many", json!({})).await;
+    let f = Fixture::new("many", |pw| pw).await;
     let count = 200;
     for i in 0..count {
         f.create(&format!("nap-{i}"), json!({"durationMillis": 100}))
@@ -156,7 +147,7 @@ async fn two_hundred_sleep_jobs_succeed_through_three_worker_pods_each_effect_on
 
 #[tokio::test]
 async fn retryable_failure_then_success_and_permanent_failure_at_once() {
-    let f = Fixture::new("fail", json!({})).await;
+    let f = Fixture::new("fail", |pw| pw).await;
     f.create(
         "flaky",
         json!({"durationMillis": 10, "failOnAttempts": [1]}),
@@ -186,7 +177,7 @@ async fn retryable_failure_then_success_and_permanent_failure_at_once() {
 
 #[tokio::test]
 async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
-    let f = Fixture::new("dupes", json!({})).await;
+    let f = Fixture::new("dupes", |pw| pw).await;
     let job = f.create("once", json!({"durationMillis": 10})).await;
     assert_eq!(f.finished("once", MINUTE).await.phase, JobPhase::Succeeded);
 
@@ -273,7 +264,7 @@ async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
 
 #[tokio::test]
 async fn cancelling_a_running_job_stops_it() {
-    let f = Fixture::new("cancel", json!({})).await;
+    let f = Fixture::new("cancel", |pw| pw).await;
     f.create("long", json!({"durationMillis": 600000})).await;
     let jobs = f.jobs();
     wait::until("long to run", MINUTE, || async {
@@ -304,11 +295,7 @@ async fn cancelling_a_running_job_stops_it() {
 
 #[tokio::test]
 async fn killed_worker_loses_its_claim_and_the_job_still_succeeds_once() {
-    let f = Fixture::new(
-        "sigkill",
-        json!({"concurrency": 1, "scaling": {"minReplicas": 1, "maxReplicas": 1}}),
-    )
-    .await;
+    let f = Fixture::new("sigkill", |pw| pw.concurrency(1).replicas(1, 1)).await;
     f.create("survivor", json!({"durationMillis": 3000})).await;
     let jobs = f.jobs();
     let claimed_by = wait::until("survivor to be claimed", MINUTE, || async {

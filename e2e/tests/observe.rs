@@ -19,10 +19,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drover_crds::Job;
-use drover_e2e::drover::{DroverTest, drover_test};
+use drover_e2e::drover::{DroverTest, apply_fleet, create_job, drover_test};
 use drover_e2e::observe::{self, chart_dir, helm, prometheus, run};
 use drover_e2e::{ManagedProcess, wait};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 const FLEET: &str = "sleeper";
@@ -76,56 +77,28 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
         start_prometheus(&prometheus_bin, &state, &operator_target, &targets).await;
 
     // One worker pod, so the one that is killed also runs Jobs after its restart.
-    let pws: Api<drover_crds::PipelineWorker> = Api::namespaced(client.clone(), &ns);
-    let fleet = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": FLEET},
-        "spec": {
-            "pipeline": "sleep",
-            "queue": {"topic": format!("{ns}-jobs"), "subscription": format!("{ns}-jobs-sub"),
-                      "deadLetterTopic": format!("{ns}-dead"), "ackDeadlineSeconds": 10},
-            "concurrency": 4,
-            "scaling": {"minReplicas": 1, "maxReplicas": 1, "jobsPerReplica": 4},
-            "retry": {"maxAttempts": 2, "initialBackoffSeconds": 1, "backoffMultiplier": 2, "maxBackoffSeconds": 2},
-        },
-    });
-    pws.patch(
-        FLEET,
-        &PatchParams::apply("observe-test").force(),
-        &Patch::Apply(&fleet),
-    )
-    .await
-    .expect("fleet applies");
+    let fleet = PipelineWorkerBuilder::sleep(FLEET)
+        .queue(&format!("{ns}-jobs"), &format!("{ns}-jobs-sub"))
+        .dead_letter_topic(&format!("{ns}-dead"))
+        .ack_deadline_seconds(10)
+        .concurrency(4)
+        .replicas(1, 1)
+        .jobs_per_replica(4)
+        .max_attempts(2)
+        .backoff(1, 2.0, 2);
+    apply_fleet(&client, &ns, fleet.build()).await;
     // A fleet whose topic does not exist (and may not be created): publishing
     // its Job fails, which is what the reconcile-error panel shows.
-    let broken = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": "nowhere"},
-        "spec": {"pipeline": "sleep", "queue": {"topic": format!("{ns}-missing"),
-                 "subscription": format!("{ns}-missing-sub"), "create": false},
-                 "scaling": {"minReplicas": 0, "maxReplicas": 1}},
-    });
-    pws.patch(
-        "nowhere",
-        &PatchParams::apply("observe-test").force(),
-        &Patch::Apply(&broken),
-    )
-    .await
-    .expect("broken fleet applies");
+    let broken = PipelineWorkerBuilder::sleep("nowhere")
+        .queue(&format!("{ns}-missing"), &format!("{ns}-missing-sub"))
+        .existing_queue()
+        .replicas(0, 1);
+    apply_fleet(&client, &ns, broken.build()).await;
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let create = |name: String, worker: &'static str, input: Value| {
-        let jobs = jobs.clone();
-        async move {
-            let job: Job = serde_json::from_value(json!({
-                "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-                "metadata": {"name": name}, "spec": {"worker": worker, "input": input},
-            }))
-            .expect("job");
-            jobs.create(&PostParams::default(), &job)
-                .await
-                .expect("job is created");
-        }
+        let job = JobBuilder::new(&name, worker).input(input).build();
+        create_job(&client, &ns, job)
     };
     create(
         "unpublishable".into(),

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
-use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{DroverTest, OperatorOptions, drover_test, start_operator};
+use drover_crds::{Job, JobPhase};
+use drover_e2e::drover::{
+    DroverTest, OperatorOptions, apply_fleet, create_job, drover_test, start_operator,
+};
 use drover_e2e::{error_chain, ports, wait};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 
 const JOBS: usize = 100;
@@ -23,36 +26,19 @@ async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
     let effects = env.control_plane.state_dir().join("effects-crash");
     std::fs::create_dir_all(&effects).expect("effects dir");
 
-    let fleet = json!({
-        "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-        "metadata": {"name": "burst"},
-        "spec": {
-            "pipeline": "sleep",
-            "queue": {"topic": "crash-jobs", "subscription": "crash-jobs-sub"},
-            "concurrency": 8,
-            "scaling": {"minReplicas": 1, "maxReplicas": 3, "jobsPerReplica": 8},
-        },
-    });
-    Api::<PipelineWorker>::namespaced(client.clone(), &ns)
-        .patch(
-            "burst",
-            &PatchParams::apply("crash-test").force(),
-            &Patch::Apply(&fleet),
-        )
-        .await
-        .expect("fleet applies");
+    let fleet = PipelineWorkerBuilder::sleep("burst")
+        .queue("crash-jobs", "crash-jobs-sub")
+        .concurrency(8)
+        .replicas(1, 3)
+        .jobs_per_replica(8);
+    apply_fleet(&client, &ns, fleet.build()).await;
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     for i in 0..JOBS {
-        let job: Job = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": format!("j-{i}")},
-            "spec": {"worker": "burst", "input": {"durationMillis": 50, "effectsDir": effects.display().to_string()}},
-        }))
-        .expect("job");
-        jobs.create(&PostParams::default(), &job)
-            .await
-            .expect("job is created");
+        let job = JobBuilder::new(&format!("j-{i}"), "burst")
+            .input(json!({"durationMillis": 50, "effectsDir": effects.display().to_string()}))
+            .build();
+        create_job(&client, &ns, job).await;
         if i == JOBS / 2 {
             drover.operator.kill_hard();
         }

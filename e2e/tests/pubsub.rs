@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use drover_e2e::shared;
-use drover_operator::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
 use google_cloud_pubsub::model::Message;
 
 const PROJECT: &str = "drover-e2e";

@@ -4,25 +4,23 @@
 
 use drover_crds::PipelineWorker;
 use drover_e2e::shared;
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::{QueueAdmin, QueueProblem};
-use serde_json::json;
+use drover_queue::PubSubEndpoint;
+use drover_queue::{QueueAdmin, QueueProblem};
+use drover_testkit::PipelineWorkerBuilder;
 
 const PROJECT: &str = "drover-queue";
 
 fn fleet(topic: &str, subscription: &str, create: bool) -> PipelineWorker {
-    let spec = serde_json::from_value(json!({
-        "pipeline": "sleep",
-        "queue": {
-            "topic": topic,
-            "subscription": subscription,
-            "create": create,
-            "ackDeadlineSeconds": 42,
-            "deadLetterTopic": format!("{topic}-dead"),
-        },
-    }))
-    .expect("valid spec");
-    PipelineWorker::new("fleet", spec)
+    let fleet = PipelineWorkerBuilder::sleep("fleet")
+        .queue(topic, subscription)
+        .ack_deadline_seconds(42)
+        .dead_letter_topic(&format!("{topic}-dead"));
+    if create {
+        fleet
+    } else {
+        fleet.existing_queue()
+    }
+    .build()
 }
 
 #[tokio::test]

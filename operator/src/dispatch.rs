@@ -8,19 +8,15 @@
 //! in between, the write fails, and the next reconcile decides again from
 //! what the worker wrote.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_crds::job_state::{Transition, TransitionError};
 use drover_crds::job_transition::REASON_CANCELLED;
 use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
+use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 use drover_runtime::job_status;
 use futures::StreamExt;
-use google_cloud_gax::error::rpc::Code;
-use google_cloud_pubsub::client::Publisher;
-use google_cloud_pubsub::error::PublishError;
-use google_cloud_pubsub::model::Message;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -31,25 +27,14 @@ use kube::{Client, Resource, ResourceExt};
 use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
-use crate::pubsub::PubSubEndpoint;
-use crate::queue::{QueueAdmin, QueueNames};
 use crate::watches::JobWatches;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Job has no namespace")]
     MissingNamespace,
-    #[error("cannot build a Pub/Sub publisher for {topic}: {source}")]
-    Publisher {
-        topic: String,
-        source: google_cloud_gax::client_builder::Error,
-    },
-    #[error("cannot publish Job {job} to {topic}: {source}")]
-    Publish {
-        job: String,
-        topic: String,
-        source: google_cloud_pubsub::error::PublishError,
-    },
+    #[error("cannot publish Job {job}: {source}")]
+    Publish { job: String, source: PublishError },
     #[error("cannot write the status of Job {job}: {source}")]
     Status { job: String, source: kube::Error },
     #[error("refused to write Job {job}: {source}")]
@@ -65,7 +50,10 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::MissingNamespace => "missing_namespace",
-            Error::Publisher { .. } => "publisher",
+            Error::Publish {
+                source: PublishError::Client { .. },
+                ..
+            } => "publisher",
             Error::Publish { .. } => "publish",
             Error::Status { .. } => "status",
             Error::Transition { .. } => "transition",
@@ -82,39 +70,11 @@ impl Error {
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
-    pub endpoint: PubSubEndpoint,
     pub fleets: Store<PipelineWorker>,
-    /// Recreates a queue that vanished under a publish (an emulator restart,
-    /// a topic deleted by hand) instead of waiting for the fleet's next check.
-    pub queue: QueueAdmin,
+    /// Publishes Jobs, and recreates a queue that vanished under a publish.
+    pub queue: PubSubQueue,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    publishers: Mutex<HashMap<String, Publisher>>,
-}
-
-impl Context {
-    async fn publisher(&self, topic: &str) -> Result<Publisher, Error> {
-        if let Some(publisher) = self.lock_publishers().get(topic) {
-            return Ok(publisher.clone());
-        }
-        let publisher =
-            self.endpoint
-                .publisher(topic)
-                .await
-                .map_err(|source| Error::Publisher {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
-        self.lock_publishers()
-            .insert(topic.to_owned(), publisher.clone());
-        Ok(publisher)
-    }
-
-    fn lock_publishers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Publisher>> {
-        self.publishers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// Runs the Job controller until shutdown, on the shared Job and
@@ -122,8 +82,7 @@ impl Context {
 pub async fn run(
     client: Client,
     config: OperatorConfig,
-    endpoint: PubSubEndpoint,
-    queue: QueueAdmin,
+    queue: PubSubQueue,
     recorder: Recorder,
     metrics: Metrics,
     watches: JobWatches,
@@ -138,12 +97,10 @@ pub async fn run(
     let context = Arc::new(Context {
         client: client.clone(),
         config,
-        endpoint,
         fleets,
         queue,
         recorder,
         metrics,
-        publishers: Mutex::default(),
     });
     let jobs = watches.jobs.reader();
     Controller::for_shared_stream(watches.jobs, jobs)
@@ -288,30 +245,6 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-fn topic_not_found(error: &PublishError) -> bool {
-    matches!(error, PublishError::Rpc(e) if e.status().is_some_and(|s| s.code == Code::NotFound))
-}
-
-/// Brings back a fleet's vanished queue; whether the publish may be tried
-/// again. Only the topic and subscription come back: the messages they held
-/// are gone, and the watchdog republishes the Jobs that waited on them.
-async fn requeue_queue(fleet: &PipelineWorker, ctx: &Context) -> bool {
-    match ctx.queue.ensure(fleet, &ctx.config.pubsub_project).await {
-        Ok(Ok(names)) => {
-            tracing::warn!(event = "queue_recreated", topic = %names.topic, subscription = %names.subscription, "the fleet's queue had vanished; recreated it");
-            true
-        }
-        Ok(Err(problem)) => {
-            tracing::warn!(%problem, "the fleet's queue is missing and is not Drover's to create");
-            false
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot recreate the fleet's queue");
-            false
-        }
-    }
-}
-
 async fn publish(
     job: &Job,
     fleet: &PipelineWorker,
@@ -341,23 +274,18 @@ async fn publish(
         uid: job.uid().unwrap_or_default(),
         attempt,
     };
-    let publisher = ctx.publisher(&names.topic).await?;
-    let send = || {
-        publisher.publish(Message::new().set_data(message.encode()).set_attributes([
-            ("namespace", namespace.to_owned()),
-            ("job", job.name_any()),
-            ("attempt", attempt.to_string()),
-        ]))
-    };
-    let message_id = match send().await {
-        Err(error) if topic_not_found(&error) && requeue_queue(fleet, ctx).await => send().await,
-        sent => sent,
-    }
-    .map_err(|source| Error::Publish {
-        job: job.name_any(),
-        topic: names.topic.clone(),
-        source,
-    })?;
+    let message = OutgoingMessage::new(message.encode())
+        .attribute("namespace", namespace)
+        .attribute("job", job.name_any())
+        .attribute("attempt", attempt.to_string());
+    let message_id = ctx
+        .queue
+        .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message)
+        .await
+        .map_err(|source| Error::Publish {
+            job: job.name_any(),
+            source,
+        })?;
 
     let kind = match transition {
         Transition::Publish => "first",
@@ -404,16 +332,14 @@ async fn fail(
             uid: job.uid().unwrap_or_default(),
             attempt: status.attempt,
         };
-        let publisher = ctx.publisher(&topic).await?;
-        publisher
-            .publish(Message::new().set_data(body.encode()).set_attributes([
-                ("reason", reason.as_str().to_owned()),
-                ("message", message.clone()),
-            ]))
+        let dead = OutgoingMessage::new(body.encode())
+            .attribute("reason", reason.as_str())
+            .attribute("message", message.clone());
+        ctx.queue
+            .publish(&topic, dead)
             .await
             .map_err(|source| Error::Publish {
                 job: job.name_any(),
-                topic: topic.clone(),
                 source,
             })?;
     }
@@ -440,7 +366,7 @@ async fn fail(
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::debug!(%error, "cannot publish event");
+        tracing::debug!(%error, "cannot record the event");
     }
     Ok(Action::await_change())
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::pipeline_worker::PipelineWorkerStatus;
 use drover_crds::{Job, PipelineWorker};
+use drover_queue::{QueueAdmin, QueueError};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -36,7 +37,6 @@ use crate::fleet_plan::{
 use crate::health::Problem;
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
-use crate::queue::QueueAdmin;
 use crate::rbac;
 use crate::service::metrics_service;
 use crate::watches::FleetWatches;
@@ -59,7 +59,7 @@ pub enum Error {
     #[error("cannot read Secret {name}: {source}")]
     Secret { name: String, source: kube::Error },
     #[error(transparent)]
-    Queue(#[from] crate::queue::QueueError),
+    Queue(#[from] QueueError),
 }
 
 impl Error {

@@ -5,21 +5,20 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
 use drover_operator::config::OperatorConfig;
-use drover_operator::http::{self, Health};
+use drover_operator::leader::{Leadership, LeaseSettings, default_identity};
 use drover_operator::metrics::Metrics;
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::QueueAdmin;
-use drover_operator::telemetry::init_json_logs;
 use drover_operator::{dispatch, fleet, watches};
+use drover_queue::{PubSubEndpoint, PubSubQueue, QueueAdmin};
+use drover_runtime::http::{self, Health};
+use drover_runtime::signals::StopSignals;
+use drover_runtime::start::{kube_client, run_binary};
 use kube::runtime::events::{Recorder, Reporter};
-use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Drover operator: turns each PipelineWorker into a worker Deployment scaled on
 /// queue depth and publishes, retries and watches over every Job.
@@ -62,23 +61,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_json_logs("info,kube=warn");
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "drover-operator stopped");
-            ExitCode::FAILURE
-        }
-    }
+    run_binary("drover-operator", || run(Args::parse())).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let mut signals = StopSignals::install()?;
+    let client = kube_client().await?;
     let endpoint = PubSubEndpoint::from_env();
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
@@ -92,31 +80,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let health = Arc::new(Health {
-        registry,
-        ready: false.into(),
-    });
-    let server = tokio::spawn(http::serve(args.metrics_addr, health.clone()));
-
-    let lease = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_seconds)
-        .with_grace(args.lease_seconds.div_ceil(3).max(1))
-        .build()
-        .await
-        .context("cannot set up leader election")?;
-    let (mut leader, lease_task) = lease.watch().await;
-    // A standby is healthy and ready: it is doing its job, waiting.
-    health.ready.store(true, Ordering::Relaxed);
-    tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
-
-    while !*leader.borrow_and_update() {
-        tokio::select! {
-            changed = leader.changed() => changed.context("leader election stopped")?,
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+    // Set once the replica leads or waits as a standby.
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health::new(registry, {
+        let ready = ready.clone();
+        move || {
+            ready
+                .load(Ordering::Relaxed)
+                .then_some(())
+                .ok_or("starting")
         }
+    });
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        Arc::new(health),
+        http::Router::new(),
+    ));
+
+    let lease = LeaseSettings {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        seconds: args.lease_seconds,
+    };
+    let mut leadership = Leadership::join(client.clone(), &lease).await?;
+    // A standby is healthy and ready: it is doing its job, waiting.
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
+    tokio::select! {
+        acquired = leadership.acquired() => acquired?,
+        _ = signals.recv() => return Ok(()),
     }
     tracing::info!(%identity, "leading");
 
@@ -142,8 +135,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dispatch::run(
                 client,
                 config,
-                endpoint,
-                queue,
+                PubSubQueue::new(endpoint, queue),
                 recorder,
                 metrics,
                 job_watches
@@ -152,36 +144,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let result = tokio::select! {
         () = controllers => Ok(()),
-        lost = lost_leadership(&mut leader) => lost,
+        lost = leadership.lost() => Err(lost.into()),
         served = server => match served {
             Ok(Ok(())) => Err(anyhow::anyhow!("the metrics server stopped")),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the metrics server failed")),
             Err(e) => Err(anyhow::Error::new(e).context("the metrics server panicked")),
         },
     };
-    // Dropping the receiver makes the lease task release the Lease, so a
-    // standby takes over at once instead of after the lease time.
-    drop(leader);
-    if let Ok(Err(error)) = lease_task.await {
-        tracing::warn!(%error, "cannot release the leader Lease");
-    }
+    leadership.release().await;
     result
-}
-
-/// Returns an error once this replica is no longer the leader: it must stop
-/// reconciling at once, and a restart makes it a clean standby.
-async fn lost_leadership(leader: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-    loop {
-        leader.changed().await.context("leader election stopped")?;
-        if !*leader.borrow_and_update() {
-            anyhow::bail!("lost the leader Lease");
-        }
-    }
-}
-
-fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "drover-operator".into());
-    format!("{host}-{}", std::process::id())
 }

@@ -1,3 +1,10 @@
-//! The process plumbing the operator and the worker share.
+//! The process plumbing the operator and the worker share: JSON logs
+//! ([`logs`]), the `/metrics` response ([`metrics`]), the health and metrics
+//! server ([`http`]), stop signals ([`signals`]) and start-up ([`start`]).
 
+pub mod http;
 pub mod job_status;
+pub mod logs;
+pub mod metrics;
+pub mod signals;
+pub mod start;

@@ -1,48 +1,39 @@
-//! `/healthz`, `/readyz`, `/status` and `/metrics` of a worker.
+//! The worker's own HTTP route, `/status`, served next to the shared
+//! `/healthz`, `/readyz` and `/metrics` of drover-runtime.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
-use drover_operator::telemetry::metrics_response;
-use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::fleet_config::FleetConfig;
 use crate::stats::Stats;
 
-/// What the endpoints read.
+/// What `/status` reads.
 pub struct WorkerState {
     pub pod: String,
     pub fleet: FleetConfig,
-    pub registry: Registry,
     pub stats: Arc<Stats>,
 }
 
-pub async fn serve(addr: SocketAddr, state: Arc<WorkerState>) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+/// `/status`: this pod, its fleet's settings and the Jobs it runs.
+pub fn status_routes(state: Arc<WorkerState>) -> Router {
+    Router::new()
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, app).await
+        .with_state(state)
 }
 
 /// Ready once the worker knows its configuration.
-async fn readyz(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
-    if state.fleet.borrow().is_some() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "waiting for the PipelineWorker",
-        )
+pub fn readiness(fleet: FleetConfig) -> impl Fn() -> Result<(), &'static str> + Send + Sync {
+    move || {
+        fleet
+            .borrow()
+            .is_some()
+            .then_some(())
+            .ok_or("waiting for the PipelineWorker")
     }
 }
 
@@ -56,8 +47,4 @@ async fn status(State(state): State<Arc<WorkerState>>) -> impl IntoResponse {
         "generation": fleet.as_ref().and_then(|pw| pw.metadata.generation),
         "jobs": state.stats.snapshot(),
     }))
-}
-
-async fn metrics(State(state): State<Arc<WorkerState>>) -> Response {
-    metrics_response(&state.registry)
 }

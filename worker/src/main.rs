@@ -8,17 +8,18 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use drover_crds::PipelineWorker;
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::telemetry::init_json_logs;
+use drover_queue::PubSubEndpoint;
+use drover_runtime::http::{self, Health};
+use drover_runtime::signals::StopSignals;
+use drover_runtime::start::{kube_client, run_binary};
 use drover_worker::claims::Claims;
 use drover_worker::fleet_config::watch_fleet;
-use drover_worker::http::{self, WorkerState};
+use drover_worker::http::{WorkerState, readiness, status_routes};
 use drover_worker::job_run::Worker;
 use drover_worker::pull::{self, PullSettings};
 use drover_worker::stats::Stats;
 use kube::Api;
 use prometheus_client::registry::Registry;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Drover worker. It learns everything but its identity from its PipelineWorker
 /// object, so a setting can never drift between operator and worker.
@@ -52,31 +53,20 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_json_logs("info,kube=warn");
-    match run(Args::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "drover-worker stopped");
-            ExitCode::FAILURE
-        }
-    }
+    run_binary("drover-worker", || run(Args::parse())).await
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let mut signals = StopSignals::install()?;
+    let client = kube_client().await?;
     let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &args.namespace);
     let fleet = watch_fleet(fleets, &args.worker_name);
     let mut registry = Registry::default();
     let stats = Arc::new(Stats::register(&mut registry));
+    let health = Arc::new(Health::new(registry, readiness(fleet.clone())));
     let state = Arc::new(WorkerState {
         pod: args.pod_name.clone(),
         fleet: fleet.clone(),
-        registry,
         stats: stats.clone(),
     });
     tracing::info!(worker = %args.worker_name, namespace = %args.namespace, pod = %args.pod_name, addr = %args.http_addr, "worker starting");
@@ -94,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut puller = tokio::spawn(pull::run(worker, fleet, settings, stopped));
-    let server = http::serve(args.http_addr, state);
+    let server = http::serve(args.http_addr, health, status_routes(state));
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served.with_context(|| format!("the HTTP server on {} failed", args.http_addr))?,
@@ -102,8 +92,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(result) => result.context("the pull loop stopped")?,
             Err(e) => anyhow::bail!("the pull loop panicked: {e}"),
         },
-        _ = terminate.recv() => tracing::info!("SIGTERM: stop pulling, drain in-flight Jobs"),
-        _ = interrupt.recv() => tracing::info!("SIGINT: stop pulling, drain in-flight Jobs"),
+        signal = signals.recv() => tracing::info!("{signal}: stop pulling, drain in-flight Jobs"),
     }
     let _ = stop.send(true);
     // Keep serving health while draining, so probes do not kill a busy pod.

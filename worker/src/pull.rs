@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
-use drover_operator::pubsub::PubSubEndpoint;
-use drover_operator::queue::QueueNames;
+use drover_queue::{PubSubEndpoint, QueueNames};
 use drover_runtime::job_status;
 use futures::FutureExt;
 use google_cloud_pubsub::client::Publisher;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use drover_crds::FailureReason;
 use drover_crds::{PipelineWorkerSpec, StepPhase, StepStatus};
-use drover_e2e::llm::{Call, Reply, ScriptedLlm};
+use drover_testkit::llm::{Call, Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 use super::prompts::{EXPAND_OPENING, persona_marker};

@@ -12,6 +12,7 @@ pub struct PubSubEndpoint {
     pub emulator_host: Option<String>,
 }
 
+/// What building a client returns: the client, or why it cannot be built.
 pub type BuildResult<T> = Result<T, google_cloud_gax::client_builder::Error>;
 
 /// Applies the emulator endpoint and anonymous credentials to any client builder.
@@ -36,35 +37,32 @@ impl PubSubEndpoint {
         }
     }
 
+    /// An emulator at `host:port`.
     pub fn emulator(host: impl Into<String>) -> Self {
         Self {
             emulator_host: Some(host.into()),
         }
     }
 
+    /// Creates and reads topics.
     pub async fn topic_admin(&self) -> BuildResult<TopicAdmin> {
         configure!(TopicAdmin::builder(), self).build().await
     }
 
+    /// Creates and reads subscriptions.
     pub async fn subscription_admin(&self) -> BuildResult<SubscriptionAdmin> {
         configure!(SubscriptionAdmin::builder(), self).build().await
     }
 
+    /// Publishes to one topic (a full `projects/../topics/..` path).
     pub async fn publisher(&self, topic_path: &str) -> BuildResult<Publisher> {
         configure!(Publisher::builder(topic_path), self)
             .build()
             .await
     }
 
+    /// Pulls from subscriptions.
     pub async fn subscriber(&self) -> BuildResult<Subscriber> {
         configure!(Subscriber::builder(), self).build().await
     }
-}
-
-pub fn topic_path(project: &str, topic: &str) -> String {
-    format!("projects/{project}/topics/{topic}")
-}
-
-pub fn subscription_path(project: &str, subscription: &str) -> String {
-    format!("projects/{project}/subscriptions/{subscription}")
 }

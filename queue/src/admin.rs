@@ -12,33 +12,11 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::RetryPolicy;
 
-use crate::pubsub::{PubSubEndpoint, subscription_path, topic_path};
+use crate::endpoint::PubSubEndpoint;
+use crate::names::QueueNames;
 
 /// Pub/Sub's own limit on the subscription retry back-off.
 const MAX_PUBSUB_BACKOFF: Duration = Duration::from_secs(600);
-
-/// The fully qualified names of a fleet's queue.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueueNames {
-    pub topic: String,
-    pub subscription: String,
-    pub dead_letter_topic: Option<String>,
-}
-
-impl QueueNames {
-    pub fn of(pw: &PipelineWorker, default_project: &str) -> Self {
-        let queue = &pw.spec.queue;
-        let project = queue.project.as_deref().unwrap_or(default_project);
-        Self {
-            topic: topic_path(project, &queue.topic),
-            subscription: subscription_path(project, &queue.subscription),
-            dead_letter_topic: queue
-                .dead_letter_topic
-                .as_deref()
-                .map(|t| topic_path(project, t)),
-        }
-    }
-}
 
 /// Something missing that a person has to create (or let the operator create).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -93,6 +71,7 @@ pub struct QueueAdmin {
 }
 
 impl QueueAdmin {
+    /// Builds both admin clients for `endpoint`.
     pub async fn connect(endpoint: &PubSubEndpoint) -> Result<Self, QueueError> {
         Ok(Self {
             topics: endpoint.topic_admin().await?,
@@ -214,31 +193,6 @@ fn rpc(action: &'static str, name: &str, source: google_cloud_pubsub::Error) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_use_the_queue_project_or_the_default() {
-        let mut pw = PipelineWorker::new(
-            "w",
-            serde_json::from_value(serde_json::json!({
-                "pipeline": "sleep",
-                "queue": {"topic": "t", "subscription": "s", "deadLetterTopic": "dead"},
-            }))
-            .unwrap(),
-        );
-        assert_eq!(
-            QueueNames::of(&pw, "fallback"),
-            QueueNames {
-                topic: "projects/fallback/topics/t".into(),
-                subscription: "projects/fallback/subscriptions/s".into(),
-                dead_letter_topic: Some("projects/fallback/topics/dead".into()),
-            }
-        );
-        pw.spec.queue.project = Some("team-project".into());
-        assert_eq!(
-            QueueNames::of(&pw, "fallback").topic,
-            "projects/team-project/topics/t"
-        );
-    }
 
     #[test]
     fn problems_have_condition_reasons() {
