@@ -42,6 +42,8 @@ failure_reasons! {
     MaxAttemptsExceeded,
     /// The worker running the attempt stopped renewing its claim.
     WorkerLost,
+    /// The result is larger than a Job keeps and names no URL to keep instead.
+    ResultTooLarge,
     // Decided by a worker, for any pipeline.
     /// A step ran longer than `timeouts.stepSeconds`.
     StepTimeout,

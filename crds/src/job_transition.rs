@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::bounds;
 use crate::failure::FailureReason;
 use crate::job::{JobError, JobPhase, StepStatus};
 use crate::job_state::{Transition, TransitionError};
@@ -81,6 +82,20 @@ pub const CONDITION_FAILED: &str = "Failed";
 /// Condition reasons that are not failure reasons.
 pub const REASON_SUCCEEDED: &str = "Succeeded";
 pub const REASON_CANCELLED: &str = "Cancelled";
+
+/// The operator cannot publish the Job's message (reason: what refused it).
+pub const CONDITION_PUBLISH_FAILED: &str = "PublishFailed";
+/// The Job failed, but its dead-letter message could not be published.
+pub const CONDITION_DEAD_LETTER_FAILED: &str = "DeadLetterFailed";
+/// Reason of [`CONDITION_DEAD_LETTER_FAILED`].
+pub const REASON_DEAD_LETTER_PUBLISH_FAILED: &str = "DeadLetterPublishFailed";
+/// A published attempt was not claimed in time and was published again.
+pub const CONDITION_UNCLAIMED: &str = "Unclaimed";
+/// Reason of [`CONDITION_UNCLAIMED`].
+pub const REASON_NOT_CLAIMED: &str = "NotClaimed";
+/// Conditions the operator sets on a waiting Job and clears once the Job
+/// moves on (published, claimed).
+pub const WAITING_CONDITIONS: [&str; 2] = [CONDITION_PUBLISH_FAILED, CONDITION_UNCLAIMED];
 
 /// The facts a worker writes when it claims an attempt.
 #[derive(Clone, Debug, PartialEq)]
@@ -219,7 +234,7 @@ impl JobTransition {
                     renew_time: Some(Time(now)),
                     lease_seconds: Some(claim.lease_seconds),
                 })),
-                steps: Some(claim.steps),
+                steps: Some(bounded_steps(claim.steps)),
                 progress: Some(0),
                 result: Some(None),
                 result_ref: Some(None),
@@ -243,20 +258,42 @@ impl JobTransition {
                     renew_time: Some(Time(now)),
                     ..ClaimPatch::default()
                 })),
-                steps: Some(steps),
+                steps: Some(bounded_steps(steps)),
                 progress: Some(overall.clamp(0, 100)),
                 ..JobStatusPatch::default()
             },
         )
     }
 
-    /// The attempt produced `result`.
+    /// The attempt produced `result`. A result larger than
+    /// [`bounds::MAX_RESULT_BYTES`] is not kept: one that names its output
+    /// (`outputUrl`) keeps only that, as `resultRef`; any other fails the
+    /// attempt for good as `ResultTooLarge` (a pipeline bug, not a retry).
     pub fn succeed(
         from: JobPhase,
         result: Value,
         steps: Vec<StepStatus>,
         now: Timestamp,
     ) -> Result<Self, TransitionError> {
+        let size = bounds::result_bytes(&result);
+        if size > bounds::MAX_RESULT_BYTES {
+            let output = result
+                .get("outputUrl")
+                .and_then(Value::as_str)
+                .filter(|url| url.len() <= bounds::MAX_RESULT_REF_BYTES);
+            let Some(output) = output else {
+                let message = format!(
+                    "the result is {size} bytes, more than the {} a Job keeps; write large outputs to object storage",
+                    bounds::MAX_RESULT_BYTES
+                );
+                let error = JobError::new(FailureReason::ResultTooLarge, message, false);
+                return Self::fail(from, error, steps, now);
+            };
+            let mut change = Self::succeed(from, Value::Object(Default::default()), steps, now)?;
+            change.status.result = Some(None);
+            change.status.result_ref = Some(Some(output.to_owned()));
+            return Ok(change);
+        }
         Self::checked(
             Transition::Succeed,
             from,
@@ -266,7 +303,7 @@ impl JobTransition {
                 result: Some(Some(result)),
                 error: Some(None),
                 claim: Some(None),
-                steps: Some(steps),
+                steps: Some(bounded_steps(steps)),
                 conditions: Some(vec![condition(
                     CONDITION_COMPLETE,
                     REASON_SUCCEEDED,
@@ -286,6 +323,11 @@ impl JobTransition {
         steps: Vec<StepStatus>,
         now: Timestamp,
     ) -> Result<Self, TransitionError> {
+        // A worker may build the error itself; its message is bounded here.
+        let error = JobError {
+            message: bounds::message(&error.message),
+            ..error
+        };
         if error.retryable {
             return Self::checked(
                 Transition::FailRetryable,
@@ -294,7 +336,7 @@ impl JobTransition {
                     error: Some(Some(error)),
                     claim: Some(None),
                     retry_at: Some(None),
-                    steps: Some(steps),
+                    steps: Some(bounded_steps(steps)),
                     ..JobStatusPatch::default()
                 },
             );
@@ -302,7 +344,7 @@ impl JobTransition {
         let status = JobStatusPatch {
             finished_at: Some(Time(now)),
             claim: Some(None),
-            steps: Some(steps),
+            steps: Some(bounded_steps(steps)),
             conditions: Some(vec![condition(
                 CONDITION_FAILED,
                 &error.reason,
@@ -321,7 +363,11 @@ impl JobTransition {
         steps: Vec<StepStatus>,
         now: Timestamp,
     ) -> Result<Self, TransitionError> {
-        Self::checked(Transition::CancelRunning, from, cancelled(now, Some(steps)))
+        Self::checked(
+            Transition::CancelRunning,
+            from,
+            cancelled(now, Some(bounded_steps(steps))),
+        )
     }
 
     /// The worker shuts down before the attempt finished: hand it back.
@@ -342,7 +388,7 @@ impl JobError {
     pub fn new(reason: FailureReason, message: String, retryable: bool) -> Self {
         Self {
             reason: reason.as_str().to_owned(),
-            message,
+            message: bounds::message(&message),
             retryable,
         }
     }
@@ -379,12 +425,137 @@ fn cancelled(now: Timestamp, steps: Option<Vec<StepStatus>>) -> JobStatusPatch {
     }
 }
 
+/// A condition the operator notes on a Job (`PublishFailed`, `Unclaimed`,
+/// `DeadLetterFailed`): what is wrong, for `kubectl describe`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobNote {
+    pub type_: &'static str,
+    pub reason: String,
+    pub message: String,
+}
+
+impl JobTransition {
+    /// Adds `note` to the conditions this transition writes (or, when it
+    /// writes none, to `current`, the conditions of the version it is
+    /// conditioned on), replacing one of the same type.
+    pub fn noting(mut self, current: &[Condition], note: &JobNote, now: Timestamp) -> Self {
+        let base = self
+            .status
+            .conditions
+            .take()
+            .unwrap_or_else(|| current.to_vec());
+        self.status.conditions = Some(upsert(base, note, now));
+        self
+    }
+
+    /// Drops the conditions of `types` from `current`, when it has any and
+    /// this transition writes no conditions of its own.
+    pub fn clearing(mut self, current: &[Condition], types: &[&str]) -> Self {
+        if self.status.conditions.is_none()
+            && current.iter().any(|c| types.contains(&c.type_.as_str()))
+        {
+            self.status.conditions = Some(without(current, types));
+        }
+        self
+    }
+}
+
+/// A status patch that changes only conditions, never the phase: for a Job
+/// that is stuck where it is and must say why. Checked like a transition:
+/// a finished Job never changes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobConditionUpdate {
+    pub status: JobStatusPatch,
+}
+
+impl JobConditionUpdate {
+    /// Sets `note` on a Job in phase `from` whose conditions are `current`;
+    /// `Ok(None)` when the Job already shows it (nothing to write).
+    pub fn note(
+        from: JobPhase,
+        current: &[Condition],
+        note: &JobNote,
+        now: Timestamp,
+    ) -> Result<Option<Self>, TransitionError> {
+        refuse_terminal(from)?;
+        let shown = current.iter().any(|c| {
+            c.type_ == note.type_
+                && c.status == "True"
+                && c.reason == note.reason
+                && c.message == bounds::message(&note.message)
+        });
+        Ok((!shown).then(|| Self {
+            status: JobStatusPatch {
+                conditions: Some(upsert(current.to_vec(), note, now)),
+                ..JobStatusPatch::default()
+            },
+        }))
+    }
+
+    /// Removes the conditions of `types`; `Ok(None)` when there are none.
+    pub fn clear(
+        from: JobPhase,
+        current: &[Condition],
+        types: &[&str],
+    ) -> Result<Option<Self>, TransitionError> {
+        refuse_terminal(from)?;
+        let present = current.iter().any(|c| types.contains(&c.type_.as_str()));
+        Ok(present.then(|| Self {
+            status: JobStatusPatch {
+                conditions: Some(without(current, types)),
+                ..JobStatusPatch::default()
+            },
+        }))
+    }
+}
+
+fn refuse_terminal(from: JobPhase) -> Result<(), TransitionError> {
+    if from.is_terminal() {
+        return Err(TransitionError::FromTerminal { from, to: from });
+    }
+    Ok(())
+}
+
+/// `conditions` with `note` in place of any condition of its type; the
+/// transition time is kept while the condition stays True.
+fn upsert(mut conditions: Vec<Condition>, note: &JobNote, now: Timestamp) -> Vec<Condition> {
+    let mut new = condition(note.type_, &note.reason, &note.message, now);
+    if let Some(old) = conditions
+        .iter()
+        .find(|c| c.type_ == note.type_ && c.status == "True")
+    {
+        new.last_transition_time = old.last_transition_time.clone();
+    }
+    conditions.retain(|c| c.type_ != note.type_);
+    conditions.push(new);
+    conditions
+}
+
+fn without(conditions: &[Condition], types: &[&str]) -> Vec<Condition> {
+    conditions
+        .iter()
+        .filter(|c| !types.contains(&c.type_.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Step messages bounded like every status message.
+fn bounded_steps(steps: Vec<StepStatus>) -> Vec<StepStatus> {
+    steps
+        .into_iter()
+        .map(|step| StepStatus {
+            message: step.message.as_deref().map(bounds::message),
+            ..step
+        })
+        .collect()
+}
+
 fn condition(type_: &str, reason: &str, message: &str, now: Timestamp) -> Condition {
     Condition {
         type_: type_.into(),
         status: "True".into(),
         reason: reason.into(),
-        message: message.into(),
+        message: bounds::message(message),
         last_transition_time: Time(now),
         observed_generation: None,
     }
@@ -642,5 +813,136 @@ mod tests {
             (2, Some("m-2"))
         );
         assert_eq!(after.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn every_message_written_to_status_is_bounded() {
+        let long = "e".repeat(5000);
+        let mut long_steps = steps();
+        long_steps[0].message = Some(long.clone());
+        let failed = apply(
+            &running(),
+            &JobTransition::give_up(
+                Backoff,
+                FailureReason::MaxAttemptsExceeded,
+                long.clone(),
+                now(),
+            )
+            .unwrap(),
+        );
+        assert!(failed.error.unwrap().message.len() <= bounds::MAX_MESSAGE_BYTES);
+        assert!(failed.conditions[0].message.len() <= bounds::MAX_MESSAGE_BYTES);
+        let worker_error = JobError {
+            reason: "Told".into(),
+            message: long.clone(),
+            retryable: true,
+        };
+        let backoff = apply(
+            &running(),
+            &JobTransition::fail(Running, worker_error, long_steps.clone(), now()).unwrap(),
+        );
+        assert!(backoff.error.unwrap().message.len() <= bounds::MAX_MESSAGE_BYTES);
+        let progressed = apply(
+            &running(),
+            &JobTransition::progress(Running, long_steps, 10, now()).unwrap(),
+        );
+        let message = progressed.steps[0].message.clone().unwrap();
+        assert!(
+            message.len() <= bounds::MAX_MESSAGE_BYTES,
+            "{}",
+            message.len()
+        );
+    }
+
+    #[test]
+    fn an_oversized_result_fails_the_attempt_unless_it_names_its_output() {
+        let big = serde_json::json!({"text": "r".repeat(bounds::MAX_RESULT_BYTES)});
+        let change = JobTransition::succeed(Running, big, steps(), now()).unwrap();
+        assert_eq!(change.transition, Transition::FailPermanent);
+        let after = apply(&running(), &change);
+        assert_eq!(after.error.unwrap().reason, "ResultTooLarge");
+
+        let with_url = serde_json::json!({
+            "outputUrl": "gs://bucket/episode.mp3",
+            "log": "l".repeat(bounds::MAX_RESULT_BYTES),
+        });
+        let change = JobTransition::succeed(Running, with_url, steps(), now()).unwrap();
+        assert_eq!(change.transition, Transition::Succeed);
+        let after = apply(&running(), &change);
+        assert_eq!(after.result, None);
+        assert_eq!(after.result_ref.as_deref(), Some("gs://bucket/episode.mp3"));
+    }
+
+    fn note() -> JobNote {
+        JobNote {
+            type_: CONDITION_PUBLISH_FAILED,
+            reason: "InvalidArgument".into(),
+            message: "refused".into(),
+        }
+    }
+
+    #[test]
+    fn a_note_is_written_once_and_keeps_the_phase() {
+        let pending = status(Pending);
+        let update = JobConditionUpdate::note(Pending, &pending.conditions, &note(), now())
+            .unwrap()
+            .expect("a new note is written");
+        assert_eq!(update.status.phase, None, "a note never changes the phase");
+        let mut after = pending.clone();
+        after.conditions = update.status.conditions.unwrap();
+        assert_eq!(after.conditions[0].type_, CONDITION_PUBLISH_FAILED);
+        assert_eq!(
+            JobConditionUpdate::note(Pending, &after.conditions, &note(), now()).unwrap(),
+            None,
+            "the same note is not written again"
+        );
+        assert!(matches!(
+            JobConditionUpdate::note(Failed, &[], &note(), now()),
+            Err(TransitionError::FromTerminal { .. })
+        ));
+        let cleared = JobConditionUpdate::clear(Pending, &after.conditions, &WAITING_CONDITIONS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cleared.status.conditions, Some(vec![]));
+    }
+
+    #[test]
+    fn the_publish_after_a_failed_one_clears_the_note() {
+        let mut pending = status(Pending);
+        pending.conditions = vec![condition(CONDITION_PUBLISH_FAILED, "X", "y", now())];
+        let change =
+            JobTransition::queued(Transition::Publish, Pending, 1, "m".into(), None, now())
+                .unwrap()
+                .clearing(&pending.conditions, &WAITING_CONDITIONS);
+        assert!(apply(&pending, &change).conditions.is_empty());
+        let untouched =
+            JobTransition::queued(Transition::Publish, Pending, 1, "m".into(), None, now())
+                .unwrap()
+                .clearing(&[], &WAITING_CONDITIONS);
+        assert_eq!(
+            untouched.status.conditions, None,
+            "no write of conditions when none is shown"
+        );
+    }
+
+    #[test]
+    fn a_failed_job_notes_a_dead_letter_that_did_not_go_out() {
+        let dead = JobNote {
+            type_: CONDITION_DEAD_LETTER_FAILED,
+            reason: REASON_DEAD_LETTER_PUBLISH_FAILED.into(),
+            message: "INVALID_ARGUMENT".into(),
+        };
+        let change = JobTransition::give_up(
+            Backoff,
+            FailureReason::MaxAttemptsExceeded,
+            "all".into(),
+            now(),
+        )
+        .unwrap()
+        .noting(&[], &dead, now());
+        let after = apply(&status(Backoff), &change);
+        let types: Vec<_> = after.conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, [CONDITION_FAILED, CONDITION_DEAD_LETTER_FAILED]);
+        assert_eq!(after.phase, Failed);
     }
 }

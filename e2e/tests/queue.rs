@@ -46,9 +46,18 @@ async fn create_true_makes_topic_subscription_and_dead_letter_topic() {
         .expect("subscription exists");
     assert_eq!(sub.topic, "projects/drover-queue/topics/made-topic");
     assert_eq!(sub.ack_deadline_seconds, 42);
-    assert!(
-        sub.dead_letter_policy.is_none(),
-        "the operator owns dead-lettering"
+    // Messages no worker can handle are dead-lettered after a bounded
+    // number of deliveries (pstest honours the policy as Pub/Sub does).
+    let policy = sub
+        .dead_letter_policy
+        .expect("a fleet with a dead-letter topic gets a dead-letter policy");
+    assert_eq!(
+        policy.dead_letter_topic,
+        "projects/drover-queue/topics/made-topic-dead"
+    );
+    assert_eq!(
+        policy.max_delivery_attempts,
+        drover_queue::admin::MAX_DELIVERY_ATTEMPTS
     );
     let topics = endpoint.topic_admin().await.expect("client");
     topics

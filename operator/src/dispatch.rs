@@ -7,12 +7,22 @@
 //! Every status write carries the Job's resourceVersion: when a worker wrote
 //! in between, the write fails, and the next reconcile decides again from
 //! what the worker wrote.
+//!
+//! A Job whose reconcile fails is tried again with its own exponential
+//! backoff (`job_retries`); one that cannot be published says so on the Job
+//! (`PublishFailed`) and in an Event at the first failure, and a dead-letter
+//! publish that fails is noted on the Failed Job, never a reason not to fail it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use drover_crds::bounds;
 use drover_crds::job_state::{Transition, TransitionError};
-use drover_crds::job_transition::REASON_CANCELLED;
+use drover_crds::job_transition::{
+    CONDITION_DEAD_LETTER_FAILED, CONDITION_PUBLISH_FAILED, CONDITION_UNCLAIMED,
+    JobConditionUpdate, JobNote, REASON_CANCELLED, REASON_DEAD_LETTER_PUBLISH_FAILED,
+    REASON_NOT_CLAIMED, WAITING_CONDITIONS,
+};
 use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
 use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 use drover_runtime::job_status;
@@ -26,6 +36,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
+use crate::job_retries::{JobRetries, Published};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
 use crate::watches::JobWatches;
 
@@ -75,6 +86,8 @@ pub struct Context {
     pub queue: PubSubQueue,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Per-Job backoff and publishes whose write failed.
+    pub retries: JobRetries,
 }
 
 /// Runs the Job controller until shutdown, on the shared Job and
@@ -101,6 +114,7 @@ pub async fn run(
         queue,
         recorder,
         metrics,
+        retries: JobRetries::default(),
     });
     let jobs = watches.jobs.reader();
     Controller::for_shared_stream(watches.jobs, jobs)
@@ -115,8 +129,14 @@ pub async fn run(
 }
 
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
+    // Each Job backs off on its own: one that cannot be published or written
+    // must not retry (and republish) every second, nor hold up the others.
+    let wait = ctx
+        .retries
+        .failed(&job.uid().unwrap_or_default(), Instant::now());
     if error.is_conflict() {
-        return Action::requeue(Duration::ZERO);
+        // The watch brings the newer version; this is only the fallback.
+        return Action::requeue(wait);
     }
     tracing::warn!(job = %job.name_any(), namespace = ?job.namespace(), %error, "job reconcile failed");
     ctx.metrics
@@ -126,12 +146,15 @@ fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
             error: error.metric_label(),
         })
         .inc();
-    Action::requeue(Duration::from_secs(1))
+    Action::requeue(wait)
 }
 
 async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_job(&job, &ctx).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&job.uid().unwrap_or_default());
+    }
     ctx.metrics.observe_reconcile("job", started.elapsed());
     result
 }
@@ -148,6 +171,14 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     // Every transition is checked against the phase of the very version the
     // write is conditioned on.
     let from = current_phase(job);
+    if from == JobPhase::Running {
+        // A worker claimed it: what kept it waiting is over.
+        let cleared = JobConditionUpdate::clear(from, conditions(job), &WAITING_CONDITIONS);
+        if let Ok(Some(update)) = cleared {
+            write_conditions(job, ctx, &update).await?;
+            return Ok(Action::await_change());
+        }
+    }
     match next_step(job, fleet.as_deref(), now) {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
@@ -267,25 +298,37 @@ async fn publish(
             job: job.name_any(),
             source,
         })?;
+    let uid = job.uid().unwrap_or_default();
+    let version = job.resource_version().unwrap_or_default();
+    // A message already out for this very version only needs its write.
+    if let Some(message_id) = ctx.retries.published(&uid, &version, attempt) {
+        return write_queued(job, ctx, transition, attempt, message_id, now).await;
+    }
     let names = QueueNames::of(fleet, &ctx.config.pubsub_project);
     let message = JobMessage {
         namespace: namespace.to_owned(),
         name: job.name_any(),
-        uid: job.uid().unwrap_or_default(),
+        uid: uid.clone(),
         attempt,
     };
     let message = OutgoingMessage::new(message.encode())
         .attribute("namespace", namespace)
         .attribute("job", job.name_any())
         .attribute("attempt", attempt.to_string());
-    let message_id = ctx
+    let published = ctx
         .queue
         .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message)
-        .await
-        .map_err(|source| Error::Publish {
-            job: job.name_any(),
-            source,
-        })?;
+        .await;
+    let message_id = match published {
+        Ok(id) => id,
+        Err(source) => {
+            note_publish_failed(job, ctx, &source, now).await;
+            return Err(Error::Publish {
+                job: job.name_any(),
+                source,
+            });
+        }
+    };
 
     let kind = match transition {
         Transition::Publish => "first",
@@ -304,10 +347,76 @@ async fn publish(
     }
     tracing::info!(event = "enqueued", job = %job.name_any(), namespace, attempt, %message_id, kind, "published");
 
+    let written = write_queued(job, ctx, transition, attempt, message_id.clone(), now).await;
+    if let Err(error) = &written
+        && !error.is_conflict()
+    {
+        let published = Published {
+            resource_version: version,
+            attempt,
+            message_id,
+        };
+        ctx.retries
+            .remember_publish(&uid, published, Instant::now());
+    }
+    written
+}
+
+/// The Queued write after a publish: a first publish or a retry clears what
+/// kept the Job waiting; a republish says nobody claimed the attempt.
+async fn write_queued(
+    job: &Job,
+    ctx: &Context,
+    transition: Transition,
+    attempt: i32,
+    message_id: String,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let from = current_phase(job);
     let generation = job.meta().generation;
-    let queued = JobTransition::queued(transition, from, attempt, message_id, generation, now);
+    let current = conditions(job);
+    let queued = JobTransition::queued(transition, from, attempt, message_id, generation, now)
+        .map(|t| t.clearing(current, &WAITING_CONDITIONS));
+    let queued = match transition {
+        Transition::Republish => {
+            let waited = job
+                .status
+                .as_ref()
+                .and_then(|s| s.queued_at.as_ref())
+                .map_or(0, |t| now.duration_since(t.0).as_secs());
+            let note = JobNote {
+                type_: CONDITION_UNCLAIMED,
+                reason: REASON_NOT_CLAIMED.to_owned(),
+                message: format!(
+                    "no worker claimed attempt {attempt} within {waited} s of its publish; published it again"
+                ),
+            };
+            queued.map(|t| t.noting(current, &note, now))
+        }
+        _ => queued,
+    };
     write(job, ctx, queued).await?;
     Ok(Action::await_change())
+}
+
+/// Shows a failed publish on the Job (condition `PublishFailed`) and in an
+/// Event, once per distinct error: the retries back off and write nothing.
+async fn note_publish_failed(job: &Job, ctx: &Context, error: &PublishError, now: Timestamp) {
+    let note = JobNote {
+        type_: CONDITION_PUBLISH_FAILED,
+        reason: error.reason().to_owned(),
+        message: error.to_string(),
+    };
+    let update = match JobConditionUpdate::note(current_phase(job), conditions(job), &note, now) {
+        Ok(Some(update)) => update,
+        Ok(None) | Err(_) => return,
+    };
+    if let Err(error) = write_conditions(job, ctx, &update).await {
+        tracing::debug!(job = %job.name_any(), %error, "cannot note the failed publish on the Job");
+        return;
+    }
+    tracing::warn!(event = "publish_failed", job = %job.name_any(), namespace = ?job.namespace(), reason = note.reason, message = %note.message, "cannot publish the Job");
+    record_event(ctx, job, CONDITION_PUBLISH_FAILED, &note.message).await;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -321,6 +430,7 @@ async fn fail(
     dead_letter: bool,
     now: Timestamp,
 ) -> Result<Action, Error> {
+    let mut dead_letter_failed = None;
     if dead_letter
         && let Some(fleet) = fleet
         && let Some(topic) = QueueNames::of(fleet, &ctx.config.pubsub_project).dead_letter_topic
@@ -335,19 +445,26 @@ async fn fail(
         let dead = OutgoingMessage::new(body.encode())
             .attribute("reason", reason.as_str())
             .attribute("message", message.clone());
-        ctx.queue
-            .publish(&topic, dead)
-            .await
-            .map_err(|source| Error::Publish {
-                job: job.name_any(),
-                source,
-            })?;
+        // A dead letter that cannot go out is noted on the Failed Job; it
+        // must never keep the Job from failing.
+        if let Err(error) = ctx.queue.publish(&topic, dead).await {
+            tracing::warn!(event = "dead_letter_failed", job = %job.name_any(), namespace, %error, "cannot publish the dead letter");
+            dead_letter_failed = Some(JobNote {
+                type_: CONDITION_DEAD_LETTER_FAILED,
+                reason: REASON_DEAD_LETTER_PUBLISH_FAILED.to_owned(),
+                message: format!("the dead letter to {topic} was not published: {error}"),
+            });
+        }
     }
     let from = current_phase(job);
     let failed = if dead_letter {
         JobTransition::give_up(from, reason, message.clone(), now)
     } else {
         JobTransition::reject(from, reason, message.clone(), now)
+    };
+    let failed = match &dead_letter_failed {
+        Some(note) => failed.map(|t| t.noting(&[], note, now)),
+        None => failed,
     };
     write(job, ctx, failed).await?;
     ctx.metrics
@@ -358,17 +475,30 @@ async fn fail(
         })
         .inc();
     tracing::warn!(event = "job_failed", job = %job.name_any(), namespace, reason = reason.as_str(), %message, "job failed");
+    record_event(ctx, job, reason.as_str(), &message).await;
+    if let Some(note) = dead_letter_failed {
+        record_event(ctx, job, CONDITION_DEAD_LETTER_FAILED, &note.message).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// A Warning Event on the Job, its note bounded like a status message.
+async fn record_event(ctx: &Context, job: &Job, reason: &str, note: &str) {
     let event = Event {
         type_: EventType::Warning,
-        reason: reason.as_str().into(),
-        note: Some(message),
+        reason: reason.into(),
+        note: Some(bounds::message(note)),
         action: "Dispatch".into(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
         tracing::debug!(%error, "cannot record the event");
     }
-    Ok(Action::await_change())
+}
+
+/// The conditions of the Job version a decision is made from.
+fn conditions(job: &Job) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+    job.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
 }
 
 fn lost_message(job: &Job) -> String {
@@ -402,6 +532,21 @@ async fn write(
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let version = job.resource_version().unwrap_or_default();
     job_status::write(&jobs, &name, &version, &change)
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Status { job: name, source })
+}
+
+/// Sends a conditions-only update, conditioned like a transition.
+async fn write_conditions(
+    job: &Job,
+    ctx: &Context,
+    update: &JobConditionUpdate,
+) -> Result<(), Error> {
+    let name = job.name_any();
+    let jobs = Api::<Job>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let version = job.resource_version().unwrap_or_default();
+    job_status::write_conditions(&jobs, &name, &version, update)
         .await
         .map(|_| ())
         .map_err(|source| Error::Status { job: name, source })

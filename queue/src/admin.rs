@@ -1,22 +1,43 @@
 //! Keeps a PipelineWorker's Pub/Sub topic, subscription and dead-letter topic
 //! in place (`queue.create: true`) or checks that they exist (`false`).
 //!
-//! The subscription carries no Pub/Sub dead-letter policy on purpose: the
-//! operator owns retries and dead-lettering (attempts are counted on the Job,
-//! not in deliveries), and a worker's deferrals must never count as failures.
+//! The operator owns retries and dead-lettering of Jobs (attempts are counted
+//! on the Job, not in deliveries). The subscription's own dead-letter policy
+//! (set when Drover creates it and the fleet has a dead-letter topic) is
+//! only the backstop for messages no worker can ever handle (a Job in a
+//! namespace the worker cannot read, a foreign message that cannot be
+//! adopted): after [`MAX_DELIVERY_ATTEMPTS`] deliveries Pub/Sub moves them to
+//! the dead-letter topic instead of redelivering them forever. A worker's
+//! brief deferrals stay far below that bound, and a Job whose message went
+//! there is still republished by the Queued watchdog.
 
 use std::time::Duration;
 
 use drover_crds::PipelineWorker;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::RetryPolicy;
+use google_cloud_pubsub::model::{DeadLetterPolicy, RetryPolicy};
 
 use crate::endpoint::PubSubEndpoint;
 use crate::names::QueueNames;
 
 /// Pub/Sub's own limit on the subscription retry back-off.
 const MAX_PUBSUB_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Deliveries of one message before Pub/Sub dead-letters it (Pub/Sub
+/// allows 5 to 100).
+pub const MAX_DELIVERY_ATTEMPTS: i32 = 20;
+
+/// The subscription's dead-letter policy: only for a fleet with a
+/// dead-letter topic.
+pub fn dead_letter_policy(names: &QueueNames) -> Option<DeadLetterPolicy> {
+    let topic = names.dead_letter_topic.as_ref()?;
+    Some(
+        DeadLetterPolicy::new()
+            .set_dead_letter_topic(topic.clone())
+            .set_max_delivery_attempts(MAX_DELIVERY_ATTEMPTS),
+    )
+}
 
 /// Something missing that a person has to create (or let the operator create).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -157,15 +178,17 @@ impl QueueAdmin {
         let retry_policy = RetryPolicy::new()
             .set_minimum_backoff(wkt_duration(backoff(retry.initial_backoff_seconds)))
             .set_maximum_backoff(wkt_duration(backoff(retry.max_backoff_seconds)));
-        let created = self
+        let mut create = self
             .subscriptions
             .create_subscription()
             .set_name(name)
             .set_topic(&names.topic)
             .set_ack_deadline_seconds(pw.spec.queue.ack_deadline_seconds)
-            .set_retry_policy(retry_policy)
-            .send()
-            .await;
+            .set_retry_policy(retry_policy);
+        if let Some(policy) = dead_letter_policy(names) {
+            create = create.set_dead_letter_policy(policy);
+        }
+        let created = create.send().await;
         match created {
             Ok(_) => Ok(None),
             Err(e) if is(&e, Code::AlreadyExists) => Ok(None),
@@ -193,6 +216,20 @@ fn rpc(action: &'static str, name: &str, source: google_cloud_pubsub::Error) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_with_a_dead_letter_topic_gets_a_bounded_delivery_policy() {
+        let mut names = QueueNames {
+            topic: "projects/p/topics/t".into(),
+            subscription: "projects/p/subscriptions/s".into(),
+            dead_letter_topic: Some("projects/p/topics/dead".into()),
+        };
+        let policy = dead_letter_policy(&names).expect("a policy");
+        assert_eq!(policy.dead_letter_topic, "projects/p/topics/dead");
+        assert!((5..=100).contains(&policy.max_delivery_attempts));
+        names.dead_letter_topic = None;
+        assert_eq!(dead_letter_policy(&names), None);
+    }
 
     #[test]
     fn problems_have_condition_reasons() {

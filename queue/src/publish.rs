@@ -4,11 +4,26 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use drover_crds::bounds::truncate;
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 
 use crate::endpoint::PubSubEndpoint;
+
+/// Pub/Sub's own limits on a published message
+/// (<https://cloud.google.com/pubsub/quotas#resource_limits>): it answers
+/// INVALID_ARGUMENT to anything past them.
+pub mod limits {
+    /// Attributes per message.
+    pub const MAX_ATTRIBUTES: usize = 100;
+    /// Bytes in an attribute key.
+    pub const MAX_ATTRIBUTE_KEY_BYTES: usize = 256;
+    /// Bytes in an attribute value.
+    pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+    /// Bytes in a message: its data and every attribute key and value.
+    pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
+}
 
 /// A message to publish: its body and its attributes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,10 +41,27 @@ impl OutgoingMessage {
         }
     }
 
-    /// Adds the attribute `key=value`.
+    /// Adds the attribute `key=value`, cut to Pub/Sub's key and value
+    /// limits; past the attribute count it is left out (and logged).
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.attributes.push((key.into(), value.into()));
+        let key = truncate(&key.into(), limits::MAX_ATTRIBUTE_KEY_BYTES);
+        if self.attributes.len() >= limits::MAX_ATTRIBUTES {
+            tracing::warn!(%key, "a message holds at most {} attributes; this one is left out", limits::MAX_ATTRIBUTES);
+            return self;
+        }
+        let value = truncate(&value.into(), limits::MAX_ATTRIBUTE_VALUE_BYTES);
+        self.attributes.push((key, value));
         self
+    }
+
+    /// The size Pub/Sub counts against its message limit.
+    pub fn size(&self) -> usize {
+        self.data.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -43,6 +75,11 @@ pub enum PublishError {
     },
     #[error("topic {topic} does not exist")]
     TopicNotFound { topic: String },
+    #[error(
+        "a message of {size} bytes is over Pub/Sub's limit of {} bytes",
+        limits::MAX_MESSAGE_BYTES
+    )]
+    TooLarge { size: usize },
     #[error("cannot publish to {topic}: {source}")]
     Rpc {
         topic: String,
@@ -54,6 +91,22 @@ impl PublishError {
     /// Whether the topic itself is missing (and recreating it may help).
     pub fn is_topic_not_found(&self) -> bool {
         matches!(self, PublishError::TopicNotFound { .. })
+    }
+
+    /// A CamelCase word for what refused the message, for a condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishError::Client { .. } => "PublisherUnavailable",
+            PublishError::TopicNotFound { .. } => "TopicNotFound",
+            PublishError::TooLarge { .. } => "MessageTooLarge",
+            PublishError::Rpc { source, .. } => match rpc_code(source) {
+                Some(Code::InvalidArgument) => "InvalidArgument",
+                Some(Code::PermissionDenied) => "PermissionDenied",
+                Some(Code::Unavailable) => "Unavailable",
+                Some(Code::DeadlineExceeded) => "DeadlineExceeded",
+                _ => "PublishError",
+            },
+        }
     }
 }
 
@@ -79,6 +132,10 @@ impl Publishers {
         topic: &str,
         message: OutgoingMessage,
     ) -> Result<String, PublishError> {
+        let size = message.size();
+        if size > limits::MAX_MESSAGE_BYTES {
+            return Err(PublishError::TooLarge { size });
+        }
         let publisher = self.publisher(topic).await?;
         let message = Message::new()
             .set_data(message.data)
@@ -118,12 +175,32 @@ impl Publishers {
 }
 
 fn is_not_found(error: &google_cloud_pubsub::error::PublishError) -> bool {
-    matches!(error, google_cloud_pubsub::error::PublishError::Rpc(e) if e.status().is_some_and(|s| s.code == Code::NotFound))
+    rpc_code(error) == Some(Code::NotFound)
+}
+
+fn rpc_code(error: &google_cloud_pubsub::error::PublishError) -> Option<Code> {
+    match error {
+        google_cloud_pubsub::error::PublishError::Rpc(e) => e.status().map(|s| s.code),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attributes_are_cut_to_pubsub_limits() {
+        let mut message =
+            OutgoingMessage::new(b"{}".to_vec()).attribute("k".repeat(300), "v".repeat(5000));
+        let (key, value) = &message.attributes[0];
+        assert!(key.len() <= limits::MAX_ATTRIBUTE_KEY_BYTES);
+        assert!(value.len() <= limits::MAX_ATTRIBUTE_VALUE_BYTES);
+        for n in 0..200 {
+            message = message.attribute(format!("a{n}"), "x");
+        }
+        assert_eq!(message.attributes.len(), limits::MAX_ATTRIBUTES);
+    }
 
     #[test]
     fn attributes_keep_their_order() {

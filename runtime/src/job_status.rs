@@ -3,7 +3,7 @@
 //! decision was made from: when anyone wrote in between, the apiserver
 //! answers 409 and the caller decides again from what is there now.
 
-use drover_crds::job_transition::JobStatusPatch;
+use drover_crds::job_transition::{JobConditionUpdate, JobStatusPatch};
 use drover_crds::{Job, JobTransition};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -29,9 +29,28 @@ pub async fn write(
     resource_version: &str,
     change: &JobTransition,
 ) -> Result<Job, kube::Error> {
+    write_patch(jobs, name, resource_version, &change.status).await
+}
+
+/// Writes a conditions-only `update` to Job `name` if it is still at `resource_version`.
+pub async fn write_conditions(
+    jobs: &Api<Job>,
+    name: &str,
+    resource_version: &str,
+    update: &JobConditionUpdate,
+) -> Result<Job, kube::Error> {
+    write_patch(jobs, name, resource_version, &update.status).await
+}
+
+async fn write_patch(
+    jobs: &Api<Job>,
+    name: &str,
+    resource_version: &str,
+    status: &JobStatusPatch,
+) -> Result<Job, kube::Error> {
     let patch = ConditionedPatch {
         metadata: Precondition { resource_version },
-        status: &change.status,
+        status,
     };
     jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

@@ -194,7 +194,8 @@ async fn foreign(
                 .set_data(message.data.clone())
                 .set_attributes([
                     ("reason", reason.to_owned()),
-                    ("message", why.to_owned()),
+                    // Pub/Sub refuses an attribute value over 1,024 bytes.
+                    ("message", drover_crds::bounds::message(why)),
                     ("original-message-id", message.message_id.clone()),
                 ]);
             if let Err(error) = publisher.publish(forwarded).await {

@@ -40,7 +40,7 @@ func main() {
 	var grpcServer *grpc.Server
 	// pstest also listens on an ephemeral loopback port of its own; only the
 	// *grpc.Server it registers its services on is used here.
-	fake := pstest.NewServerWithCallback(0, func(s *grpc.Server) { grpcServer = s })
+	fake := pstest.NewServerWithCallback(0, func(s *grpc.Server) { grpcServer = s }, limitOptions()...)
 	if grpcServer == nil {
 		log.Fatal("pubsub-emulator: pstest did not hand over its gRPC server")
 	}
