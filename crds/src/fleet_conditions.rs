@@ -51,6 +51,9 @@ pub enum DegradedReason {
     DeadLetterTopicNotFound,
     /// The subscription reads another topic than the fleet's.
     SubscriptionTopicMismatch,
+    /// Another PipelineWorker pulls from the same subscription, so each
+    /// fleet would receive the other's Jobs.
+    SubscriptionShared,
     /// A worker image cannot be pulled.
     ImagePullBackOff,
     /// A worker container keeps crashing.
@@ -61,12 +64,13 @@ pub enum DegradedReason {
 
 impl DegradedReason {
     /// Every reason, for exhaustive tests and lookups.
-    pub const ALL: [DegradedReason; 8] = [
+    pub const ALL: [DegradedReason; 9] = [
         DegradedReason::SecretNotFound,
         DegradedReason::TopicNotFound,
         DegradedReason::SubscriptionNotFound,
         DegradedReason::DeadLetterTopicNotFound,
         DegradedReason::SubscriptionTopicMismatch,
+        DegradedReason::SubscriptionShared,
         DegradedReason::ImagePullBackOff,
         DegradedReason::CrashLoopBackOff,
         DegradedReason::CreateContainerConfigError,
@@ -80,6 +84,7 @@ impl DegradedReason {
             DegradedReason::SubscriptionNotFound => "SubscriptionNotFound",
             DegradedReason::DeadLetterTopicNotFound => "DeadLetterTopicNotFound",
             DegradedReason::SubscriptionTopicMismatch => "SubscriptionTopicMismatch",
+            DegradedReason::SubscriptionShared => "SubscriptionShared",
             DegradedReason::ImagePullBackOff => "ImagePullBackOff",
             DegradedReason::CrashLoopBackOff => "CrashLoopBackOff",
             DegradedReason::CreateContainerConfigError => "CreateContainerConfigError",

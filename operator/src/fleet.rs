@@ -9,14 +9,16 @@
 //! what it observes now, so a missed event or an operator restart changes
 //! nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use drover_crds::fleet_conditions::{DegradedReason, FleetCondition};
 use drover_crds::pipeline_worker::PipelineWorkerStatus;
 use drover_crds::{Job, PipelineWorker};
 use drover_queue::{QueueAdmin, QueueError};
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -75,13 +77,17 @@ impl Error {
     }
 }
 
-/// What the controller remembers per fleet between reconciles.
+/// What the controller remembers per fleet between reconciles, keyed by the
+/// PipelineWorker's uid: one deleted and created again under the same name
+/// is a new fleet that gets all its children applied again.
 #[derive(Debug, Default)]
 struct FleetState {
     /// What the plan reads back.
     plan: FleetMemory,
     /// When the Deployment, pod costs and status were last written.
     last_sync: Option<Instant>,
+    /// When the ServiceAccount, RBAC and Service were last applied.
+    children_applied: Option<Instant>,
     /// Last check of the queue and Secrets, the generation it checked, and
     /// what it found.
     checked: Option<(Instant, Option<i64>)>,
@@ -105,20 +111,30 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    memory: Mutex<HashMap<ObjectRef<PipelineWorker>, FleetState>>,
+    /// The shared PipelineWorker cache (to find fleets on one subscription).
+    pub fleets: Store<PipelineWorker>,
+    /// Asks for a reconcile of another fleet (one that shares a subscription).
+    wake: mpsc::UnboundedSender<ObjectRef<PipelineWorker>>,
+    memory: Mutex<HashMap<String, FleetState>>,
 }
 
 impl Context {
-    fn memory<T>(
-        &self,
-        key: &ObjectRef<PipelineWorker>,
-        f: impl FnOnce(&mut FleetState) -> T,
-    ) -> T {
-        let mut all = self
-            .memory
+    /// Runs `f` on the memory of the fleet with uid `key`.
+    fn memory<T>(&self, key: &str, f: impl FnOnce(&mut FleetState) -> T) -> T {
+        f(self.lock_memory().entry(key.to_owned()).or_default())
+    }
+
+    /// Forgets every fleet that is no longer in the PipelineWorker cache.
+    fn forget_deleted(&self) {
+        let live: HashSet<String> = self.fleets.state().iter().filter_map(|f| f.uid()).collect();
+        self.lock_memory().retain(|uid, _| live.contains(uid));
+    }
+
+    fn lock_memory(&self) -> std::sync::MutexGuard<'_, HashMap<String, FleetState>> {
+        // A panic elsewhere cannot leave the memory half-written.
+        self.memory
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(all.entry(key.clone()).or_default())
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -158,6 +174,7 @@ pub async fn run(
         .reflect(deployment_writer)
         .touched_objects();
 
+    let (wake, woken) = mpsc::unbounded();
     let context = Arc::new(Context {
         client,
         config,
@@ -167,10 +184,13 @@ pub async fn run(
         deployments,
         recorder,
         metrics,
+        fleets: watches.fleets.clone(),
+        wake,
         memory: Mutex::default(),
     });
 
     Controller::for_stream(fleet_stream, watches.fleets)
+        .reconcile_on(woken)
         .owns_stream(deployment_stream)
         .watches_stream(job_stream, |job: Job| {
             let namespace = job.namespace()?;
@@ -213,8 +233,10 @@ async fn reconcile(pw: Arc<PipelineWorker>, ctx: Arc<Context>) -> Result<Action,
 
 async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action, Error> {
     let namespace = pw.namespace().ok_or(Error::MissingNamespace)?;
+    ctx.forget_deleted();
     if pw.meta().deletion_timestamp.is_some() {
         // The garbage collector removes what the fleet owns.
+        ctx.lock_memory().remove(&pw.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
@@ -231,8 +253,15 @@ async fn observe<'a>(
     namespace: &str,
     now: Timestamp,
 ) -> Result<FleetObservation<'a>, Error> {
-    let key = ObjectRef::from_obj(pw);
+    let key = pw.uid().unwrap_or_default();
     check_queue_and_secrets(pw, ctx, &key, namespace).await?;
+    let fleets = ctx.fleets.state();
+    let shared_with = fleet_plan::subscription_sharers(
+        pw,
+        fleets.iter().map(|f| f.as_ref()),
+        &ctx.config.pubsub_project,
+    );
+    wake_sharers(ctx, &fleets, &shared_with);
     let name = pw.name_any();
     let cached = ctx.jobs.state();
     let jobs = || cached.iter().map(|job| job.as_ref());
@@ -240,14 +269,16 @@ async fn observe<'a>(
         .deployments
         .get(&ObjectRef::new(&labels::child_name(pw)).within(namespace))
         .and_then(|d| d.status.clone());
-    let (memory, since_sync, queue_problem, missing_secrets) = ctx.memory(&key, |m| {
-        (
-            m.plan.clone(),
-            m.last_sync.map(|at| at.elapsed()),
-            m.queue_problem.clone(),
-            m.missing_secrets.clone(),
-        )
-    });
+    let (memory, since_sync, since_children, queue_problem, missing_secrets) =
+        ctx.memory(&key, |m| {
+            (
+                m.plan.clone(),
+                m.last_sync.map(|at| at.elapsed()),
+                m.children_applied.map(|at| at.elapsed()),
+                m.queue_problem.clone(),
+                m.missing_secrets.clone(),
+            )
+        });
     Ok(FleetObservation {
         fleet: pw,
         backlog: backlog::count(jobs(), namespace, &name, now),
@@ -257,9 +288,36 @@ async fn observe<'a>(
         deployment,
         queue_problem,
         missing_secrets,
+        shared_with,
+        since_children,
         memory,
         since_sync,
     })
+}
+
+/// Reconciles the other fleets on this fleet's subscription that do not
+/// show it yet, so both are Degraded at once rather than at their next sync.
+fn wake_sharers(ctx: &Context, fleets: &[Arc<PipelineWorker>], shared_with: &[String]) {
+    for other in fleets {
+        let name = format!(
+            "{}/{}",
+            other.namespace().unwrap_or_default(),
+            other.name_any()
+        );
+        if !shared_with.contains(&name) {
+            continue;
+        }
+        let shows_it = other.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == FleetCondition::Degraded.as_str()
+                    && c.reason == DegradedReason::SubscriptionShared.as_str()
+            })
+        });
+        if !shows_it {
+            // The receiver lives as long as the controller; a send after it is gone changes nothing.
+            let _ = ctx.wake.unbounded_send(ObjectRef::from_obj(other.as_ref()));
+        }
+    }
 }
 
 /// Makes the plan's writes, remembering each as it succeeds.
@@ -269,7 +327,7 @@ async fn apply_plan(
     namespace: &str,
     plan: FleetPlan,
 ) -> Result<Action, Error> {
-    let key = ObjectRef::from_obj(pw);
+    let key = pw.uid().unwrap_or_default();
     ctx.memory(&key, |m| m.plan.history = plan.history);
     let Some(sync) = plan.sync else {
         return Ok(Action::requeue(plan.wake));
@@ -278,7 +336,10 @@ async fn apply_plan(
 
     if sync.apply_children {
         apply_supporting_objects(pw, &ctx.client, namespace).await?;
-        ctx.memory(&key, |m| m.plan.applied_generation = pw.meta().generation);
+        ctx.memory(&key, |m| {
+            m.plan.applied_generation = pw.meta().generation;
+            m.children_applied = Some(Instant::now());
+        });
     }
     let deployment = worker_deployment(pw, &ctx.config, plan.desired_replicas);
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), namespace);
@@ -381,7 +442,7 @@ where
 async fn check_queue_and_secrets(
     pw: &PipelineWorker,
     ctx: &Context,
-    key: &ObjectRef<PipelineWorker>,
+    key: &str,
     namespace: &str,
 ) -> Result<(), Error> {
     let generation = pw.meta().generation;

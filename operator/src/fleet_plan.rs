@@ -9,6 +9,7 @@ use std::time::Duration;
 use drover_crds::PipelineWorker;
 use drover_crds::fleet_conditions::DegradedReason;
 use drover_crds::pipeline_worker::{PipelineWorkerStatus, ScalingMode};
+use drover_queue::QueueNames;
 use k8s_openapi::api::apps::v1::DeploymentStatus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -36,6 +37,9 @@ pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// How soon a pending scale-down is looked at again: older recommendations
 /// leave the stabilization window one by one.
 const SCALE_DOWN_RECHECK: Duration = Duration::from_secs(1);
+/// How often the ServiceAccount, RBAC and Service are applied again although
+/// the spec did not change, so one deleted by hand comes back.
+pub const CHILDREN_RESYNC: Duration = SLOW_CHECK_HEALTHY;
 
 /// What the controller remembers about a fleet between reconciles, as far as
 /// the plan reads it.
@@ -70,6 +74,11 @@ pub struct FleetObservation<'a> {
     pub queue_problem: Option<Problem>,
     /// `secret/key` references the last Secret check did not find.
     pub missing_secrets: Vec<String>,
+    /// `namespace/name` of the other PipelineWorkers on the same subscription.
+    pub shared_with: Vec<String>,
+    /// Time since this process last applied the ServiceAccount, RBAC and
+    /// Service; `None` before the first time.
+    pub since_children: Option<Duration>,
     /// What this process remembers about the fleet.
     pub memory: FleetMemory,
     /// Time since the last full sync by this process; `None` before the first.
@@ -187,6 +196,32 @@ pub fn scaling_policy(pw: &PipelineWorker) -> ScalingPolicy {
     }
 }
 
+/// `namespace/name` of every other PipelineWorker in `fleets` that pulls
+/// from the same subscription as `pw` (sorted): two fleets on one
+/// subscription would each receive the other's Jobs.
+pub fn subscription_sharers<'a>(
+    pw: &PipelineWorker,
+    fleets: impl IntoIterator<Item = &'a PipelineWorker>,
+    default_project: &str,
+) -> Vec<String> {
+    let subscription = QueueNames::of(pw, default_project).subscription;
+    let key = |f: &PipelineWorker| (f.metadata.namespace.clone(), f.metadata.name.clone());
+    let mut sharers: Vec<String> = fleets
+        .into_iter()
+        .filter(|other| key(other) != key(pw) && other.metadata.deletion_timestamp.is_none())
+        .filter(|other| QueueNames::of(other, default_project).subscription == subscription)
+        .map(|other| {
+            format!(
+                "{}/{}",
+                other.metadata.namespace.as_deref().unwrap_or_default(),
+                other.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    sharers.sort();
+    sharers
+}
+
 /// Pub/Sub and Secret lookups cost API calls, so they run when the spec
 /// changed, soon after a problem was found, or once a minute. `last` is the
 /// time since the last check and the generation it checked.
@@ -247,6 +282,7 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
     let health = health::Observation {
         queue_problem: observed.queue_problem.clone(),
         missing_secrets: observed.missing_secrets.clone(),
+        shared_with: observed.shared_with.clone(),
         desired_replicas: desired,
         ready_replicas: deployment.ready_replicas.unwrap_or(0),
         pods: observed.pods.clone(),
@@ -284,7 +320,10 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
         history,
         sync: Some(FleetSync {
             apply_children: memory.applied_generation.is_none()
-                || memory.applied_generation != generation,
+                || memory.applied_generation != generation
+                || observed
+                    .since_children
+                    .is_none_or(|since| since >= CHILDREN_RESYNC),
             scale,
             events,
             announced_problem,
@@ -333,7 +372,10 @@ fn next_wake(
     if scaler::recommended_replicas(observed.backlog.demand, policy) < desired.max(current) {
         wake = wake.min(SCALE_DOWN_RECHECK);
     }
-    if observed.queue_problem.is_some() || !observed.missing_secrets.is_empty() {
+    if observed.queue_problem.is_some()
+        || !observed.missing_secrets.is_empty()
+        || !observed.shared_with.is_empty()
+    {
         wake = wake.min(SLOW_CHECK_BROKEN);
     }
     wake
@@ -395,6 +437,8 @@ mod tests {
             deployment: None,
             queue_problem: None,
             missing_secrets: Vec::new(),
+            shared_with: Vec::new(),
+            since_children: None,
             memory: FleetMemory::default(),
             since_sync: None,
         }
@@ -523,12 +567,68 @@ mod tests {
     }
 
     #[test]
-    fn children_are_applied_once_per_generation() {
+    fn children_are_applied_once_per_generation_and_again_each_resync_period() {
         let pw = fleet();
         let mut observed = observe(&pw, 0);
         assert!(plan(&observed, at(0)).sync.unwrap().apply_children);
         observed.memory.applied_generation = Some(1);
+        observed.since_children = Some(Duration::from_secs(5));
         assert!(!plan(&observed, at(0)).sync.unwrap().apply_children);
+        // A child deleted by hand comes back within the resync period.
+        observed.since_children = Some(CHILDREN_RESYNC);
+        assert!(plan(&observed, at(0)).sync.unwrap().apply_children);
+    }
+
+    fn on_subscription(namespace: &str, name: &str, subscription: &str) -> PipelineWorker {
+        let mut pw = fleet();
+        pw.metadata.namespace = Some(namespace.into());
+        pw.metadata.name = Some(name.into());
+        pw.spec.queue.subscription = subscription.into();
+        pw
+    }
+
+    #[test]
+    fn two_fleets_on_one_subscription_each_name_the_other() {
+        let a = on_subscription("team-a", "a", "shared");
+        let b = on_subscription("team-b", "b", "shared");
+        let c = on_subscription("team-a", "c", "own");
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(subscription_sharers(&a, &all, "p"), ["team-b/b"]);
+        assert_eq!(subscription_sharers(&b, &all, "p"), ["team-a/a"]);
+        assert!(subscription_sharers(&c, &all, "p").is_empty());
+    }
+
+    #[test]
+    fn the_same_subscription_name_in_another_project_is_not_shared() {
+        let a = on_subscription("team-a", "a", "shared");
+        let mut b = on_subscription("team-b", "b", "shared");
+        b.spec.queue.project = Some("elsewhere".into());
+        assert!(subscription_sharers(&a, &[a.clone(), b], "p").is_empty());
+    }
+
+    #[test]
+    fn a_fleet_being_deleted_shares_nothing() {
+        let a = on_subscription("team-a", "a", "shared");
+        let mut b = on_subscription("team-b", "b", "shared");
+        b.metadata.deletion_timestamp = Some(Time(at(0)));
+        assert!(subscription_sharers(&a, &[a.clone(), b], "p").is_empty());
+    }
+
+    #[test]
+    fn a_shared_subscription_degrades_the_fleet_and_is_announced() {
+        let pw = fleet();
+        let mut observed = observe(&pw, 0);
+        observed.shared_with = vec!["team-b/b".into()];
+        let sync = plan(&observed, at(0)).sync.unwrap();
+        assert_eq!(
+            sync.announced_problem,
+            Some(DegradedReason::SubscriptionShared)
+        );
+        assert!(
+            sync.events
+                .iter()
+                .any(|e| e.reason() == "SubscriptionShared")
+        );
     }
 
     #[test]

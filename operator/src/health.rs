@@ -19,6 +19,8 @@ pub struct Observation {
     pub queue_problem: Option<Problem>,
     /// `secret/key` references that do not resolve.
     pub missing_secrets: Vec<String>,
+    /// `namespace/name` of the other PipelineWorkers on the same subscription.
+    pub shared_with: Vec<String>,
     pub desired_replicas: i32,
     pub ready_replicas: i32,
     pub pods: Vec<Pod>,
@@ -63,9 +65,17 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
     None
 }
 
-/// What the fleet is degraded by, if anything: missing Secrets first, then
-/// the queue, then the pods (the first is usually the cause of the others).
+/// What the fleet is degraded by, if anything: missing Secrets first, then a
+/// shared subscription, then the queue, then the pods (the first is usually
+/// the cause of the others).
 pub fn degraded_problem(observed: &Observation) -> Option<Problem> {
+    let shared_problem = (!observed.shared_with.is_empty()).then(|| Problem {
+        reason: DegradedReason::SubscriptionShared,
+        message: format!(
+            "the subscription is shared with {}: each fleet would receive the other's Jobs; give every PipelineWorker its own subscription",
+            observed.shared_with.join(", ")
+        ),
+    });
     let secret_problem = (!observed.missing_secrets.is_empty()).then(|| Problem {
         reason: DegradedReason::SecretNotFound,
         message: format!(
@@ -74,6 +84,7 @@ pub fn degraded_problem(observed: &Observation) -> Option<Problem> {
         ),
     });
     secret_problem
+        .or(shared_problem)
         .or_else(|| observed.queue_problem.clone())
         .or_else(|| pod_problem(&observed.pods))
 }
@@ -231,6 +242,29 @@ mod tests {
         assert_eq!(find(&c, "QueueReady").reason, "SubscriptionNotFound");
         assert_eq!(find(&c, "QueueReady").status, "False");
         assert_eq!(find(&c, "Degraded").reason, "SubscriptionNotFound");
+    }
+
+    #[test]
+    fn a_shared_subscription_is_degraded_and_names_the_other_fleet() {
+        let observed = Observation {
+            shared_with: vec!["team-b/other".into()],
+            desired_replicas: 1,
+            ready_replicas: 1,
+            ..Observation::default()
+        };
+        let c = conditions(&observed, None, &at(0), &[]);
+        let degraded = find(&c, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "SubscriptionShared")
+        );
+        assert!(
+            degraded.message.contains("team-b/other"),
+            "{}",
+            degraded.message
+        );
+        assert_eq!(find(&c, "Ready").status, "False");
+        assert_eq!(find(&c, "QueueReady").status, "True");
     }
 
     #[test]
