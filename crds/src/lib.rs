@@ -2,6 +2,7 @@
 //! custom resources, the Pub/Sub message that names a Job, and the pure Job
 //! state machine shared by the operator and the worker.
 
+pub mod claim_clock;
 pub mod failure;
 pub mod fleet_conditions;
 pub mod input;

@@ -36,6 +36,7 @@ use crate::fleet_plan::{
 };
 use crate::health::Problem;
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
+use crate::leader::LeaderGate;
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
 use crate::rbac;
 use crate::service::metrics_service;
@@ -60,6 +61,8 @@ pub enum Error {
     Secret { name: String, source: kube::Error },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("this replica cannot prove it still leads; it writes nothing")]
+    NotLeading,
 }
 
 impl Error {
@@ -71,6 +74,7 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Secret { .. } => "secret",
             Error::Queue(_) => "queue",
+            Error::NotLeading => "not_leading",
         }
     }
 }
@@ -105,10 +109,21 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub recorder: Recorder,
     pub metrics: Metrics,
+    /// Closed once this replica cannot prove it still leads: nothing is written then.
+    pub gate: LeaderGate,
     memory: Mutex<HashMap<ObjectRef<PipelineWorker>, FleetState>>,
 }
 
 impl Context {
+    /// Refuses to go on once this replica cannot prove it leads.
+    fn leading(&self) -> Result<(), Error> {
+        if self.gate.leads() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
+    }
+
     fn memory<T>(
         &self,
         key: &ObjectRef<PipelineWorker>,
@@ -131,6 +146,7 @@ pub async fn run(
     recorder: Recorder,
     metrics: Metrics,
     watches: FleetWatches,
+    gate: LeaderGate,
 ) {
     // Status writes bump no generation; filtering on it keeps our own status
     // patches from waking us in a loop.
@@ -167,6 +183,7 @@ pub async fn run(
         deployments,
         recorder,
         metrics,
+        gate,
         memory: Mutex::default(),
     });
 
@@ -218,8 +235,10 @@ async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
+    ctx.leading()?;
     let observed = observe(pw, ctx, &namespace, now).await?;
     let plan = fleet_plan::plan(&observed, now);
+    ctx.leading()?;
     apply_plan(pw, ctx, &namespace, plan).await
 }
 
