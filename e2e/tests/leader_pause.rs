@@ -1,10 +1,9 @@
-//! A leader that cannot prove it leads stops acting. The leader operator is
-//! frozen with SIGSTOP for longer than its lease while Jobs keep arriving;
-//! the standby takes over and publishes them. When the old leader is thawed
-//! with SIGCONT its caches are full of work it was given before it froze,
-//! but its renew deadline has passed on its own clock: it must publish and
-//! write nothing, and leave. Own test binary, so its operators have the
-//! cluster to themselves.
+//! A leader that cannot prove it leads stops acting, paused: frozen with
+//! SIGSTOP for longer than its lease while Jobs keep arriving, then thawed
+//! with SIGCONT with its caches full of work. Its renew deadline has passed
+//! on its own clock: it must publish and write nothing, and leave. (The
+//! partitioned leader is `leader_partition.rs`.) Own test binary, so its
+//! operators have the cluster and the Lease to themselves.
 
 use std::time::{Duration, SystemTime};
 
