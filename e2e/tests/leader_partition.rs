@@ -163,6 +163,12 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
         )
         .await;
     }
+    let late = published_since(cut_off.1.log_path(), taken_over);
+    assert!(
+        late.is_empty(),
+        "{} published after the standby took over: {late:?}",
+        cut_off.0
+    );
     wait::until(
         "the cut-off leader to stop",
         Duration::from_secs(20),
@@ -173,11 +179,5 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
         },
     )
     .await;
-    let late = published_since(cut_off.1.log_path(), taken_over);
-    assert!(
-        late.is_empty(),
-        "{} published after the standby took over: {late:?}",
-        cut_off.0
-    );
     assert!(standby.1.is_running(), "the standby died");
 }
