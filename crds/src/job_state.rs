@@ -4,8 +4,9 @@
 //! Pure functions only, so every rule is pinned by a unit test and the
 //! operator and worker share one definition of "allowed".
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 
+use crate::claim_clock::ClaimSeen;
 use crate::job::{JobPhase, JobStatus};
 use crate::message::JobMessage;
 
@@ -225,6 +226,9 @@ pub struct ClaimView<'a> {
     pub uid: &'a str,
     pub cancel_requested: bool,
     pub status: &'a JobStatus,
+    /// When this worker first saw the Job's current claim as it is (its own
+    /// clock; see [`crate::claim_clock`]). `None` trusts `renewTime`.
+    pub claim_seen: Option<ClaimSeen>,
     /// Whether the Job's current claim is one this worker process holds now.
     /// A claim naming this pod that the process does not hold belongs to a
     /// container of the pod that is gone (a restart).
@@ -268,7 +272,9 @@ pub fn decide_claim(
             Some(_) if job.claim_held_here => Skip(SkipReason::AlreadyRunningHere),
             // A previous container of this pod: nobody renews it any more.
             Some(claim) if claim.pod == me => Claim,
-            Some(claim) if claim_is_live(claim, now) => Skip(SkipReason::ClaimedElsewhere),
+            Some(claim) if seen_or_trusted(job.claim_seen, claim).is_live(claim, now) => {
+                Skip(SkipReason::ClaimedElsewhere)
+            }
             // The holder stopped renewing: take over this same attempt. The
             // watchdog may race us; the resourceVersion check picks one winner.
             _ => Claim,
@@ -280,20 +286,10 @@ pub fn decide_claim(
     }
 }
 
-/// A claim is live until `renewTime + leaseSeconds`.
-pub fn claim_is_live(claim: &crate::job::Claim, now: Timestamp) -> bool {
-    claim_expiry(claim) > now
-}
-
-/// When a claim expires.
-pub fn claim_expiry(claim: &crate::job::Claim) -> Timestamp {
-    claim
-        .renew_time
-        .0
-        .saturating_add(SignedDuration::from_secs(i64::from(
-            claim.lease_seconds.max(0),
-        )))
-        .unwrap_or(Timestamp::MAX)
+/// The observer's sighting of `claim`, or the holder's own `renewTime` when
+/// the observer keeps none.
+fn seen_or_trusted(seen: Option<ClaimSeen>, claim: &crate::job::Claim) -> ClaimSeen {
+    seen.unwrap_or_else(|| ClaimSeen::trusting(claim, claim.renew_time.0))
 }
 
 #[cfg(test)]
@@ -302,6 +298,7 @@ mod tests {
     use crate::job::Claim;
     use JobPhase::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::SignedDuration;
 
     /// The full table of allowed (actor, from, to) triples. Every other
     /// combination must be refused.
@@ -456,6 +453,7 @@ mod tests {
             uid,
             cancel_requested: cancel,
             status,
+            claim_seen: None,
             claim_held_here,
         };
         decide_claim(view, &message(attempt), ME, now())
@@ -562,8 +560,31 @@ mod tests {
     #[test]
     fn claim_expires_exactly_at_renew_plus_lease() {
         let claim = claimed("p", 30, 30).unwrap();
-        assert!(!claim_is_live(&claim, now()));
+        assert!(!seen_or_trusted(None, &claim).is_live(&claim, now()));
         let claim = claimed("p", 29, 30).unwrap();
-        assert!(claim_is_live(&claim, now()));
+        assert!(seen_or_trusted(None, &claim).is_live(&claim, now()));
+    }
+
+    #[test]
+    fn a_claim_renewed_long_ago_by_its_clock_but_just_seen_is_live() {
+        // A holder whose clock runs 60 s behind this worker's.
+        let mut s = status(Running, 1);
+        s.claim = claimed("worker-b", 61, 30);
+        let claim = s.claim.clone().unwrap();
+        let view = ClaimView {
+            uid: UID,
+            cancel_requested: false,
+            status: &s,
+            claim_seen: Some(ClaimSeen {
+                renewed_at: now(),
+                claimed_at: now(),
+            }),
+            claim_held_here: false,
+        };
+        assert!(!seen_or_trusted(None, &claim).is_live(&claim, now()));
+        assert_eq!(
+            decide_claim(view, &message(1), ME, now()),
+            ClaimDecision::Skip(SkipReason::ClaimedElsewhere)
+        );
     }
 }

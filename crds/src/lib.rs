@@ -3,6 +3,7 @@
 //! state machine shared by the operator and the worker.
 
 pub mod bounds;
+pub mod claim_clock;
 pub mod failure;
 pub mod fleet_conditions;
 pub mod input;

@@ -126,14 +126,21 @@ const MINUTE: Duration = Duration::from_secs(60);
 async fn two_hundred_sleep_jobs_succeed_through_three_worker_pods_each_effect_once() {
     let f = Fixture::new("many", |pw| pw).await;
     let count = 200;
+    let mut uids = Vec::with_capacity(count);
     for i in 0..count {
-        f.create(&format!("nap-{i}"), json!({"durationMillis": 100}))
+        let job = f
+            .create(&format!("nap-{i}"), json!({"durationMillis": 100}))
             .await;
+        uids.push(job.metadata.uid.unwrap_or_default());
     }
-    for i in 0..count {
+    for (i, uid) in uids.iter().enumerate() {
         let status = f.finished(&format!("nap-{i}"), MINUTE).await;
         assert_eq!(status.phase, JobPhase::Succeeded, "nap-{i}: {status:?}");
-        assert_eq!(status.result, Some(json!({"sleptMillis": 100})));
+        // Each result is its own Job's: it names that Job's uid.
+        assert_eq!(
+            status.result,
+            Some(json!({"sleptMillis": 100, "jobUid": uid}))
+        );
         assert_eq!(status.progress, 100);
         assert!(status.claim.is_none());
     }

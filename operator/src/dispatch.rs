@@ -13,10 +13,12 @@
 //! (`PublishFailed`) and in an Event at the first failure, and a dead-letter
 //! publish that fails is noted on the Failed Job, never a reason not to fail it.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use drover_crds::bounds;
+use drover_crds::claim_clock::{ClaimSeen, ClaimSightings};
 use drover_crds::job_state::{Transition, TransitionError};
 use drover_crds::job_transition::{
     CONDITION_DEAD_LETTER_FAILED, CONDITION_PUBLISH_FAILED, CONDITION_UNCLAIMED,
@@ -37,6 +39,7 @@ use kube::{Client, Resource, ResourceExt};
 use crate::config::OperatorConfig;
 use crate::job_policy::{JobSettings, NextStep, next_step};
 use crate::job_retries::{JobRetries, Published};
+use crate::leader::LeaderGate;
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
 use crate::watches::JobWatches;
 
@@ -55,6 +58,8 @@ pub enum Error {
     },
     #[error("cannot delete Job {job}: {source}")]
     Delete { job: String, source: kube::Error },
+    #[error("this replica cannot prove it still leads; it publishes and writes nothing")]
+    NotLeading,
 }
 
 impl Error {
@@ -69,6 +74,7 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Transition { .. } => "transition",
             Error::Delete { .. } => "delete",
+            Error::NotLeading => "not_leading",
         }
     }
 
@@ -88,7 +94,57 @@ pub struct Context {
     pub metrics: Metrics,
     /// Per-Job backoff and publishes whose write failed.
     pub retries: JobRetries,
+    /// When this operator first saw each running Job's claim as it is now,
+    /// on its own clock: claim expiry and attempt deadlines are judged from
+    /// it, so a worker's skewed clock never decides them.
+    claims_seen: Mutex<ClaimSightings>,
+    /// The shared Job cache, to drop the sightings of Jobs that are gone.
+    jobs: Store<Job>,
+    /// Closed once this replica cannot prove it still leads: nothing is
+    /// published or written then.
+    gate: LeaderGate,
 }
+
+impl Context {
+    /// Refuses to go on once this replica cannot prove it leads; asked
+    /// right before every publish, status write and delete.
+    fn leading(&self) -> Result<(), Error> {
+        if self.gate.leads() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
+    }
+
+    /// Notes the Job's claim as seen now and says when it was first seen
+    /// as it is; forgets Jobs that no longer run.
+    fn observe_claim(&self, job: &Job, now: Timestamp) -> Option<ClaimSeen> {
+        let uid = job.uid().unwrap_or_default();
+        let status = job.status.as_ref();
+        let mut seen = self
+            .claims_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = status
+            .filter(|s| s.phase == JobPhase::Running)
+            .and_then(|s| s.claim.as_ref());
+        let Some(claim) = running else {
+            seen.forget(&uid);
+            return None;
+        };
+        let sighting = seen.observe(&uid, claim, now);
+        // Jobs deleted while running leave their sighting behind; sweep
+        // them once they outnumber the Jobs there are.
+        if seen.len() > SIGHTINGS_SWEEP_FLOOR && seen.len() > self.jobs.len() {
+            let live: HashSet<String> = self.jobs.state().iter().filter_map(|j| j.uid()).collect();
+            seen.retain(|uid| live.contains(uid));
+        }
+        Some(sighting)
+    }
+}
+
+/// Below this many sightings nobody sweeps: the memory is a few KiB.
+const SIGHTINGS_SWEEP_FLOOR: usize = 1024;
 
 /// Runs the Job controller until shutdown, on the shared Job and
 /// PipelineWorker caches the fleet controller drives.
@@ -99,6 +155,7 @@ pub async fn run(
     recorder: Recorder,
     metrics: Metrics,
     watches: JobWatches,
+    gate: LeaderGate,
 ) {
     let fleets = watches.fleets;
     // A Job whose fleet is merely not cached yet must not fail as WorkerNotFound.
@@ -115,6 +172,9 @@ pub async fn run(
         recorder,
         metrics,
         retries: JobRetries::default(),
+        claims_seen: Mutex::default(),
+        jobs: watches.jobs.reader(),
+        gate,
     });
     let jobs = watches.jobs.reader();
     Controller::for_shared_stream(watches.jobs, jobs)
@@ -131,9 +191,14 @@ pub async fn run(
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
     // Each Job backs off on its own: one that cannot be published or written
     // must not retry (and republish) every second, nor hold up the others.
-    let wait = ctx
-        .retries
-        .failed(&job.uid().unwrap_or_default(), Instant::now());
+    // A replica that is not leading is no fault of the Job's: it looks again
+    // soon, so it acts at once when it leads again.
+    let wait = match error {
+        Error::NotLeading => Duration::from_secs(1),
+        _ => ctx
+            .retries
+            .failed(&job.uid().unwrap_or_default(), Instant::now()),
+    };
     if error.is_conflict() {
         // The watch brings the newer version; this is only the fallback.
         return Action::requeue(wait);
@@ -171,6 +236,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     // Every transition is checked against the phase of the very version the
     // write is conditioned on.
     let from = current_phase(job);
+    let claim_seen = ctx.observe_claim(job, now);
     if from == JobPhase::Running {
         // A worker claimed it: what kept it waiting is over.
         let cleared = JobConditionUpdate::clear(from, conditions(job), &WAITING_CONDITIONS);
@@ -179,7 +245,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     }
-    match next_step(job, fleet.as_deref(), now) {
+    match next_step(job, fleet.as_deref(), claim_seen, now) {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
         // The phase says whether this is a first publish, a retry or a
@@ -262,6 +328,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
                 }),
                 ..DeleteParams::background()
             };
+            ctx.leading()?;
             match jobs.delete(&job.name_any(), &params).await {
                 Ok(_) => Ok(Action::await_change()),
                 Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
@@ -315,6 +382,7 @@ async fn publish(
         .attribute("namespace", namespace)
         .attribute("job", job.name_any())
         .attribute("attempt", attempt.to_string());
+    ctx.leading()?;
     let published = ctx
         .queue
         .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message)
@@ -445,6 +513,7 @@ async fn fail(
         let dead = OutgoingMessage::new(body.encode())
             .attribute("reason", reason.as_str())
             .attribute("message", message.clone());
+        ctx.leading()?;
         // A dead letter that cannot go out is noted on the Failed Job; it
         // must never keep the Job from failing.
         if let Err(error) = ctx.queue.publish(&topic, dead).await {
@@ -531,6 +600,7 @@ async fn write(
     })?;
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let version = job.resource_version().unwrap_or_default();
+    ctx.leading()?;
     job_status::write(&jobs, &name, &version, &change)
         .await
         .map(|_| ())
@@ -546,6 +616,7 @@ async fn write_conditions(
     let name = job.name_any();
     let jobs = Api::<Job>::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let version = job.resource_version().unwrap_or_default();
+    ctx.leading()?;
     job_status::write_conditions(&jobs, &name, &version, update)
         .await
         .map(|_| ())

@@ -38,6 +38,7 @@ use crate::fleet_plan::{
 };
 use crate::health::Problem;
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
+use crate::leader::LeaderGate;
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
 use crate::rbac;
 use crate::service::metrics_service;
@@ -62,6 +63,8 @@ pub enum Error {
     Secret { name: String, source: kube::Error },
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error("this replica cannot prove it still leads; it writes nothing")]
+    NotLeading,
 }
 
 impl Error {
@@ -73,6 +76,7 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Secret { .. } => "secret",
             Error::Queue(_) => "queue",
+            Error::NotLeading => "not_leading",
         }
     }
 }
@@ -115,10 +119,21 @@ pub struct Context {
     pub fleets: Store<PipelineWorker>,
     /// Asks for a reconcile of another fleet (one that shares a subscription).
     wake: mpsc::UnboundedSender<ObjectRef<PipelineWorker>>,
+    /// Closed once this replica cannot prove it still leads: nothing is written then.
+    pub gate: LeaderGate,
     memory: Mutex<HashMap<String, FleetState>>,
 }
 
 impl Context {
+    /// Refuses to go on once this replica cannot prove it leads.
+    fn leading(&self) -> Result<(), Error> {
+        if self.gate.leads() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
+    }
+
     /// Runs `f` on the memory of the fleet with uid `key`.
     fn memory<T>(&self, key: &str, f: impl FnOnce(&mut FleetState) -> T) -> T {
         f(self.lock_memory().entry(key.to_owned()).or_default())
@@ -147,6 +162,7 @@ pub async fn run(
     recorder: Recorder,
     metrics: Metrics,
     watches: FleetWatches,
+    gate: LeaderGate,
 ) {
     // Status writes bump no generation; filtering on it keeps our own status
     // patches from waking us in a loop.
@@ -186,6 +202,7 @@ pub async fn run(
         metrics,
         fleets: watches.fleets.clone(),
         wake,
+        gate,
         memory: Mutex::default(),
     });
 
@@ -240,8 +257,10 @@ async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
+    ctx.leading()?;
     let observed = observe(pw, ctx, &namespace, now).await?;
     let plan = fleet_plan::plan(&observed, now);
+    ctx.leading()?;
     apply_plan(pw, ctx, &namespace, plan).await
 }
 

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use drover_crds::claim_clock::ClaimSeen;
 use drover_crds::job::{Job, JobPhase};
-use drover_crds::job_state::{claim_expiry, claim_is_live};
 use drover_crds::{FailureReason, PipelineWorker, input};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
@@ -93,8 +93,15 @@ impl JobSettings {
 }
 
 /// Decides the operator's next step. `fleet` is `None` when the Job's
-/// PipelineWorker does not exist.
-pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> NextStep {
+/// PipelineWorker does not exist. `claim_seen` is when the operator first
+/// saw the Job's current claim, on its own clock: expiry and deadline are
+/// judged from it, never from the worker's `renewTime` and `startedAt`.
+pub fn next_step(
+    job: &Job,
+    fleet: Option<&PipelineWorker>,
+    claim_seen: Option<ClaimSeen>,
+    now: Timestamp,
+) -> NextStep {
     let status = job.status.clone().unwrap_or_default();
     let settings = fleet.map(|f| JobSettings::of(job, f));
 
@@ -119,8 +126,11 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
     if job.spec.cancel {
         return match (&status.phase, &status.claim) {
             // The worker stops it and writes Cancelled; step in only if it is gone.
-            (JobPhase::Running, Some(claim)) if claim_is_live(claim, now) => {
-                NextStep::Wait(Some(until(claim_expiry(claim), now)))
+            (JobPhase::Running, Some(claim))
+                if claim_seen.is_some_and(|seen| seen.is_live(claim, now)) =>
+            {
+                let expiry = claim_seen.map_or(now, |seen| seen.expiry(claim));
+                NextStep::Wait(Some(until(expiry, now)))
             }
             _ => NextStep::Cancel,
         };
@@ -160,14 +170,17 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
             }
         }
         JobPhase::Running => {
-            let claim = status.claim.as_ref().filter(|c| claim_is_live(c, now));
-            let Some(claim) = claim else {
+            let live = status
+                .claim
+                .as_ref()
+                .zip(claim_seen)
+                .filter(|(claim, seen)| seen.is_live(claim, now));
+            let Some((claim, seen)) = live else {
                 return NextStep::WorkerLost {
                     give_up: status.attempt >= settings.max_attempts,
                 };
             };
-            let started = status.started_at.as_ref().map_or(now, |t| t.0);
-            match after(started, settings.timeout + DEADLINE_GRACE, now) {
+            match after(seen.claimed_at, settings.timeout + DEADLINE_GRACE, now) {
                 None => NextStep::Fail {
                     reason: FailureReason::DeadlineExceeded,
                     message: format!(
@@ -177,7 +190,7 @@ pub fn next_step(job: &Job, fleet: Option<&PipelineWorker>, now: Timestamp) -> N
                     ),
                     dead_letter: true,
                 },
-                Some(wait) => NextStep::Wait(Some(wait.min(until(claim_expiry(claim), now)))),
+                Some(wait) => NextStep::Wait(Some(wait.min(until(seen.expiry(claim), now)))),
             }
         }
         JobPhase::Backoff => {
@@ -269,8 +282,18 @@ mod tests {
         job
     }
 
+    /// What an operator whose clock agrees with the worker's has seen.
+    fn trusted(job: &Job) -> Option<ClaimSeen> {
+        let status = job.status.as_ref()?;
+        let started = status.started_at.as_ref().map_or(now(), |t| t.0);
+        status
+            .claim
+            .as_ref()
+            .map(|claim| ClaimSeen::trusting(claim, started))
+    }
+
     fn step(job: &Job) -> NextStep {
-        next_step(job, Some(&fleet()), now())
+        next_step(job, Some(&fleet()), trusted(job), now())
     }
 
     #[test]
@@ -305,7 +328,7 @@ mod tests {
     fn job_for_a_missing_worker_fails_with_worker_not_found() {
         let NextStep::Fail {
             reason, message, ..
-        } = next_step(&job(JobPhase::Pending, 0), None, now())
+        } = next_step(&job(JobPhase::Pending, 0), None, None, now())
         else {
             panic!("expected a failure");
         };
@@ -373,6 +396,48 @@ mod tests {
                 reason: FailureReason::DeadlineExceeded,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn a_worker_clock_sixty_seconds_behind_is_neither_lost_nor_past_its_deadline() {
+        let mut j = job(JobPhase::Running, 1);
+        let s = j.status.as_mut().unwrap();
+        // By the worker's clock it started 151 s and renewed 61 s ago; the
+        // operator saw the claim appear 10 s ago and its last renewal now.
+        s.started_at = Some(ago(151));
+        s.claim = Some(Claim {
+            id: "c".into(),
+            pod: "p".into(),
+            renew_time: ago(61),
+            lease_seconds: 30,
+        });
+        let seen = ClaimSeen {
+            renewed_at: now(),
+            claimed_at: ago(10).0,
+        };
+        assert_eq!(
+            next_step(&j, Some(&fleet()), Some(seen), now()),
+            NextStep::Wait(Some(Duration::from_secs(30)))
+        );
+    }
+
+    #[test]
+    fn a_claim_first_seen_now_is_never_lost_at_once() {
+        let mut j = job(JobPhase::Running, 1);
+        j.status.as_mut().unwrap().claim = Some(Claim {
+            id: "c".into(),
+            pod: "p".into(),
+            renew_time: ago(3600),
+            lease_seconds: 30,
+        });
+        let seen = ClaimSeen {
+            renewed_at: now(),
+            claimed_at: now(),
+        };
+        assert!(matches!(
+            next_step(&j, Some(&fleet()), Some(seen), now()),
+            NextStep::Wait(Some(_))
         ));
     }
 
@@ -479,6 +544,9 @@ mod tests {
         fleet.spec.ttl_seconds_after_finished = None;
         let mut j = job(JobPhase::Failed, 1);
         j.status.as_mut().unwrap().finished_at = Some(ago(10_000));
-        assert_eq!(next_step(&j, Some(&fleet), now()), NextStep::Wait(None));
+        assert_eq!(
+            next_step(&j, Some(&fleet), None, now()),
+            NextStep::Wait(None)
+        );
     }
 }

@@ -103,13 +103,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         identity: identity.clone(),
         seconds: args.lease_seconds,
     };
-    let mut leadership = Leadership::join(client.clone(), &lease).await?;
+    let leadership = Leadership::join(client.clone(), &lease).await?;
     // A standby is healthy and ready: it is doing its job, waiting.
     ready.store(true, Ordering::Relaxed);
     tracing::info!(%identity, lease = %args.lease_name, "waiting for leadership");
     tokio::select! {
-        acquired = leadership.acquired() => acquired?,
-        _ = signals.recv() => return Ok(()),
+        () = leadership.acquired() => {}
+        _ = signals.recv() => {
+            leadership.release().await;
+            return Ok(());
+        }
     }
     tracing::info!(%identity, "leading");
 
@@ -131,6 +134,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 recorder.clone(),
                 metrics.clone(),
                 fleet_watches,
+                leadership.gate(),
             ),
             dispatch::run(
                 client,
@@ -138,7 +142,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 PubSubQueue::new(endpoint, queue),
                 recorder,
                 metrics,
-                job_watches
+                job_watches,
+                leadership.gate(),
             ),
         );
     };

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_crds::FailureReason;
+use drover_crds::claim_clock::{ClaimSeen, ClaimSightings};
 use drover_crds::job::JobError;
 use drover_crds::job_state::{ClaimDecision, ClaimView, TransitionError, decide_claim};
 use drover_crds::job_transition::NewClaim;
@@ -56,6 +57,46 @@ pub struct Worker {
     pub stats: Arc<Stats>,
     /// The claims this process holds now.
     pub claims: Claims,
+    /// When this worker first saw other workers' claims as they are, on its
+    /// own clock, so a skewed clock never makes a live claim look expired.
+    pub claims_seen: Mutex<ClaimSightings>,
+}
+
+/// Past this many sightings the worker starts afresh: every claim then looks
+/// just renewed, which only delays a takeover the operator's watchdog makes anyway.
+const MAX_SIGHTINGS: usize = 4096;
+
+impl Worker {
+    pub fn new(client: Client, pod: String, stats: Arc<Stats>) -> Self {
+        Self {
+            client,
+            pod,
+            stats,
+            claims: Claims::default(),
+            claims_seen: Mutex::default(),
+        }
+    }
+
+    fn observe_claim(&self, job: &Job, now: Timestamp) -> Option<ClaimSeen> {
+        let uid = job.metadata.uid.as_deref().unwrap_or_default();
+        let mut seen = self
+            .claims_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let running = job
+            .status
+            .as_ref()
+            .filter(|s| s.phase == JobPhase::Running)
+            .and_then(|s| s.claim.as_ref());
+        let Some(claim) = running else {
+            seen.forget(uid);
+            return None;
+        };
+        if seen.len() >= MAX_SIGHTINGS {
+            *seen = ClaimSightings::default();
+        }
+        Some(seen.observe(uid, claim, now))
+    }
 }
 
 /// Handles one Job message to the end.
@@ -81,13 +122,15 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
             .claim
             .as_ref()
             .is_some_and(|c| worker.claims.holds(&c.id));
+        let now = Timestamp::now();
         let view = ClaimView {
             uid: job.metadata.uid.as_deref().unwrap_or_default(),
             cancel_requested: job.spec.cancel,
             status: &status,
+            claim_seen: worker.observe_claim(&job, now),
             claim_held_here,
         };
-        match decide_claim(view, &message, &worker.pod, Timestamp::now()) {
+        match decide_claim(view, &message, &worker.pod, now) {
             ClaimDecision::Skip(reason) => {
                 tracing::info!(event = "idempotent_skip", reason = reason.as_str(), job = %message.name, namespace = %message.namespace, attempt = message.attempt, "skipped");
                 worker.stats.skipped(reason.as_str());

@@ -12,7 +12,6 @@ use drover_queue::PubSubEndpoint;
 use drover_runtime::http::{self, Health};
 use drover_runtime::signals::StopSignals;
 use drover_runtime::start::{kube_client, run_binary};
-use drover_worker::claims::Claims;
 use drover_worker::fleet_config::watch_fleet;
 use drover_worker::http::{WorkerState, readiness, status_routes};
 use drover_worker::job_run::Worker;
@@ -71,12 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     tracing::info!(worker = %args.worker_name, namespace = %args.namespace, pod = %args.pod_name, addr = %args.http_addr, "worker starting");
 
-    let worker = Arc::new(Worker {
-        client,
-        pod: args.pod_name.clone(),
-        stats,
-        claims: Claims::default(),
-    });
+    let worker = Arc::new(Worker::new(client, args.pod_name.clone(), stats));
     let settings = PullSettings {
         endpoint: PubSubEndpoint::from_env(),
         default_project: args.pubsub_project.clone(),

@@ -12,7 +12,7 @@ pub struct DebianPackage {
 }
 
 /// What `cargo test --workspace` needs from Debian.
-pub const TEST_PACKAGES: [DebianPackage; 3] = [
+pub const TEST_PACKAGES: [DebianPackage; 4] = [
     DebianPackage {
         name: "prometheus",
         commands: &["prometheus", "promtool"],
@@ -27,6 +27,11 @@ pub const TEST_PACKAGES: [DebianPackage; 3] = [
         name: "espeak-ng",
         commands: &["espeak-ng"],
         needed_by: "the assembly tests and benchmark (synthetic speech)",
+    },
+    DebianPackage {
+        name: "faketime",
+        commands: &["faketime"],
+        needed_by: "the clock-skew test (libfaketime runs a worker 60 s ahead of the others)",
     },
 ];
 
@@ -75,7 +80,7 @@ mod tests {
     fn everything_is_missing_on_a_fresh_machine() {
         assert_eq!(
             names(&missing(&TEST_PACKAGES, |_| false)),
-            ["prometheus", "ffmpeg", "espeak-ng"]
+            ["prometheus", "ffmpeg", "espeak-ng", "faketime"]
         );
     }
 
