@@ -42,6 +42,9 @@ failure_reasons! {
     MaxAttemptsExceeded,
     /// The worker running the attempt stopped renewing its claim.
     WorkerLost,
+    /// Draining workers handed the Job back unfinished too many times: it
+    /// needs longer than its fleet's pods are given to finish.
+    ReleasedTooOften,
     // Decided by a worker, for any pipeline.
     /// A step ran longer than `timeouts.stepSeconds`.
     StepTimeout,

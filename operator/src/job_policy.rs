@@ -13,6 +13,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 /// its worker: the worker enforces the timeout; this only catches a worker
 /// that cannot.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// Hand-backs by draining workers after which a Job fails instead of
+/// starting over once more.
+pub const MAX_RELEASES: i32 = 5;
 /// Shortest wait before a Queued Job that nobody claimed is published again.
 pub const MIN_UNCLAIMED_REPUBLISH: Duration = Duration::from_secs(30);
 
@@ -158,6 +161,17 @@ pub fn next_step(
                 attempt: status.attempt.max(1),
                 republish: false,
             },
+        },
+        JobPhase::Queued if status.releases > MAX_RELEASES => NextStep::Fail {
+            reason: FailureReason::ReleasedTooOften,
+            message: format!(
+                "draining workers handed attempt {} back {} times without finishing it: \
+                 it needs longer than the {} s its workers are given (timeouts.jobSeconds)",
+                status.attempt,
+                status.releases,
+                settings.timeout.as_secs()
+            ),
+            dead_letter: true,
         },
         JobPhase::Queued => {
             let queued_at = status.queued_at.as_ref().map_or(now, |t| t.0);
@@ -438,6 +452,23 @@ mod tests {
         assert!(matches!(
             next_step(&j, Some(&fleet()), Some(seen), now()),
             NextStep::Wait(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_job_handed_back_too_often_fails_with_a_reason() {
+        let mut j = job(JobPhase::Queued, 1);
+        j.status.as_mut().unwrap().queued_at = Some(ago(1));
+        j.status.as_mut().unwrap().releases = MAX_RELEASES;
+        assert!(matches!(step(&j), NextStep::Wait(_)));
+        j.status.as_mut().unwrap().releases = MAX_RELEASES + 1;
+        assert!(matches!(
+            step(&j),
+            NextStep::Fail {
+                reason: FailureReason::ReleasedTooOften,
+                dead_letter: true,
+                ..
+            }
         ));
     }
 
