@@ -559,6 +559,10 @@ fn start_controller_manager(
         .arg("--use-service-account-credentials=true")
         .arg("--controllers=*")
         .arg("--leader-elect=false")
+        // Starting every controller under its own ServiceAccount makes
+        // hundreds of requests; the default client limit (20/s) made that 5 s.
+        .arg("--kube-api-qps=200")
+        .arg("--kube-api-burst=400")
         // Lets the CSR signer work, for completeness; the CA is throwaway anyway.
         .arg(flag("--cluster-signing-cert-file", &pki.ca.cert))
         .arg(flag("--cluster-signing-key-file", &pki.ca.key));
