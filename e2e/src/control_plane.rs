@@ -1,7 +1,9 @@
 //! A real, local Kubernetes control plane: etcd, kube-apiserver and
 //! kube-controller-manager as child processes on loopback ports, with a fresh PKI
 //! and an admin kubeconfig. There is no scheduler and no kubelet; the tests'
-//! process kubelet plays both roles for the Pods it cares about.
+//! process kubelet plays both roles for the Pods it cares about, unless the
+//! control plane runs inside a real node's network namespace
+//! ([`ControlPlane::start_in`], [`crate::node`]).
 //!
 //! Everything the control plane writes (PKI, etcd data, kubeconfigs, logs) lives
 //! in the state directory the caller chooses; the processes are stopped when the

@@ -90,6 +90,13 @@ pub enum NodeError {
         status: String,
         log: LogTail,
     },
+    #[error(
+        "the real node needs {}, which this machine lacks: `cargo xtask test` installs \
+         them (apt-get install -y containerd runc containernetworking-plugins iptables \
+         conntrack), and the node runs as root",
+        .0.join(", ")
+    )]
+    Missing(Vec<String>),
     #[error("cgroups left behind after the node stopped: {0:?}")]
     CgroupsLeft(Vec<PathBuf>),
 }
@@ -144,6 +151,10 @@ impl Node {
         progress: &mut dyn FnMut(&str),
     ) -> Result<Self, NodeError> {
         let started = Instant::now();
+        let missing = missing_prerequisites();
+        if !missing.is_empty() {
+            return Err(NodeError::Missing(missing));
+        }
         remove_stale_state_dirs();
         if state_dir.exists() {
             fs::remove_dir_all(state_dir).map_err(io_err("cannot remove the old", state_dir))?;
@@ -442,6 +453,40 @@ pub fn full_reference(reference: &str) -> String {
         (false, true) => format!("docker.io/{reference}"),
         (false, false) => format!("docker.io/library/{reference}"),
     }
+}
+
+/// What the node runs that is not built here, and root; named when absent.
+fn missing_prerequisites() -> Vec<String> {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    let mut missing: Vec<String> = [
+        "containerd",
+        "ctr",
+        "runc",
+        "iptables",
+        "conntrack",
+        "nsenter",
+        "unshare",
+        "gcc",
+        "strip",
+    ]
+    .into_iter()
+    .filter(|c| !on_path(c))
+    .map(str::to_owned)
+    .collect();
+    for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+        let path = Path::new(config::CNI_BIN_DIR).join(plugin);
+        if !path.is_file() {
+            missing.push(path.display().to_string());
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_owned());
+    }
+    missing
 }
 
 /// Removes the state directories (logs, by then: the janitor removed the
