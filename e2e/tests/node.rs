@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use drover_e2e::node::{NODE_NAME, NODE_PREFIX, Node, namespaces::NODE_IP};
-use drover_e2e::{ManagedProcess, drover, ensure_built, error_chain, ports, wait};
+use drover_e2e::{ManagedProcess, ensure_built, error_chain, ports, wait};
 use drover_queue::{PubSubEndpoint, QueueAdmin};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node as NodeObject, Pod, ServiceAccount};
@@ -66,9 +66,13 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
     assert_eq!(read_sysctls(), machine_sysctls);
 
     let images_started = Instant::now();
-    let worker_binary = drover::binary("drover-worker").expect("target/debug/drover-worker");
-    node.load_drover_image(&worker_binary, WORKER_IMAGE)
-        .unwrap_or_else(|e| panic!("loading the worker image: {}", error_chain(&e)));
+    let chart_images = node.load_chart_images().unwrap_or_else(|e| {
+        panic!(
+            "loading the operator and worker images: {}",
+            error_chain(&e)
+        )
+    });
+    assert_eq!(chart_images[1], WORKER_IMAGE);
     node.load_drover_image(&bins.kubectl, KUBECTL_IMAGE)
         .unwrap_or_else(|e| panic!("loading the kubectl image: {}", error_chain(&e)));
     say(&format!(
@@ -78,10 +82,15 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
     let images = node
         .ctr(&["images", "list", "-q"])
         .expect("ctr images list");
-    assert!(
-        images.contains("docker.io/library/drover-worker:0.1.0"),
-        "images on the node:\n{images}"
-    );
+    for image in [
+        "docker.io/library/drover-operator:0.1.0",
+        "docker.io/library/drover-worker:0.1.0",
+    ] {
+        assert!(
+            images.contains(image),
+            "{image} is not on the node:\n{images}"
+        );
+    }
 
     // The worker pulls from an emulator inside the node's network namespace
     // (nothing it does leaves that namespace); the test reaches it over loopback.

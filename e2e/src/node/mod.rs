@@ -78,6 +78,8 @@ pub enum NodeError {
     Certs(#[from] certs::CertError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Binary(#[from] crate::drover::DroverBinaryError),
     #[error("the node did not become Ready within {timeout:?} (last: {last})\n{log}")]
     NotReady {
         timeout: Duration,
@@ -353,6 +355,19 @@ impl Node {
     /// node's network namespace, until the returned value is dropped.
     pub fn forward_loopback_port(&self, port: u16) -> io::Result<namespaces::Forwarder> {
         self.parts().namespaces.forward_loopback_port(port)
+    }
+
+    /// Loads the operator's and the worker's images, from this build's
+    /// `drover-operator` and `drover-worker`, under the names the chart uses
+    /// by default (`drover-operator:<appVersion>`, `drover-worker:<appVersion>`;
+    /// the chart's appVersion is the workspace version). Returns the two names.
+    pub fn load_chart_images(&self) -> Result<[String; 2], NodeError> {
+        let load = |name: &'static str| -> Result<String, NodeError> {
+            let reference = format!("{name}:{}", env!("CARGO_PKG_VERSION"));
+            self.load_drover_image(&crate::drover::binary(name)?, &reference)?;
+            Ok(reference)
+        };
+        Ok([load("drover-operator")?, load("drover-worker")?])
     }
 
     /// Runs `ctr` against the node's containerd with `args`, returning its output.
