@@ -144,7 +144,8 @@ pub fn drover_image(
     if archive.exists() {
         return Ok(archive);
     }
-    let work = cache_dir.join(format!("{name}-{key}.partial"));
+    // Per process: test binaries running side by side may pack the same image.
+    let work = cache_dir.join(format!("{name}-{key}.partial-{}", std::process::id()));
     recreate_dir(&work)?;
     let rootfs = work.join("rootfs");
     let mut layout = Command::new("bash");
