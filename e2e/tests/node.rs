@@ -65,6 +65,23 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
     assert_eq!(overcommit.trim(), "1");
     assert_eq!(read_sysctls(), machine_sysctls);
 
+    // What a user's shell sees over the machine's loopback.
+    let wide = std::process::Command::new(&bins.kubectl)
+        .arg("--kubeconfig")
+        .arg(node.control_plane().kubeconfig_path())
+        .args(["get", "nodes", "-o", "wide"])
+        .output()
+        .expect("kubectl get nodes");
+    let wide = String::from_utf8_lossy(&wide.stdout);
+    say(&format!("kubectl get nodes -o wide:\n{}", wide.trim_end()));
+    assert!(
+        wide.lines().any(|l| l.starts_with(NODE_NAME)
+            && l.contains(" Ready ")
+            && l.contains(&NODE_IP.to_string())
+            && l.contains("containerd://1.6.")),
+        "{wide}"
+    );
+
     let images_started = Instant::now();
     let chart_images = node.load_chart_images().unwrap_or_else(|e| {
         panic!(
