@@ -4,6 +4,8 @@
 //!   kube-controller-manager, kubectl, the Pub/Sub emulator).
 //! * [`control_plane`] runs etcd, kube-apiserver and kube-controller-manager.
 //! * [`pubsub_emulator`] runs the Pub/Sub emulator.
+//! * [`node`] runs a real node (containerd, kubelet, kube-proxy) with the
+//!   control plane, in namespaces of its own.
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -16,6 +18,7 @@ pub mod drover;
 pub mod kubelet;
 pub mod latency;
 pub mod manifests;
+pub mod node;
 pub mod observe;
 pub mod ports;
 pub mod process;
