@@ -116,10 +116,10 @@ pub enum StartDroverError {
 }
 
 /// The process kubelet's configuration for Drover: the worker image (and the
-/// chart's operator and worker images, any tag) -> the built binaries, with the
-/// admin kubeconfig standing in for a mounted token.
+/// chart's operator and worker images, any tag) -> the built binaries, each
+/// pod authenticating with a real token of its own ServiceAccount: no worker
+/// in a test is an admin.
 pub fn kubelet_config(env: &TestEnv) -> Result<crate::kubelet::KubeletConfig, StartDroverError> {
-    let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
     Ok(crate::kubelet::KubeletConfig::new(
         "drover-node",
         env.control_plane.state_dir().join("kubelet"),
@@ -127,7 +127,7 @@ pub fn kubelet_config(env: &TestEnv) -> Result<crate::kubelet::KubeletConfig, St
     .image(WORKER_IMAGE, binary("drover-worker")?)
     .image(WORKER_IMAGE_REPOSITORY, binary("drover-worker")?)
     .image(OPERATOR_IMAGE_REPOSITORY, binary("drover-operator")?)
-    .env("KUBECONFIG", kubeconfig)
+    .run_as_service_accounts(env.control_plane.kubeconfig_path())
     .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
     .env("RUST_LOG", "info,kube=warn"))
 }
