@@ -62,10 +62,15 @@ pub struct OperatorOptions {
     pub identity: String,
     pub lease_seconds: u64,
     pub metrics_port: u16,
+    /// The operator's own identity: its ServiceAccount's token, from
+    /// [`crate::identity::operator_kubeconfig`]; never the admin's.
+    pub kubeconfig: PathBuf,
 }
 
-/// Starts `drover-operator` with the environment's kubeconfig and emulator,
-/// logging to `<state>/operator-<identity>.log`.
+/// Starts `drover-operator` as its own ServiceAccount against the
+/// environment's apiserver and emulator, logging to
+/// `<state>/operator-<identity>.log`; its Lease lives in its namespace, as
+/// installed.
 pub fn start_operator(
     env: &TestEnv,
     options: &OperatorOptions,
@@ -76,10 +81,11 @@ pub fn start_operator(
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+        .env("KUBECONFIG", &options.kubeconfig)
         .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
         .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
         .env("RUST_LOG", "info,kube=warn,drover_operator=debug")
+        .args(["--lease-namespace", crate::identity::OPERATOR_NAMESPACE])
         .args(["--worker-image", WORKER_IMAGE])
         .args([
             "--metrics-addr",
@@ -113,6 +119,8 @@ pub enum StartDroverError {
     Client(#[from] crate::ControlPlaneError),
     #[error("cannot start the process kubelet: {0}")]
     Kubelet(#[from] crate::kubelet::KubeletError),
+    #[error("cannot give the operator its own identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// The process kubelet's configuration for Drover: the worker image (and the
@@ -149,12 +157,14 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
         .first()
         .copied()
         .unwrap_or_default();
+    let kubeconfig = crate::identity::operator_kubeconfig(env).await?;
     let operator = start_operator(
         env,
         &OperatorOptions {
             identity: "operator-0".into(),
             lease_seconds: 15,
             metrics_port: port,
+            kubeconfig,
         },
     )?;
     Ok(DroverProcesses {

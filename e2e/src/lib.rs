@@ -15,6 +15,7 @@
 pub mod certs;
 pub mod control_plane;
 pub mod drover;
+pub mod identity;
 pub mod kubelet;
 pub mod latency;
 pub mod manifests;

@@ -18,14 +18,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, ResourceFieldSelector,
-    Secret, ServiceAccount,
+    Secret,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::Api;
-use kube::api::PostParams;
 
 use super::expansion::expand;
 use super::quantity;
@@ -81,14 +79,9 @@ pub(crate) enum EnvError {
     },
 }
 
-/// How long a pod's token lives; a test never runs this long, and a real
-/// kubelet would refresh it.
-const TOKEN_SECONDS: i64 = 6 * 3600;
-
 /// Writes to `path` a kubeconfig that authenticates as ServiceAccount
-/// `namespace/account` with a real token from the TokenRequest API, bound to
-/// the pod, as a kubelet mounts one: the apiserver and CA come from the
-/// `admin` kubeconfig, the credentials never do.
+/// `account` of the pod's namespace with a real token bound to the pod, as a
+/// kubelet mounts one (see [`crate::identity`]).
 pub(crate) async fn write_service_account_kubeconfig(
     client: &kube::Client,
     admin: &std::path::Path,
@@ -96,60 +89,13 @@ pub(crate) async fn write_service_account_kubeconfig(
     pod: &Pod,
     account: &str,
 ) -> Result<(), EnvError> {
-    let fail = |reason: String| EnvError::ServiceAccountKubeconfig {
-        path: path.display().to_string(),
-        reason,
-    };
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            // The apiserver's own audience, as a kubelet's default token has.
-            audiences: None,
-            expiration_seconds: Some(TOKEN_SECONDS),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-            ..TokenRequestSpec::default()
-        }),
-        ..TokenRequest::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
-        .create_token_request(account, &PostParams::default(), &request)
+    crate::identity::write_token_kubeconfig(client, admin, path, &namespace, account, Some(pod))
         .await
-        .map_err(|e| fail(format!("TokenRequest for {namespace}/{account}: {e}")))?;
-    let token = issued
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| fail("the TokenRequest came back without a token".into()))?;
-    let text = std::fs::read_to_string(admin)
-        .map_err(|e| fail(format!("cannot read {}: {e}", admin.display())))?;
-    let kubeconfig = with_token(&text, &token).map_err(fail)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    }
-    std::fs::write(path, kubeconfig).map_err(|e| fail(e.to_string()))
-}
-
-/// `kubeconfig` with every user's credentials replaced by `token`.
-pub(crate) fn with_token(kubeconfig: &str, token: &str) -> Result<String, String> {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(kubeconfig).map_err(|e| format!("not a kubeconfig: {e}"))?;
-    let users = config
-        .get_mut("users")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .ok_or("the kubeconfig has no users")?;
-    for user in users {
-        let entry = user
-            .as_mapping_mut()
-            .ok_or("a kubeconfig user entry is not a mapping")?;
-        let mut auth = serde_yaml::Mapping::new();
-        auth.insert("token".into(), token.into());
-        entry.insert("user".into(), serde_yaml::Value::Mapping(auth));
-    }
-    serde_yaml::to_string(&config).map_err(|e| e.to_string())
+        .map_err(|e| EnvError::ServiceAccountKubeconfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// The ConfigMaps and Secrets a container's environment refers to.
@@ -720,16 +666,5 @@ mod tests {
         let refs = references(&pod.spec.as_ref().expect("spec").containers[0]);
         assert_eq!(refs.config_maps, BTreeSet::from(["a".into(), "b".into()]));
         assert_eq!(refs.secrets, BTreeSet::from(["s1".into(), "s2".into()]));
-    }
-
-    #[test]
-    fn a_pod_kubeconfig_holds_its_token_and_no_admin_credentials() {
-        let admin = "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n    client-certificate-data: Y2VydA==\n    client-key-data: a2V5\n";
-        let text = with_token(admin, "t0ken").expect("rewritten");
-        let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
-        let user = &config["users"][0]["user"];
-        assert_eq!(user["token"].as_str(), Some("t0ken"));
-        assert_eq!(user.as_mapping().map(serde_yaml::Mapping::len), Some(1));
-        assert!(with_token("kind: Config\n", "t").is_err());
     }
 }
