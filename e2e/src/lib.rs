@@ -4,6 +4,7 @@
 //!   kube-controller-manager, kubectl, the Pub/Sub emulator).
 //! * [`control_plane`] runs etcd, kube-apiserver and kube-controller-manager.
 //! * [`pubsub_emulator`] runs the Pub/Sub emulator.
+//! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -15,6 +16,7 @@ pub mod control_plane;
 pub mod drover;
 pub mod kubelet;
 pub mod latency;
+pub mod local_model;
 pub mod manifests;
 pub mod observe;
 pub mod ports;

@@ -18,8 +18,11 @@ enum Kind {
     Text { max_chars: usize },
     /// One of these strings (the check forgives case and spaces).
     OneOf(&'static [&'static str]),
-    /// A number in this closed range.
-    Number { min: f64, max: f64 },
+    /// A whole number in this closed range (as JSON Schema's `integer`,
+    /// 7.0 counts). Whole, because grammar-constrained decoders bound
+    /// integers but not always other numbers: llama.cpp's lets a `number`
+    /// with `maximum: 10` come out as 9538.74.
+    Integer { min: i64, max: i64 },
     /// A list of at most `max_items` strings of at most `max_chars` each.
     TextList { max_items: usize, max_chars: usize },
 }
@@ -69,10 +72,7 @@ pub const REVIEW: Shape = Shape {
         },
         Field {
             name: "score",
-            kind: Kind::Number {
-                min: 0.0,
-                max: 10.0,
-            },
+            kind: Kind::Integer { min: 0, max: 10 },
             hint: "",
         },
         Field {
@@ -141,7 +141,7 @@ fn property(kind: Kind) -> Value {
             json!({"type": "string", "minLength": 1, "maxLength": max_chars})
         }
         Kind::OneOf(options) => json!({"type": "string", "enum": options}),
-        Kind::Number { min, max } => json!({"type": "number", "minimum": min, "maximum": max}),
+        Kind::Integer { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
         Kind::TextList {
             max_items,
             max_chars,
@@ -161,7 +161,7 @@ fn prompt_value(field: &Field) -> String {
             .map(|o| format!("{o:?}"))
             .collect::<Vec<_>>()
             .join(" | "),
-        Kind::Number { min, max } => format!("<a number from {min} to {max}>"),
+        Kind::Integer { min, max } => format!("<a whole number from {min} to {max}>"),
         Kind::TextList {
             max_items,
             max_chars,
@@ -210,13 +210,17 @@ fn check_field(field: &Field, value: &Value) -> Result<Value, String> {
                 )),
             }
         }
-        Kind::Number { min, max } => match value {
+        Kind::Integer { min, max } => match value {
             Value::Number(n) => match n.as_f64() {
-                Some(x) if (min..=max).contains(&x) => Ok(json!(x)),
-                _ => Err(format!("{name:?} is {n}; it must be from {min} to {max}")),
+                Some(x) if x.fract() == 0.0 && (min as f64..=max as f64).contains(&x) => {
+                    Ok(json!(x))
+                }
+                _ => Err(format!(
+                    "{name:?} is {n}; it must be a whole number from {min} to {max}"
+                )),
             },
             other => Err(format!(
-                "{name:?} is {other}; it must be a number from {min} to {max}"
+                "{name:?} is {other}; it must be a whole number from {min} to {max}"
             )),
         },
         Kind::TextList {
@@ -392,14 +396,14 @@ mod tests {
     #[test]
     fn a_valid_review_parses() {
         let review = parse_review(
-            r#"{"verdict": "revise", "score": 6.5, "summary": " Needs a rollback plan. ", "concerns": ["no rollback", ""]}"#,
+            r#"{"verdict": "revise", "score": 6.0, "summary": " Needs a rollback plan. ", "concerns": ["no rollback", ""]}"#,
         )
         .unwrap();
         assert_eq!(
             review,
             Review {
                 verdict: Verdict::Revise,
-                score: 6.5,
+                score: 6.0,
                 summary: "Needs a rollback plan.".into(),
                 concerns: vec!["no rollback".into()],
             }
@@ -425,7 +429,7 @@ mod tests {
                 "type": "object",
                 "properties": {
                     "verdict": {"type": "string", "enum": ["approve", "revise", "reject"]},
-                    "score": {"type": "number", "minimum": 0.0, "maximum": 10.0},
+                    "score": {"type": "integer", "minimum": 0, "maximum": 10},
                     "summary": {"type": "string", "minLength": 1, "maxLength": 400},
                     "concerns": {
                         "type": "array", "maxItems": 5,
@@ -454,13 +458,19 @@ mod tests {
             assert!(with("verdict", verdict.clone()).is_ok(), "{verdict}");
         }
         assert!(with("verdict", json!("bad")).is_err());
+        assert_eq!(p["score"]["type"], "integer");
         let (min, max) = (
-            p["score"]["minimum"].as_f64().unwrap(),
-            p["score"]["maximum"].as_f64().unwrap(),
+            p["score"]["minimum"].as_i64().unwrap(),
+            p["score"]["maximum"].as_i64().unwrap(),
         );
         assert!(with("score", json!(min)).is_ok() && with("score", json!(max)).is_ok());
-        assert!(with("score", json!(min - 0.1)).is_err());
-        assert!(with("score", json!(max + 0.1)).is_err());
+        assert!(
+            with("score", json!(7.0)).is_ok(),
+            "JSON Schema's integer takes 7.0"
+        );
+        assert!(with("score", json!(6.5)).is_err());
+        assert!(with("score", json!(min - 1)).is_err());
+        assert!(with("score", json!(max + 1)).is_err());
         let longest = p["summary"]["maxLength"].as_u64().unwrap() as usize;
         assert!(with("summary", json!("é".repeat(longest))).is_ok());
         assert!(with("summary", json!("é".repeat(longest + 1))).is_err());
@@ -491,7 +501,7 @@ mod tests {
     fn the_prompt_states_the_same_shape() {
         assert_eq!(
             REVIEW.prompt_shape(),
-            r#"{"verdict": "approve" | "revise" | "reject", "score": <a number from 0 to 10>, "summary": "<one or two sentences, at most 400 characters>", "concerns": ["<a concern, at most 200 characters>", ... at most 5]}"#
+            r#"{"verdict": "approve" | "revise" | "reject", "score": <a whole number from 0 to 10>, "summary": "<one or two sentences, at most 400 characters>", "concerns": ["<a concern, at most 200 characters>", ... at most 5]}"#
         );
         assert_eq!(
             PROPOSAL.prompt_shape(),
@@ -518,11 +528,11 @@ mod tests {
             ),
             (
                 r#"{"verdict": "approve", "score": 11, "summary": "x"}"#,
-                "\"score\" is 11; it must be from 0 to 10",
+                "\"score\" is 11; it must be a whole number from 0 to 10",
             ),
             (
                 r#"{"verdict": "approve", "score": "high", "summary": "x"}"#,
-                "must be a number",
+                "must be a whole number",
             ),
             (
                 r#"{"verdict": "approve", "score": 5, "summary": "  "}"#,
