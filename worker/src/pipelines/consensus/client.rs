@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use drover_crds::pipeline_worker::ConsensusSpec;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::schema::Shape;
+use super::schema::{JsonSchema, Shape};
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +61,7 @@ enum ResponseFormat<'a> {
 struct NamedSchema<'a> {
     name: &'a str,
     strict: bool,
-    schema: &'a Value,
+    schema: JsonSchema<'a>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,12 +182,11 @@ impl ChatClient {
         shape: &Shape,
     ) -> Result<String, CallError> {
         let endpoint = self.endpoint();
-        let schema = shape.json_schema();
         let schema_format = || ResponseFormat::JsonSchema {
             json_schema: NamedSchema {
                 name: shape.name,
                 strict: true,
-                schema: &schema,
+                schema: shape.json_schema(),
             },
         };
         if self.refusals.refused(&endpoint) {
@@ -404,6 +402,7 @@ fn shared_http() -> Result<reqwest::Client, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::schema::REVIEW;
     use super::*;
 
     #[test]
@@ -471,7 +470,6 @@ mod tests {
             ChatMessage::new(Role::System, "s"),
             ChatMessage::new(Role::User, "u"),
         ];
-        let schema = serde_json::json!({"type": "object"});
         let request = |format| {
             serde_json::to_value(ChatRequest {
                 model: "m",
@@ -485,7 +483,7 @@ mod tests {
             json_schema: NamedSchema {
                 name: "review",
                 strict: true,
-                schema: &schema,
+                schema: REVIEW.json_schema(),
             },
         });
         assert_eq!(
@@ -494,7 +492,7 @@ mod tests {
                 "model": "m", "temperature": 0.2,
                 "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
                 "response_format": {"type": "json_schema", "json_schema": {
-                    "name": "review", "strict": true, "schema": {"type": "object"},
+                    "name": "review", "strict": true, "schema": REVIEW.json_schema().to_value(),
                 }},
             })
         );

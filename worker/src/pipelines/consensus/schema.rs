@@ -6,6 +6,7 @@
 //! repair request.
 
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::{Map, Value, json};
 
 /// The verdicts a reviewer may give, as the model writes them.
@@ -93,20 +94,10 @@ pub const REVIEW: Shape = Shape {
 
 impl Shape {
     /// The JSON Schema of this answer, strict as OpenAI's structured outputs
-    /// want it: every property required, no other properties.
-    pub fn json_schema(&self) -> Value {
-        let properties: Map<String, Value> = self
-            .fields
-            .iter()
-            .map(|field| (field.name.to_owned(), property(field.kind)))
-            .collect();
-        let required: Vec<&str> = self.fields.iter().map(|f| f.name).collect();
-        json!({
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": false,
-        })
+    /// want it: every property required, no other properties. Serialized,
+    /// its properties keep the shape's order (see [`JsonSchema`]).
+    pub fn json_schema(&self) -> JsonSchema<'_> {
+        JsonSchema(self)
     }
 
     /// The shape as the prompt states it, e.g. `{"verdict": "approve" | ...}`.
@@ -132,6 +123,48 @@ impl Shape {
             checked.insert(field.name.to_owned(), check_field(field, value)?);
         }
         Ok(checked)
+    }
+}
+
+/// A shape's JSON Schema. It serializes its properties in the shape's
+/// order, not sorted as a `serde_json::Map` would: grammar-constrained
+/// decoders write the fields in schema order, and a model that has to write
+/// a whole proposal before its title, or its concerns before its verdict,
+/// rambles.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonSchema<'a>(&'a Shape);
+
+#[cfg(test)]
+impl JsonSchema<'_> {
+    /// As a JSON value (properties sorted), for comparisons.
+    pub fn to_value(self) -> Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl Serialize for JsonSchema<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let fields = self.0.fields;
+        let required: Vec<&str> = fields.iter().map(|f| f.name).collect();
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("type", "object")?;
+        map.serialize_entry("properties", &Properties(fields))?;
+        map.serialize_entry("required", &required)?;
+        map.serialize_entry("additionalProperties", &false)?;
+        map.end()
+    }
+}
+
+/// The `properties` of a schema, in field order.
+struct Properties(&'static [Field]);
+
+impl Serialize for Properties {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for field in self.0 {
+            map.serialize_entry(field.name, &property(field.kind))?;
+        }
+        map.end()
     }
 }
 
@@ -422,7 +455,7 @@ mod tests {
 
     #[test]
     fn the_review_schema_is_strict_with_the_validators_enums_ranges_and_lengths() {
-        let schema = REVIEW.json_schema();
+        let schema = REVIEW.json_schema().to_value();
         assert_eq!(
             schema,
             json!({
@@ -446,7 +479,7 @@ mod tests {
     /// and just past each one: the two cannot disagree.
     #[test]
     fn the_validator_accepts_exactly_what_the_schema_allows() {
-        let schema = REVIEW.json_schema();
+        let schema = REVIEW.json_schema().to_value();
         let p = &schema["properties"];
         let base = || json!({"verdict": "approve", "score": 5, "summary": "Fine.", "concerns": []});
         let with = |field: &str, value: Value| {
@@ -488,13 +521,23 @@ mod tests {
                 .remove(required.as_str().unwrap());
             assert!(parse_review(&answer.to_string()).is_err(), "{required}");
         }
-        let proposal = PROPOSAL.json_schema();
+        let proposal = PROPOSAL.json_schema().to_value();
         let title = proposal["properties"]["title"]["maxLength"]
             .as_u64()
             .unwrap() as usize;
         let answer = |t: String| json!({"title": t, "proposal": "p"}).to_string();
         assert!(parse_proposal(&answer("t".repeat(title))).is_ok());
         assert!(parse_proposal(&answer("t".repeat(title + 1))).is_err());
+    }
+
+    #[test]
+    fn the_schema_lists_the_fields_in_the_order_the_prompt_asks_for_them() {
+        let text = serde_json::to_string(&REVIEW.json_schema()).unwrap();
+        let at = |name: &str| text.find(&format!("\"{name}\":{{")).unwrap();
+        assert!(at("verdict") < at("score") && at("score") < at("summary"));
+        assert!(at("summary") < at("concerns"), "{text}");
+        let text = serde_json::to_string(&PROPOSAL.json_schema()).unwrap();
+        assert!(text.find("\"title\":{").unwrap() < text.find("\"proposal\":{").unwrap());
     }
 
     #[test]

@@ -195,7 +195,7 @@ async fn valid_answers_become_a_decision_that_cites_every_persona() {
         assert_eq!(
             s.call.body["response_format"],
             json!({"type": "json_schema", "json_schema": {
-                "name": shape.name, "strict": true, "schema": shape.json_schema(),
+                "name": shape.name, "strict": true, "schema": shape.json_schema().to_value(),
             }})
         );
     }
