@@ -45,7 +45,7 @@ pub const PYTHON_ENV: &str = "DROVER_PYTHON";
 
 /// Requests the server decodes at once: one per persona of the sample.
 pub const PARALLEL_REQUESTS: u32 = 3;
-/// Context tokens per request: the longest review conversation (a 3000
+/// Context tokens per request: the longest review conversation (a 2000
 /// character proposal, the prompts and a repair) fits with room to spare.
 const CONTEXT_PER_REQUEST: u32 = 4096;
 

@@ -56,7 +56,7 @@ pub const PROPOSAL: Shape = Shape {
         },
         Field {
             name: "proposal",
-            kind: Kind::Text { max_chars: 3000 },
+            kind: Kind::Text { max_chars: 2000 },
             hint: "the full proposal",
         },
     ],
@@ -78,14 +78,14 @@ pub const REVIEW: Shape = Shape {
         },
         Field {
             name: "summary",
-            kind: Kind::Text { max_chars: 400 },
+            kind: Kind::Text { max_chars: 240 },
             hint: "one or two sentences",
         },
         Field {
             name: "concerns",
             kind: Kind::TextList {
-                max_items: 5,
-                max_chars: 200,
+                max_items: 3,
+                max_chars: 120,
             },
             hint: "a concern",
         },
@@ -463,10 +463,10 @@ mod tests {
                 "properties": {
                     "verdict": {"type": "string", "enum": ["approve", "revise", "reject"]},
                     "score": {"type": "integer", "minimum": 0, "maximum": 10},
-                    "summary": {"type": "string", "minLength": 1, "maxLength": 400},
+                    "summary": {"type": "string", "minLength": 1, "maxLength": 240},
                     "concerns": {
-                        "type": "array", "maxItems": 5,
-                        "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "type": "array", "maxItems": 3,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 120},
                     },
                 },
                 "required": ["verdict", "score", "summary", "concerns"],
@@ -544,11 +544,11 @@ mod tests {
     fn the_prompt_states_the_same_shape() {
         assert_eq!(
             REVIEW.prompt_shape(),
-            r#"{"verdict": "approve" | "revise" | "reject", "score": <a whole number from 0 to 10>, "summary": "<one or two sentences, at most 400 characters>", "concerns": ["<a concern, at most 200 characters>", ... at most 5]}"#
+            r#"{"verdict": "approve" | "revise" | "reject", "score": <a whole number from 0 to 10>, "summary": "<one or two sentences, at most 240 characters>", "concerns": ["<a concern, at most 120 characters>", ... at most 3]}"#
         );
         assert_eq!(
             PROPOSAL.prompt_shape(),
-            r#"{"title": "<a short title, at most 120 characters>", "proposal": "<the full proposal, at most 3000 characters>"}"#
+            r#"{"title": "<a short title, at most 120 characters>", "proposal": "<the full proposal, at most 2000 characters>"}"#
         );
     }
 
