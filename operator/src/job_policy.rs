@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use drover_crds::claim_clock::ClaimSeen;
+use drover_crds::fleet_conditions::FleetCondition;
 use drover_crds::job::{Job, JobPhase};
 use drover_crds::{FailureReason, PipelineWorker, input};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -16,6 +17,8 @@ pub const DEADLINE_GRACE: Duration = Duration::from_secs(30);
 /// Hand-backs by draining workers after which a Job fails instead of
 /// starting over once more.
 pub const MAX_RELEASES: i32 = 5;
+/// How often a valid Job looks again whether its fleet's queue is ready.
+pub const QUEUE_READY_POLL: Duration = Duration::from_secs(1);
 /// Shortest wait before a Queued Job that nobody claimed is published again.
 pub const MIN_UNCLAIMED_REPUBLISH: Duration = Duration::from_secs(30);
 
@@ -157,6 +160,10 @@ pub fn next_step(
                 message: invalid.to_string(),
                 dead_letter: false,
             },
+            // Pub/Sub delivers only what is published after a subscription
+            // exists: a first publish before the fleet's queue is in place
+            // would be lost until the watchdog's republish minutes later.
+            Ok(()) if !queue_ready(fleet) => NextStep::Wait(Some(QUEUE_READY_POLL)),
             Ok(()) => NextStep::Publish {
                 attempt: status.attempt.max(1),
                 republish: false,
@@ -236,6 +243,16 @@ pub fn next_step(
     }
 }
 
+/// Whether the fleet's status says its topic and subscription exist.
+fn queue_ready(fleet: &PipelineWorker) -> bool {
+    fleet.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == FleetCondition::QueueReady.as_str() && c.status == "True")
+    })
+}
+
 /// `None` once `start + wait` has passed, else the time left.
 fn after(start: Timestamp, wait: Duration, now: Timestamp) -> Option<Duration> {
     let due = add(start, wait);
@@ -270,6 +287,22 @@ mod tests {
     }
 
     fn fleet() -> PipelineWorker {
+        let mut fleet = unready_fleet();
+        fleet.status = Some(drover_crds::PipelineWorkerStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "QueueReady".into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                last_transition_time: ago(0),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        fleet
+    }
+
+    fn unready_fleet() -> PipelineWorker {
         PipelineWorker::new(
             "w",
             serde_json::from_value(json!({
@@ -318,6 +351,15 @@ mod tests {
                 attempt: 1,
                 republish: false
             }
+        );
+    }
+
+    #[test]
+    fn a_valid_job_waits_for_its_fleets_queue_before_the_first_publish() {
+        let j = job(JobPhase::Pending, 0);
+        assert_eq!(
+            next_step(&j, Some(&unready_fleet()), None, now()),
+            NextStep::Wait(Some(QUEUE_READY_POLL))
         );
     }
 
