@@ -44,6 +44,9 @@ failure_reasons! {
     WorkerLost,
     /// The result is larger than a Job keeps and names no URL to keep instead.
     ResultTooLarge,
+    /// Draining workers handed the Job back unfinished too many times: it
+    /// needs longer than its fleet's pods are given to finish.
+    ReleasedTooOften,
     // Decided by a worker, for any pipeline.
     /// A step ran longer than `timeouts.stepSeconds`.
     StepTimeout,
@@ -65,6 +68,8 @@ failure_reasons! {
     ExpandFailed,
     /// A persona review got no usable answer from the model.
     PersonaFailed,
+    /// The model API refused the key (HTTP 401 or 403); never retried.
+    ModelUnauthorized,
     // The assembly pipeline.
     /// An input or output URL is not one the worker can use.
     InvalidStorageUrl,

@@ -185,9 +185,18 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
 
+    /// Times a draining worker handed the Job back unfinished; past a bound
+    /// the Job fails (`ReleasedTooOften`) instead of starting over forever.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub releases: i32,
+
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 /// A worker's hold on a running Job.

@@ -194,6 +194,9 @@ pub enum SkipReason {
     AlreadyRunningHere,
     /// Cancel was requested; the operator finishes it.
     CancelRequested,
+    /// The Job belongs to another fleet (another namespace or `spec.worker`):
+    /// this worker never runs it; its own fleet's watchdog republishes it there.
+    WrongFleet,
 }
 
 impl SkipReason {
@@ -207,6 +210,7 @@ impl SkipReason {
             SkipReason::ClaimedElsewhere => "claimed_elsewhere",
             SkipReason::AlreadyRunningHere => "already_running_here",
             SkipReason::CancelRequested => "cancel_requested",
+            SkipReason::WrongFleet => "wrong_fleet",
         }
     }
 }
@@ -224,6 +228,8 @@ pub enum DeferReason {
 #[derive(Clone, Copy, Debug)]
 pub struct ClaimView<'a> {
     pub uid: &'a str,
+    /// The Job's `spec.worker`: the fleet that may run it.
+    pub worker: &'a str,
     pub cancel_requested: bool,
     pub status: &'a JobStatus,
     /// When this worker first saw the Job's current claim as it is (its own
@@ -235,20 +241,26 @@ pub struct ClaimView<'a> {
     pub claim_held_here: bool,
 }
 
-/// Decides whether the worker pod `me` may claim the Job a message names.
+/// Decides whether the worker pod `me` of the fleet `my_fleet` (in the
+/// Job's namespace) may claim the Job a message names.
 ///
-/// Order matters: identity first (a recreated Job is another Job), then
-/// finished Jobs, then attempts, then claims.
+/// Order matters: identity first (a recreated Job is another Job, and a Job
+/// of another fleet is never ours), then finished Jobs, then attempts, then
+/// claims.
 pub fn decide_claim(
     job: ClaimView<'_>,
     msg: &JobMessage,
     me: &str,
+    my_fleet: &str,
     now: Timestamp,
 ) -> ClaimDecision {
     use ClaimDecision::*;
     let status = job.status;
     if job.uid != msg.uid {
         return Skip(SkipReason::UidMismatch);
+    }
+    if job.worker != my_fleet {
+        return Skip(SkipReason::WrongFleet);
     }
     if status.phase.is_terminal() {
         return Skip(SkipReason::Terminal);
@@ -399,6 +411,7 @@ mod tests {
 
     const UID: &str = "0b6c1d3e-uid";
     const ME: &str = "worker-a";
+    const FLEET: &str = "sleepers";
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
@@ -451,12 +464,13 @@ mod tests {
     ) -> ClaimDecision {
         let view = ClaimView {
             uid,
+            worker: FLEET,
             cancel_requested: cancel,
             status,
             claim_seen: None,
             claim_held_here,
         };
-        decide_claim(view, &message(attempt), ME, now())
+        decide_claim(view, &message(attempt), ME, FLEET, now())
     }
 
     #[test]
@@ -487,6 +501,23 @@ mod tests {
         assert_eq!(
             decide_with(&status(Queued, 1), 1, "another-uid", false),
             ClaimDecision::Skip(SkipReason::UidMismatch)
+        );
+    }
+
+    #[test]
+    fn a_job_of_another_fleet_is_never_claimed() {
+        let s = status(Queued, 1);
+        let view = ClaimView {
+            uid: UID,
+            worker: "someone-elses",
+            cancel_requested: false,
+            status: &s,
+            claim_seen: None,
+            claim_held_here: false,
+        };
+        assert_eq!(
+            decide_claim(view, &message(1), ME, FLEET, now()),
+            ClaimDecision::Skip(SkipReason::WrongFleet)
         );
     }
 
@@ -573,6 +604,7 @@ mod tests {
         let claim = s.claim.clone().unwrap();
         let view = ClaimView {
             uid: UID,
+            worker: FLEET,
             cancel_requested: false,
             status: &s,
             claim_seen: Some(ClaimSeen {
@@ -583,7 +615,7 @@ mod tests {
         };
         assert!(!seen_or_trusted(None, &claim).is_live(&claim, now()));
         assert_eq!(
-            decide_claim(view, &message(1), ME, now()),
+            decide_claim(view, &message(1), ME, FLEET, now()),
             ClaimDecision::Skip(SkipReason::ClaimedElsewhere)
         );
     }

@@ -52,6 +52,8 @@ pub struct JobStatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Option<JobError>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub releases: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<Option<i64>>,
 }
 
@@ -370,14 +372,20 @@ impl JobTransition {
         )
     }
 
-    /// The worker shuts down before the attempt finished: hand it back.
-    pub fn release(from: JobPhase, now: Timestamp) -> Result<Self, TransitionError> {
+    /// The worker shuts down before the attempt finished: hand it back,
+    /// counting the hand-back (`released_before` is the count read).
+    pub fn release(
+        from: JobPhase,
+        released_before: i32,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
         Self::checked(
             Transition::Release,
             from,
             JobStatusPatch {
                 claim: Some(None),
                 queued_at: Some(Time(now)),
+                releases: Some(released_before.saturating_add(1)),
                 ..JobStatusPatch::default()
             },
         )
@@ -673,7 +681,7 @@ mod tests {
             JobTransition::fail(from, error(true), steps(), now()),
             JobTransition::fail(from, error(false), steps(), now()),
             JobTransition::cancel_running(from, steps(), now()),
-            JobTransition::release(from, now()),
+            JobTransition::release(from, 0, now()),
         ]
     }
 

@@ -36,12 +36,16 @@ async fn main() {
         .await
         .expect("namespace");
     let port = ports::free_loopback_ports(1).expect("port")[0];
+    let kubeconfig = drover_e2e::identity::operator_kubeconfig(&env)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let _operator = start_operator(
         &env,
         &OperatorOptions {
             identity: "bench".into(),
             lease_seconds: 15,
             metrics_port: port,
+            kubeconfig,
         },
     )
     .unwrap_or_else(|e| panic!("cannot start the operator: {}", error_chain(&e)));

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
 /// The in-cluster IP of the `kubernetes` Service: the first address of the
@@ -33,6 +33,9 @@ const APISERVER_SANS: &[&str] = &[
     "kubernetes.default.svc.cluster.local",
     KUBERNETES_SERVICE_IP,
 ];
+
+/// Common name of the throwaway CA.
+const CA_NAME: &str = "drover-e2e-ca";
 
 /// Common name of the admin identity written into the test kubeconfig.
 pub const ADMIN_USER: &str = "drover-admin";
@@ -100,7 +103,7 @@ pub fn generate(dir: &Path) -> Result<Pki, CertError> {
     let ca_key = new_key("the CA key")?;
     let ca_key_pem = ca_key.serialize_pem();
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = subject("drover-e2e-ca", None);
+    ca_params.distinguished_name = subject(CA_NAME, None);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -159,6 +162,33 @@ pub fn generate(dir: &Path) -> Result<Pki, CertError> {
         service_account_key,
         service_account_public_key,
     })
+}
+
+/// Issues a client certificate for `user` (in `group`, if any) signed by the
+/// CA of `pki`, written as `<stem>.crt`/`<stem>.key` into `pki.dir`: the
+/// identities of the real node's kubelet, kube-scheduler and kube-proxy.
+pub fn issue_client(
+    pki: &Pki,
+    stem: &str,
+    user: &str,
+    group: Option<&str>,
+) -> Result<CertAndKey, CertError> {
+    let what = "a client certificate";
+    let ca_key = KeyPair::from_pem(&pki.ca.key_pem)
+        .map_err(|source| CertError::Generate { what, source })?;
+    // The issuer is named and keyed exactly as `generate` made the CA, so the
+    // issued certificate's issuer and authority key id match the CA's.
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = subject(CA_NAME, None);
+    let ca = Issuer::new(ca_params, ca_key);
+    let mut params = client_params(user, group);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let key = new_key(what)?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .map_err(|source| CertError::Generate { what, source })?;
+    write_pair(&pki.dir, stem, &cert.pem(), &key.serialize_pem())
 }
 
 fn new_key(what: &'static str) -> Result<KeyPair, CertError> {

@@ -1,7 +1,9 @@
 //! A real, local Kubernetes control plane: etcd, kube-apiserver and
 //! kube-controller-manager as child processes on loopback ports, with a fresh PKI
 //! and an admin kubeconfig. There is no scheduler and no kubelet; the tests'
-//! process kubelet plays both roles for the Pods it cares about.
+//! process kubelet plays both roles for the Pods it cares about, unless the
+//! control plane runs inside a real node's network namespace
+//! ([`ControlPlane::start_in`], [`crate::node`]).
 //!
 //! Everything the control plane writes (PKI, etcd data, kubeconfigs, logs) lives
 //! in the state directory the caller chooses; the processes are stopped when the
@@ -26,6 +28,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
 use crate::certs::{self, CertAndKey, Pki};
+use crate::node::namespaces::{Forwarder, NodeNamespaces};
 use crate::ports;
 use crate::process::{self, LogTail, ManagedProcess, ProcessError};
 use crate::testenv::TestEnvBinaries;
@@ -57,6 +60,8 @@ pub enum ControlPlaneError {
     },
     #[error("cannot find free loopback ports for the control plane")]
     Ports(#[source] io::Error),
+    #[error("cannot forward the apiserver's port from the node's network namespace to loopback")]
+    Forward(#[source] io::Error),
     #[error("cannot create the control plane's certificates")]
     Certs(#[from] certs::CertError),
     #[error(transparent)]
@@ -128,6 +133,9 @@ fn io_err(
 /// A running control plane. Dropping it stops every process.
 #[derive(Debug)]
 pub struct ControlPlane {
+    /// Host loopback to the apiserver when it runs inside the real node's
+    /// network namespace.
+    _forward: Option<Forwarder>,
     // Fields drop in declaration order: the controller manager goes first (it
     // would only log errors about a vanished apiserver), etcd last (so the
     // apiserver can shut down cleanly).
@@ -151,6 +159,20 @@ impl ControlPlane {
         bins: &TestEnvBinaries,
         state_dir: &Path,
     ) -> Result<Self, ControlPlaneError> {
+        Self::start_in(bins, state_dir, None).await
+    }
+
+    /// [`ControlPlane::start`], with every process inside the network namespace
+    /// of the real node when `node` is given (see [`crate::node`]): the
+    /// apiserver then also listens on the node's address, which it advertises
+    /// as the `kubernetes` Service's endpoint, and reaches kubelets by their
+    /// InternalIP; its port is forwarded to the same port on the test
+    /// process's loopback, so [`ControlPlane::server_url`] works on both sides.
+    pub async fn start_in(
+        bins: &TestEnvBinaries,
+        state_dir: &Path,
+        node: Option<&NodeNamespaces>,
+    ) -> Result<Self, ControlPlaneError> {
         let started = Instant::now();
         fs::create_dir_all(state_dir)
             .map_err(io_err("cannot create the state directory", state_dir))?;
@@ -164,7 +186,7 @@ impl ControlPlane {
             )));
         };
 
-        let etcd = start_etcd(bins, state_dir, etcd_client_port, etcd_peer_port).await?;
+        let etcd = start_etcd(bins, state_dir, etcd_client_port, etcd_peer_port, node).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "etcd is serving");
 
         let server = format!("https://127.0.0.1:{apiserver_port}");
@@ -179,7 +201,18 @@ impl ControlPlane {
             certs::CONTROLLER_MANAGER_USER,
         )?;
 
-        let apiserver = start_apiserver(bins, state_dir, &pki, etcd_client_port, apiserver_port)?;
+        let apiserver = start_apiserver(
+            bins,
+            state_dir,
+            &pki,
+            etcd_client_port,
+            apiserver_port,
+            node,
+        )?;
+        let forward = node
+            .map(|node| node.forward_loopback_port(apiserver_port))
+            .transpose()
+            .map_err(ControlPlaneError::Forward)?;
         let client = client_from(&kubeconfig).await?;
         wait_until("kube-apiserver", &apiserver, APISERVER_TIMEOUT, || async {
             // /readyz covers etcd connectivity and every post-start hook (RBAC
@@ -197,7 +230,7 @@ impl ControlPlane {
         tracing::debug!(elapsed = ?started.elapsed(), "kube-apiserver is ready");
 
         let controller_manager =
-            start_controller_manager(bins, state_dir, &pki, &controller_manager_kubeconfig)?;
+            start_controller_manager(bins, state_dir, &pki, &controller_manager_kubeconfig, node)?;
         // The root-CA publisher creates this ConfigMap in every namespace once the
         // controller manager has synced its informers and started its controllers,
         // which makes it a readiness signal that needs no extra port or credentials.
@@ -221,6 +254,7 @@ impl ControlPlane {
         let startup = started.elapsed();
         tracing::info!(?startup, %server, state_dir = %state_dir.display(), "control plane started");
         Ok(Self {
+            _forward: forward,
             controller_manager,
             apiserver,
             etcd,
@@ -412,6 +446,7 @@ async fn start_etcd(
     state_dir: &Path,
     client_port: u16,
     peer_port: u16,
+    node: Option<&NodeNamespaces>,
 ) -> Result<ManagedProcess, ControlPlaneError> {
     let data_dir = state_dir.join("etcd");
     if data_dir.exists() {
@@ -420,7 +455,7 @@ async fn start_etcd(
     }
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let mut cmd = Command::new(&bins.etcd);
+    let mut cmd = command(&bins.etcd, node);
     cmd.arg("--name=drover-e2e")
         .arg(flag("--data-dir", &data_dir))
         .arg(format!("--listen-client-urls={client_url}"))
@@ -435,7 +470,11 @@ async fn start_etcd(
         .arg("--log-level=warn");
     let etcd = ManagedProcess::spawn("etcd", cmd, &state_dir.join("etcd.log"))?;
     wait_until("etcd", &etcd, ETCD_TIMEOUT, || async {
-        if ports::accepts_connections(client_port).await {
+        let listening = match node {
+            Some(node) => node.accepts_connections(client_port),
+            None => ports::accepts_connections(client_port).await,
+        };
+        if listening {
             Ok(())
         } else {
             Err(format!("nothing listening on 127.0.0.1:{client_port} yet"))
@@ -451,8 +490,9 @@ fn start_apiserver(
     pki: &Pki,
     etcd_port: u16,
     port: u16,
+    node: Option<&NodeNamespaces>,
 ) -> Result<ManagedProcess, ControlPlaneError> {
-    let mut cmd = Command::new(&bins.kube_apiserver);
+    let mut cmd = command(&bins.kube_apiserver, node);
     cmd.arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
         .arg(format!("--secure-port={port}"))
         .arg("--bind-address=127.0.0.1")
@@ -478,6 +518,20 @@ fn start_apiserver(
         .arg("--allow-privileged=true")
         // Nothing should be written next to the binary or in the working directory.
         .arg(flag("--cert-dir", &state_dir.join("apiserver-certs")));
+    if let Some(node) = node {
+        // Later flags win: these replace the loopback-only ones above.
+        cmd.args(node.apiserver_flags());
+        // The kubelet authenticates the apiserver's logs, exec and
+        // port-forward requests like any other client's.
+        let kubelet_client = certs::issue_client(
+            pki,
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some(certs::ADMIN_GROUP),
+        )?;
+        cmd.arg(flag("--kubelet-client-certificate", &kubelet_client.cert))
+            .arg(flag("--kubelet-client-key", &kubelet_client.key));
+    }
     Ok(ManagedProcess::spawn(
         "kube-apiserver",
         cmd,
@@ -490,8 +544,9 @@ fn start_controller_manager(
     state_dir: &Path,
     pki: &Pki,
     kubeconfig: &Path,
+    node: Option<&NodeNamespaces>,
 ) -> Result<ManagedProcess, ControlPlaneError> {
-    let mut cmd = Command::new(&bins.kube_controller_manager);
+    let mut cmd = command(&bins.kube_controller_manager, node);
     cmd.arg(flag("--kubeconfig", kubeconfig))
         // No serving endpoint: readiness is observed through the API instead, and
         // this saves a port and the delegated-authentication round trips.
@@ -506,6 +561,10 @@ fn start_controller_manager(
         .arg("--use-service-account-credentials=true")
         .arg("--controllers=*")
         .arg("--leader-elect=false")
+        // Starting every controller under its own ServiceAccount makes
+        // hundreds of requests; the default client limit (20/s) made that 5 s.
+        .arg("--kube-api-qps=200")
+        .arg("--kube-api-burst=400")
         // Lets the CSR signer work, for completeness; the CA is throwaway anyway.
         .arg(flag("--cluster-signing-cert-file", &pki.ca.cert))
         .arg(flag("--cluster-signing-key-file", &pki.ca.key));
@@ -514,6 +573,14 @@ fn start_controller_manager(
         cmd,
         &state_dir.join("kube-controller-manager.log"),
     )?)
+}
+
+/// `program`, run inside the node's network namespace when there is a node.
+fn command(program: &Path, node: Option<&NodeNamespaces>) -> Command {
+    match node {
+        Some(node) => node.net_command(program),
+        None => Command::new(program),
+    }
 }
 
 fn flag(name: &str, path: &Path) -> String {
@@ -559,7 +626,7 @@ where
 
 /// Writes a kubeconfig for `identity` with every certificate embedded, so the
 /// file works on its own (e.g. copied out of the state directory).
-fn write_kubeconfig(
+pub(crate) fn write_kubeconfig(
     path: &Path,
     server: &str,
     ca: &CertAndKey,

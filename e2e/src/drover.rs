@@ -62,10 +62,15 @@ pub struct OperatorOptions {
     pub identity: String,
     pub lease_seconds: u64,
     pub metrics_port: u16,
+    /// The operator's own identity: its ServiceAccount's token, from
+    /// [`crate::identity::operator_kubeconfig`]; never the admin's.
+    pub kubeconfig: PathBuf,
 }
 
-/// Starts `drover-operator` with the environment's kubeconfig and emulator,
-/// logging to `<state>/operator-<identity>.log`.
+/// Starts `drover-operator` as its own ServiceAccount against the
+/// environment's apiserver and emulator, logging to
+/// `<state>/operator-<identity>.log`; its Lease lives in its namespace, as
+/// installed.
 pub fn start_operator(
     env: &TestEnv,
     options: &OperatorOptions,
@@ -76,10 +81,11 @@ pub fn start_operator(
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
+        .env("KUBECONFIG", &options.kubeconfig)
         .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
         .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
         .env("RUST_LOG", "info,kube=warn,drover_operator=debug")
+        .args(["--lease-namespace", crate::identity::OPERATOR_NAMESPACE])
         .args(["--worker-image", WORKER_IMAGE])
         .args([
             "--metrics-addr",
@@ -113,13 +119,15 @@ pub enum StartDroverError {
     Client(#[from] crate::ControlPlaneError),
     #[error("cannot start the process kubelet: {0}")]
     Kubelet(#[from] crate::kubelet::KubeletError),
+    #[error("cannot give the operator its own identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// The process kubelet's configuration for Drover: the worker image (and the
-/// chart's operator and worker images, any tag) -> the built binaries, with the
-/// admin kubeconfig standing in for a mounted token.
+/// chart's operator and worker images, any tag) -> the built binaries, each
+/// pod authenticating with a real token of its own ServiceAccount: no worker
+/// in a test is an admin.
 pub fn kubelet_config(env: &TestEnv) -> Result<crate::kubelet::KubeletConfig, StartDroverError> {
-    let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
     Ok(crate::kubelet::KubeletConfig::new(
         "drover-node",
         env.control_plane.state_dir().join("kubelet"),
@@ -127,7 +135,7 @@ pub fn kubelet_config(env: &TestEnv) -> Result<crate::kubelet::KubeletConfig, St
     .image(WORKER_IMAGE, binary("drover-worker")?)
     .image(WORKER_IMAGE_REPOSITORY, binary("drover-worker")?)
     .image(OPERATOR_IMAGE_REPOSITORY, binary("drover-operator")?)
-    .env("KUBECONFIG", kubeconfig)
+    .run_as_service_accounts(env.control_plane.kubeconfig_path())
     .env("PUBSUB_PROJECT_ID", PUBSUB_PROJECT)
     .env("RUST_LOG", "info,kube=warn"))
 }
@@ -149,12 +157,14 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
         .first()
         .copied()
         .unwrap_or_default();
+    let kubeconfig = crate::identity::operator_kubeconfig(env).await?;
     let operator = start_operator(
         env,
         &OperatorOptions {
             identity: "operator-0".into(),
             lease_seconds: 15,
             metrics_port: port,
+            kubeconfig,
         },
     )?;
     Ok(DroverProcesses {

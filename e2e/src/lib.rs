@@ -4,6 +4,9 @@
 //!   kube-controller-manager, kubectl, the Pub/Sub emulator).
 //! * [`control_plane`] runs etcd, kube-apiserver and kube-controller-manager.
 //! * [`pubsub_emulator`] runs the Pub/Sub emulator.
+//! * [`node`] runs a real node (containerd, kubelet, kube-proxy) with the
+//!   control plane, in namespaces of its own.
+//! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -13,9 +16,12 @@
 pub mod certs;
 pub mod control_plane;
 pub mod drover;
+pub mod identity;
 pub mod kubelet;
 pub mod latency;
+pub mod local_model;
 pub mod manifests;
+pub mod node;
 pub mod observe;
 pub mod ports;
 pub mod process;

@@ -1,6 +1,7 @@
 //! Locating or building the Go binaries of the test environment: etcd,
-//! kube-apiserver, kube-controller-manager, kubectl and the Pub/Sub emulator,
-//! and, separately, helm (see [`ensure_helm`]).
+//! kube-apiserver, kube-controller-manager, kubectl, the Pub/Sub emulator and
+//! the real node's kubelet, kube-scheduler and kube-proxy, and, separately,
+//! helm (see [`ensure_helm`]).
 //!
 //! They are built from the Go module in `e2e/testenv` (which pins every version)
 //! into a per-user cache outside the repository, keyed by a hash of everything
@@ -76,6 +77,18 @@ const STEPS: &[BuildStep] = &[
         stamp_kubernetes_version: true,
     },
     BuildStep {
+        what: "kubelet, kube-scheduler and kube-proxy",
+        // Same module and flags as the step above, so Go's build cache shares
+        // every package they have in common.
+        packages: &[
+            "k8s.io/kubernetes/cmd/kubelet",
+            "k8s.io/kubernetes/cmd/kube-scheduler",
+            "k8s.io/kubernetes/cmd/kube-proxy",
+        ],
+        output_name: None,
+        stamp_kubernetes_version: true,
+    },
+    BuildStep {
         what: "etcd",
         packages: &["go.etcd.io/etcd/server/v3"],
         output_name: Some("etcd"),
@@ -104,7 +117,7 @@ struct Recipe {
 
 const CONTROL_PLANE: Recipe = Recipe {
     what: "the test environment (etcd, kube-apiserver, kube-controller-manager, kubectl, \
-           Pub/Sub emulator)",
+           Pub/Sub emulator, kubelet, kube-scheduler, kube-proxy)",
     source_dir: SOURCE_DIR,
     steps: STEPS,
     outputs: &[
@@ -113,6 +126,9 @@ const CONTROL_PLANE: Recipe = Recipe {
         "kube-controller-manager",
         "kubectl",
         "pubsub-emulator",
+        "kubelet",
+        "kube-scheduler",
+        "kube-proxy",
     ],
     flags: build_flags,
 };
@@ -183,6 +199,10 @@ pub struct TestEnvBinaries {
     pub kube_controller_manager: PathBuf,
     pub kubectl: PathBuf,
     pub pubsub_emulator: PathBuf,
+    /// The real node's binaries (see [`crate::node`]).
+    pub kubelet: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kube_proxy: PathBuf,
 }
 
 impl TestEnvBinaries {
@@ -194,16 +214,22 @@ impl TestEnvBinaries {
             kube_controller_manager: dir.join("kube-controller-manager"),
             kubectl: dir.join("kubectl"),
             pubsub_emulator: dir.join("pubsub-emulator"),
+            kubelet: dir.join("kubelet"),
+            kube_scheduler: dir.join("kube-scheduler"),
+            kube_proxy: dir.join("kube-proxy"),
         }
     }
 
-    fn named(&self) -> [(&'static str, &Path); 5] {
+    fn named(&self) -> [(&'static str, &Path); 8] {
         [
             ("etcd", &self.etcd),
             ("kube-apiserver", &self.kube_apiserver),
             ("kube-controller-manager", &self.kube_controller_manager),
             ("kubectl", &self.kubectl),
             ("pubsub-emulator", &self.pubsub_emulator),
+            ("kubelet", &self.kubelet),
+            ("kube-scheduler", &self.kube_scheduler),
+            ("kube-proxy", &self.kube_proxy),
         ]
     }
 

@@ -114,35 +114,8 @@ async fn a_last_attempt_with_a_failure_message_over_1024_bytes_ends_failed() {
 #[tokio::test]
 async fn a_dead_letter_that_cannot_be_published_is_noted_on_the_failed_job() {
     let test = drover_test("dl-gone").await;
-    // The fleet's own topic and subscription exist, its dead-letter topic
-    // does not (queue.create is false, and nobody made it).
-    let (topic, subscription, dead) = (
-        test.unique("jobs"),
-        test.unique("jobs-sub"),
-        test.unique("dead"),
-    );
-    let endpoint = PubSubEndpoint::emulator(test.env.pubsub.host_port());
-    endpoint
-        .topic_admin()
-        .await
-        .expect("admin client")
-        .create_topic()
-        .set_name(topic_path(PUBSUB_PROJECT, &topic))
-        .send()
-        .await
-        .expect("topic created");
-    endpoint
-        .subscription_admin()
-        .await
-        .expect("admin client")
-        .create_subscription()
-        .set_name(subscription_path(PUBSUB_PROJECT, &subscription))
-        .set_topic(topic_path(PUBSUB_PROJECT, &topic))
-        .send()
-        .await
-        .expect("subscription created");
-    test.apply_fleet(workerless_fleet(&test, "w").existing_queue().build())
-        .await;
+    let dead = test.unique("dead");
+    test.apply_fleet(workerless_fleet(&test, "w").build()).await;
     let jobs: Api<Job> = test.api();
     test.create_job(
         JobBuilder::new("orphan", "w")
@@ -151,6 +124,29 @@ async fn a_dead_letter_that_cannot_be_published_is_noted_on_the_failed_job() {
     )
     .await;
     queued(&jobs, "orphan").await;
+
+    // The dead-letter topic vanishes (deleted by hand, after the
+    // subscription that names it); the fleet's next queue check, a minute
+    // away, would bring both back.
+    let endpoint = PubSubEndpoint::emulator(test.env.pubsub.host_port());
+    endpoint
+        .subscription_admin()
+        .await
+        .expect("admin client")
+        .delete_subscription()
+        .set_subscription(subscription_path(PUBSUB_PROJECT, &test.unique("jobs-sub")))
+        .send()
+        .await
+        .expect("the subscription is deleted");
+    endpoint
+        .topic_admin()
+        .await
+        .expect("admin client")
+        .delete_topic()
+        .set_topic(topic_path(PUBSUB_PROJECT, &dead))
+        .send()
+        .await
+        .expect("the dead-letter topic is deleted");
     fail_attempt_as_a_worker(&jobs, "orphan", "boom").await;
 
     let status = failed_within(&jobs, "orphan", Duration::from_secs(20)).await;

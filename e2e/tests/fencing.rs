@@ -3,15 +3,19 @@
 //!   name is another Job, and never receives the old attempt's result;
 //! * an outcome write refused by the apiserver (a ValidatingAdmissionPolicy
 //!   that denies status writes to Succeeded for a while) is retried while
-//!   the claim stays renewed, so the attempt is neither run again nor lost.
+//!   the claim stays renewed, so the attempt is neither run again nor lost;
+//! * a message naming another fleet's Job, published to this fleet's topic,
+//!   is never run here.
 
 use std::path::Path;
 use std::time::Duration;
 
-use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{DroverTest, drover_test};
+use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
 use drover_e2e::wait;
+use drover_queue::{PubSubEndpoint, topic_path};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use google_cloud_pubsub::model::Message;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -243,4 +247,71 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
         .delete(&policy, &DeleteParams::default())
         .await
         .expect("policy is deleted");
+}
+
+#[tokio::test]
+async fn a_message_for_another_fleets_job_is_never_run_here() {
+    let test = drover_test("misrouted").await;
+    let effects = test.env.control_plane.state_dir().join("effects-misrouted");
+    std::fs::create_dir_all(&effects).expect("effects dir");
+    one_pod_fleet(&test, "here").await;
+    // The Job's own fleet has no workers: only a misrouted message could run it.
+    test.apply_fleet(
+        PipelineWorkerBuilder::sleep("elsewhere")
+            .queue(&test.unique("other"), &test.unique("other-sub"))
+            .manual_replicas(0)
+            .build(),
+    )
+    .await;
+    let jobs: Api<Job> = test.api();
+    let job = test
+        .create_job(sleep_job("theirs", "elsewhere", 100, &effects))
+        .await;
+    wait::until("the Job to be Queued", Duration::from_secs(30), || async {
+        let phase = jobs
+            .get("theirs")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .map(|s| s.phase);
+        (phase == Some(JobPhase::Queued))
+            .then_some(())
+            .ok_or(format!("{phase:?}"))
+    })
+    .await;
+
+    let message = JobMessage {
+        namespace: test.namespace.clone(),
+        name: "theirs".into(),
+        uid: job.uid().expect("uid"),
+        attempt: 1,
+    };
+    let topic = topic_path(PUBSUB_PROJECT, &test.unique("jobs"));
+    let publisher = PubSubEndpoint::emulator(test.env.pubsub.host_port())
+        .publisher(&topic)
+        .await
+        .expect("publisher");
+    publisher
+        .publish(Message::new().set_data(message.encode()))
+        .await
+        .expect("published");
+    // A control Job on this fleet, published after the misrouted message:
+    // once it has run, the worker has had the other one too.
+    test.create_job(sleep_job("ours", "here", 100, &effects))
+        .await;
+    let ours = wait::job_finished(&jobs, "ours", Duration::from_secs(60)).await;
+    assert_eq!(ours.phase, JobPhase::Succeeded, "{ours:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let theirs = jobs
+        .get("theirs")
+        .await
+        .expect("job")
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        theirs.phase,
+        JobPhase::Queued,
+        "another fleet's worker ran it: {theirs:?}"
+    );
+    assert!(theirs.claim.is_none(), "{theirs:?}");
 }

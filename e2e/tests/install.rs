@@ -257,9 +257,8 @@ async fn readme_installs_run_the_operator_as_its_service_account() {
     let client = env.control_plane.client().await.expect("client");
     // Pods run as their ServiceAccount: the chart's RBAC is what the operator
     // gets, and the Roles the operator writes are what its workers get.
-    let config = drover_e2e::drover::kubelet_config(env)
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)))
-        .impersonate_service_accounts(env.control_plane.kubeconfig_path());
+    let config =
+        drover_e2e::drover::kubelet_config(env).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let kubelet = drover_e2e::kubelet::ProcessKubelet::start(client.clone(), config)
         .await
         .unwrap_or_else(|e| panic!("cannot start the process kubelet: {e}"));

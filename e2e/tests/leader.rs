@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, start_operator};
+use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
 use drover_e2e::{error_chain, ports, shared, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -24,6 +25,9 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         .await
         .expect("namespace");
     let ports = ports::free_loopback_ports(2).expect("ports");
+    let kubeconfig = operator_kubeconfig(env)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let start = |identity: &str, port: u16| {
         start_operator(
             env,
@@ -31,6 +35,7 @@ async fn standby_takes_over_after_the_leader_is_killed() {
                 identity: identity.into(),
                 lease_seconds: LEASE_SECONDS,
                 metrics_port: port,
+                kubeconfig: kubeconfig.clone(),
             },
         )
         .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)))
@@ -40,7 +45,7 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         ("operator-b", start("operator-b", ports[1])),
     ];
 
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let leader = wait::until("a leader", Duration::from_secs(20), || async {
         let lease = leases
             .get_opt("drover-operator")

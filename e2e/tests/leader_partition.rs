@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use drover_crds::{Job, JobPhase};
 use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, start_operator};
+use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
 use drover_e2e::{error_chain, ports, shared, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::admissionregistration::v1::{
@@ -97,6 +98,9 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
         .await
         .expect("namespace");
     let ports = ports::free_loopback_ports(2).expect("ports");
+    let kubeconfig = operator_kubeconfig(env)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let start = |identity: &str, port: u16| {
         start_operator(
             env,
@@ -104,6 +108,7 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
                 identity: identity.into(),
                 lease_seconds: LEASE_SECONDS,
                 metrics_port: port,
+                kubeconfig: kubeconfig.clone(),
             },
         )
         .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)))
@@ -112,7 +117,7 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
         ("partition-a", start("partition-a", ports[0])),
         ("partition-b", start("partition-b", ports[1])),
     ];
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let leader = wait::until("a leader", Duration::from_secs(20), || holder(&leases)).await;
     let (cut_off, standby) = if leader == operators[0].0 {
         (&operators[0], &operators[1])

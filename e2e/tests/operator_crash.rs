@@ -44,12 +44,16 @@ async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
         }
     }
     let port = ports::free_loopback_ports(1).expect("port")[0];
+    let kubeconfig = drover_e2e::identity::operator_kubeconfig(env)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     let _successor = start_operator(
         env,
         &OperatorOptions {
             identity: "operator-1".into(),
             lease_seconds: 15,
             metrics_port: port,
+            kubeconfig,
         },
     )
     .unwrap_or_else(|e| panic!("cannot start the second operator: {}", error_chain(&e)));

@@ -28,6 +28,9 @@ pub const CONFIG_HASH_ANNOTATION: &str = "drover.dev/config-hash";
 
 /// Extra seconds of grace beyond the job timeout, for releasing claims and acking.
 const SHUTDOWN_MARGIN_SECONDS: i64 = 30;
+/// Of the grace, what a draining worker keeps for handing back what did not
+/// finish and flushing its acks; the rest it lets running Jobs finish.
+const HAND_BACK_SECONDS: i64 = 10;
 
 /// The non-root user of the distroless-style worker image.
 const WORKER_UID: i64 = 65532;
@@ -98,9 +101,7 @@ pub fn worker_deployment(
                             .unwrap_or_else(|| labels::child_name(pw)),
                     ),
                     // A draining worker gets the job timeout to finish what it runs.
-                    termination_grace_period_seconds: Some(
-                        spec.timeouts.job_seconds + SHUTDOWN_MARGIN_SECONDS,
-                    ),
+                    termination_grace_period_seconds: Some(grace_seconds(pw)),
                     node_selector: spec.node_selector.clone(),
                     tolerations: spec.tolerations.clone(),
                     security_context: Some(PodSecurityContext {
@@ -147,6 +148,12 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
     if let Some(host) = &config.pubsub_emulator_host {
         env.push(value_env("PUBSUB_EMULATOR_HOST", host));
     }
+    // The pod's own grace, less the hand-back time: the worker cannot read
+    // its termination grace period any other way.
+    env.push(value_env(
+        "DROVER_DRAIN_SECONDS",
+        &(grace_seconds(pw) - HAND_BACK_SECONDS).max(1).to_string(),
+    ));
     env.extend(
         pipeline_secrets(pw)
             .into_iter()
@@ -265,10 +272,23 @@ fn runtime_default_seccomp() -> SeccompProfile {
 
 /// FNV-1a over the JSON of the spec minus scaling: stable across Rust
 /// releases (unlike `DefaultHasher`), so an operator upgrade rolls nothing.
+/// Seconds a worker pod has between SIGTERM and SIGKILL.
+fn grace_seconds(pw: &PipelineWorker) -> i64 {
+    pw.spec.timeouts.job_seconds + SHUTDOWN_MARGIN_SECONDS
+}
+
 pub fn config_hash(pw: &PipelineWorker) -> String {
-    let mut spec = pw.spec.clone();
-    spec.scaling = Default::default();
-    let bytes = serde_json::to_vec(&spec).unwrap_or_default();
+    let spec = &pw.spec;
+    // Only what a worker reads once, at start; it reads the rest of its
+    // PipelineWorker again for every Job, so editing retries, TTLs, scaling
+    // or pipeline settings restarts nothing.
+    let read_at_start = serde_json::json!({
+        "pipeline": spec.pipeline,
+        "queue": spec.queue,
+        "concurrency": spec.concurrency,
+        "jobSeconds": spec.timeouts.job_seconds,
+    });
+    let bytes = serde_json::to_vec(&read_at_start).unwrap_or_default();
     let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     });
@@ -334,7 +354,9 @@ mod tests {
                 "DROVER_POD_NAME",
                 "DROVER_POD_IP",
                 "DROVER_HTTP_ADDR",
-                "PUBSUB_PROJECT_ID"
+                "PUBSUB_PROJECT_ID",
+                // A fact of the pod (its grace), not a fleet setting.
+                "DROVER_DRAIN_SECONDS",
             ]
         );
     }
@@ -448,5 +470,25 @@ mod tests {
         let mut retuned = pw.clone();
         retuned.spec.concurrency = 7;
         assert_ne!(config_hash(&pw), config_hash(&retuned));
+    }
+
+    #[test]
+    fn retry_and_ttl_edits_roll_nothing() {
+        let pw = sample();
+        let mut edited = pw.clone();
+        edited.spec.retry.max_attempts = 9;
+        edited.spec.ttl_seconds_after_finished = Some(5);
+        assert_eq!(
+            worker_deployment(&pw, &config(), 1).spec.template,
+            worker_deployment(&edited, &config(), 1).spec.template
+        );
+    }
+
+    #[test]
+    fn the_worker_drains_for_its_grace_less_the_hand_back_time() {
+        let d = worker_deployment(&sample(), &config(), 1);
+        let env = pod_spec(&d).containers[0].env.clone().unwrap_or_default();
+        let drain = env.iter().find(|e| e.name == "DROVER_DRAIN_SECONDS");
+        assert_eq!(drain.and_then(|e| e.value.as_deref()), Some("920"));
     }
 }

@@ -37,7 +37,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
-use crate::job_policy::{JobSettings, NextStep, next_step};
+use crate::job_policy::{JobSettings, NextStep, QUEUE_READY_POLL, next_step};
 use crate::job_retries::{JobRetries, Published};
 use crate::leader::LeaderGate;
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
@@ -248,6 +248,15 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     match next_step(job, fleet.as_deref(), claim_seen, now) {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
+        NextStep::AwaitQueue { reason, message } => {
+            let note = JobNote {
+                type_: CONDITION_PUBLISH_FAILED,
+                reason,
+                message: format!("not published while the fleet's queue is not ready: {message}"),
+            };
+            note_unpublished(job, ctx, &note, now).await;
+            Ok(Action::requeue(QUEUE_READY_POLL))
+        }
         // The phase says whether this is a first publish, a retry or a
         // republish; the transition is chosen from it.
         NextStep::Publish { attempt, .. } => {
@@ -475,7 +484,13 @@ async fn note_publish_failed(job: &Job, ctx: &Context, error: &PublishError, now
         reason: error.reason().to_owned(),
         message: error.to_string(),
     };
-    let update = match JobConditionUpdate::note(current_phase(job), conditions(job), &note, now) {
+    note_unpublished(job, ctx, &note, now).await;
+}
+
+/// Writes `note` (a `PublishFailed`) on the Job with an Event, unless the
+/// Job already shows it.
+async fn note_unpublished(job: &Job, ctx: &Context, note: &JobNote, now: Timestamp) {
+    let update = match JobConditionUpdate::note(current_phase(job), conditions(job), note, now) {
         Ok(Some(update)) => update,
         Ok(None) | Err(_) => return,
     };

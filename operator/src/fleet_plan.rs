@@ -256,7 +256,26 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
     let desired = match pw.spec.scaling.mode {
         ScalingMode::Manual => pw.spec.scaling.replicas.unwrap_or(current).max(0),
         ScalingMode::Auto => {
-            scaler::desired_replicas(observed.backlog.demand, current, &policy, &mut history, now)
+            if memory.last_desired.is_none() {
+                // After a restart or a handover the recommendations are
+                // gone: take the count the status records as recommended
+                // now, so a scale-down still waits out a whole window.
+                history.record(now, current, policy.scale_down_stabilization);
+            }
+            let wanted = scaler::desired_replicas(
+                observed.backlog.demand,
+                current,
+                &policy,
+                &mut history,
+                now,
+            );
+            // A scale-down never goes below the pods running Jobs now:
+            // their Jobs would only be handed back.
+            if wanted < current {
+                wanted.max(busy_pods(observed).min(current))
+            } else {
+                wanted
+            }
         }
     };
 
@@ -337,6 +356,23 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
 
 /// Each pod's deletion cost is the number of Jobs it runs, so a scale down
 /// removes idle pods first. Only costs that changed are listed.
+/// The fleet's pods, not yet leaving, that run at least one Job.
+fn busy_pods(observed: &FleetObservation<'_>) -> i32 {
+    let busy = observed
+        .pods
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| {
+            pod.metadata
+                .name
+                .as_ref()
+                .and_then(|name| observed.running_by_pod.get(name))
+                .is_some_and(|&running| running > 0)
+        })
+        .count();
+    i32::try_from(busy).unwrap_or(i32::MAX)
+}
+
 fn pod_costs(pods: &[Pod], running_by_pod: &BTreeMap<String, u32>) -> Vec<PodCost> {
     pods.iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
@@ -667,6 +703,27 @@ mod tests {
         let plan = plan(&observe(&pw, 30), at(1));
         assert_eq!(plan.desired_replicas, 3);
         assert!(plan.sync.unwrap().scale.is_none());
+    }
+
+    #[test]
+    fn after_a_restart_a_scale_down_still_waits_out_the_window() {
+        let pw = synced(fleet(), 3);
+        // Memory is empty, as after a restart; the backlog is gone.
+        let plan = plan(&observe(&pw, 0), at(1));
+        assert_eq!(plan.desired_replicas, 3, "the window starts again now");
+    }
+
+    #[test]
+    fn a_scale_down_never_goes_below_the_busy_pods() {
+        let pw = synced(fleet(), 3);
+        let mut observed = observe(&pw, 0);
+        observed.memory.last_desired = Some(3);
+        observed.pods = vec![pod("a", None), pod("b", None), pod("c", None)];
+        observed.running_by_pod = BTreeMap::from([("a".into(), 1), ("b".into(), 1)]);
+        let mut quiet = pw.clone();
+        quiet.spec.scaling.scale_down_stabilization_seconds = 0;
+        observed.fleet = &quiet;
+        assert_eq!(plan(&observed, at(100)).desired_replicas, 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use drover_crds::claim_clock::ClaimSeen;
+use drover_crds::fleet_conditions::FleetCondition;
 use drover_crds::job::{Job, JobPhase};
 use drover_crds::{FailureReason, PipelineWorker, input};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -13,6 +14,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 /// its worker: the worker enforces the timeout; this only catches a worker
 /// that cannot.
 pub const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// Hand-backs by draining workers after which a Job fails instead of
+/// starting over once more.
+pub const MAX_RELEASES: i32 = 5;
+/// How often a valid Job looks again whether its fleet's queue is ready.
+pub const QUEUE_READY_POLL: Duration = Duration::from_secs(1);
 /// Shortest wait before a Queued Job that nobody claimed is published again.
 pub const MIN_UNCLAIMED_REPUBLISH: Duration = Duration::from_secs(30);
 
@@ -21,6 +27,10 @@ pub const MIN_UNCLAIMED_REPUBLISH: Duration = Duration::from_secs(30);
 pub enum NextStep {
     /// Nothing to do; look again after the given time if something is due then.
     Wait(Option<Duration>),
+    /// A valid Job waits for its fleet's queue, which reports a problem
+    /// (its `QueueReady` condition is False with `reason` and `message`):
+    /// the Job must say so, and look again after `QUEUE_READY_POLL`.
+    AwaitQueue { reason: String, message: String },
     /// Publish the message of `attempt` and mark the Job Queued. `republish`
     /// means the same attempt was already published once (its message may be lost).
     Publish { attempt: i32, republish: bool },
@@ -154,10 +164,29 @@ pub fn next_step(
                 message: invalid.to_string(),
                 dead_letter: false,
             },
+            // Pub/Sub delivers only what is published after a subscription
+            // exists: a first publish before the fleet's queue is in place
+            // would be lost until the watchdog's republish minutes later.
+            Ok(()) if !queue_ready(fleet) => match queue_problem(fleet) {
+                Some((reason, message)) => NextStep::AwaitQueue { reason, message },
+                // Not checked yet (a new fleet): a moment, nothing to report.
+                None => NextStep::Wait(Some(QUEUE_READY_POLL)),
+            },
             Ok(()) => NextStep::Publish {
                 attempt: status.attempt.max(1),
                 republish: false,
             },
+        },
+        JobPhase::Queued if status.releases > MAX_RELEASES => NextStep::Fail {
+            reason: FailureReason::ReleasedTooOften,
+            message: format!(
+                "draining workers handed attempt {} back {} times without finishing it: \
+                 it needs longer than the {} s its workers are given (timeouts.jobSeconds)",
+                status.attempt,
+                status.releases,
+                settings.timeout.as_secs()
+            ),
+            dead_letter: true,
         },
         JobPhase::Queued => {
             let queued_at = status.queued_at.as_ref().map_or(now, |t| t.0);
@@ -222,6 +251,26 @@ pub fn next_step(
     }
 }
 
+/// Whether the fleet's status says its topic and subscription exist.
+fn queue_ready(fleet: &PipelineWorker) -> bool {
+    fleet.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == FleetCondition::QueueReady.as_str() && c.status == "True")
+    })
+}
+
+/// The reason and message of the fleet's `QueueReady` condition when it is False.
+fn queue_problem(fleet: &PipelineWorker) -> Option<(String, String)> {
+    let status = fleet.status.as_ref()?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == FleetCondition::QueueReady.as_str() && c.status == "False")
+        .map(|c| (c.reason.clone(), c.message.clone()))
+}
+
 /// `None` once `start + wait` has passed, else the time left.
 fn after(start: Timestamp, wait: Duration, now: Timestamp) -> Option<Duration> {
     let due = add(start, wait);
@@ -256,6 +305,22 @@ mod tests {
     }
 
     fn fleet() -> PipelineWorker {
+        let mut fleet = unready_fleet();
+        fleet.status = Some(drover_crds::PipelineWorkerStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "QueueReady".into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: String::new(),
+                last_transition_time: ago(0),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        fleet
+    }
+
+    fn unready_fleet() -> PipelineWorker {
         PipelineWorker::new(
             "w",
             serde_json::from_value(json!({
@@ -303,6 +368,31 @@ mod tests {
             NextStep::Publish {
                 attempt: 1,
                 republish: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_valid_job_waits_for_its_fleets_queue_before_the_first_publish() {
+        let j = job(JobPhase::Pending, 0);
+        assert_eq!(
+            next_step(&j, Some(&unready_fleet()), None, now()),
+            NextStep::Wait(Some(QUEUE_READY_POLL))
+        );
+    }
+
+    #[test]
+    fn a_job_waiting_for_a_broken_queue_says_what_is_wrong() {
+        let mut fleet = fleet();
+        let condition = &mut fleet.status.as_mut().unwrap().conditions[0];
+        condition.status = "False".into();
+        condition.reason = "TopicNotFound".into();
+        condition.message = "topic t does not exist".into();
+        assert_eq!(
+            next_step(&job(JobPhase::Pending, 0), Some(&fleet), None, now()),
+            NextStep::AwaitQueue {
+                reason: "TopicNotFound".into(),
+                message: "topic t does not exist".into()
             }
         );
     }
@@ -438,6 +528,23 @@ mod tests {
         assert!(matches!(
             next_step(&j, Some(&fleet()), Some(seen), now()),
             NextStep::Wait(Some(_))
+        ));
+    }
+
+    #[test]
+    fn a_job_handed_back_too_often_fails_with_a_reason() {
+        let mut j = job(JobPhase::Queued, 1);
+        j.status.as_mut().unwrap().queued_at = Some(ago(1));
+        j.status.as_mut().unwrap().releases = MAX_RELEASES;
+        assert!(matches!(step(&j), NextStep::Wait(_)));
+        j.status.as_mut().unwrap().releases = MAX_RELEASES + 1;
+        assert!(matches!(
+            step(&j),
+            NextStep::Fail {
+                reason: FailureReason::ReleasedTooOften,
+                dead_letter: true,
+                ..
+            }
         ));
     }
 

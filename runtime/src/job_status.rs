@@ -69,7 +69,7 @@ mod tests {
 
     #[test]
     fn the_patch_carries_the_precondition_and_only_the_transition_fields() {
-        let change = JobTransition::release(JobPhase::Running, Timestamp::UNIX_EPOCH).unwrap();
+        let change = JobTransition::release(JobPhase::Running, 0, Timestamp::UNIX_EPOCH).unwrap();
         let body = serde_json::to_value(ConditionedPatch {
             metadata: Precondition {
                 resource_version: "42",
@@ -88,7 +88,7 @@ mod tests {
             .cloned()
             .collect();
         keys.sort();
-        assert_eq!(keys, ["claim", "phase", "queuedAt"]);
+        assert_eq!(keys, ["claim", "phase", "queuedAt", "releases"]);
         assert!(
             body["status"]["claim"].is_null(),
             "release clears the claim"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use drover_crds::FailureReason;
 use drover_crds::claim_clock::{ClaimSeen, ClaimSightings};
 use drover_crds::job::JobError;
-use drover_crds::job_state::{ClaimDecision, ClaimView, TransitionError, decide_claim};
+use drover_crds::job_state::{ClaimDecision, ClaimView, SkipReason, TransitionError, decide_claim};
 use drover_crds::job_transition::NewClaim;
 use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker, StepPhase};
 use drover_runtime::job_status;
@@ -101,6 +101,14 @@ impl Worker {
 
 /// Handles one Job message to the end.
 pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage) -> Answer {
+    let fleet_name = fleet.metadata.name.as_deref().unwrap_or_default();
+    if fleet.metadata.namespace.as_deref() != Some(message.namespace.as_str()) {
+        // Another namespace's Job: never read, never run here.
+        let reason = SkipReason::WrongFleet.as_str();
+        tracing::warn!(event = "idempotent_skip", reason, job = %message.name, namespace = %message.namespace, "a message for a Job outside this fleet's namespace");
+        worker.stats.skipped(reason);
+        return Answer::Ack;
+    }
     let jobs: Api<Job> = Api::namespaced(worker.client.clone(), &message.namespace);
     let deferred_since = std::time::Instant::now();
     let mut conflicts = 0;
@@ -125,12 +133,13 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
         let now = Timestamp::now();
         let view = ClaimView {
             uid: job.metadata.uid.as_deref().unwrap_or_default(),
+            worker: &job.spec.worker,
             cancel_requested: job.spec.cancel,
             status: &status,
             claim_seen: worker.observe_claim(&job, now),
             claim_held_here,
         };
-        match decide_claim(view, &message, &worker.pod, now) {
+        match decide_claim(view, &message, &worker.pod, fleet_name, now) {
             ClaimDecision::Skip(reason) => {
                 tracing::info!(event = "idempotent_skip", reason = reason.as_str(), job = %message.name, namespace = %message.namespace, attempt = message.attempt, "skipped");
                 worker.stats.skipped(reason.as_str());

@@ -82,8 +82,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::pin!(server);
     tokio::select! {
         served = &mut server => served.with_context(|| format!("the HTTP server on {} failed", args.http_addr))?,
+        // The pull loop only ends on its own when the subscription's stream
+        // does (a subscription that does not exist, say): exit, visibly.
         pulled = &mut puller => match pulled {
-            Ok(result) => result.context("the pull loop stopped")?,
+            Ok(result) => {
+                result.context("the pull loop stopped")?;
+                anyhow::bail!("the pull loop ended: the fleet's subscription stream closed");
+            }
             Err(e) => anyhow::bail!("the pull loop panicked: {e}"),
         },
         signal = signals.recv() => tracing::info!("{signal}: stop pulling, drain in-flight Jobs"),

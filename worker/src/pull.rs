@@ -225,7 +225,12 @@ async fn release(worker: &Worker, unfinished: Vec<HeldClaim>) {
             continue;
         }
         let version = job.metadata.resource_version.clone().unwrap_or_default();
-        let released = match JobTransition::release(JobPhase::Running, Timestamp::now()) {
+        let released_before = job.status.as_ref().map_or(0, |s| s.releases);
+        let released = match JobTransition::release(
+            JobPhase::Running,
+            released_before,
+            Timestamp::now(),
+        ) {
             Ok(released) => released,
             Err(refused) => {
                 tracing::warn!(job = %held.name, %refused, "cannot hand the Job back; its claim will expire");

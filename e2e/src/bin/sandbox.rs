@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover, start_kubelet};
+use drover_e2e::local_model::{self, LocalModel};
 use drover_e2e::{TestEnv, error_chain, manifests, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -98,13 +99,35 @@ async fn run(args: Args) -> Result<(), String> {
     say("      pods run as local processes on node drover-node");
 
     say("[4/4] samples");
+    // Held until teardown: the consensus sample's model server, when no
+    // endpoint is configured.
+    let mut local_model = None;
     if args.no_samples {
         say("      skipped (--no-samples)");
     } else if args.no_operator {
         say("      skipped (--no-operator): apply them after installing the operator");
     } else {
         write_assembly_media()?;
-        apply_samples(&env, &args.samples, &args.namespace).await?;
+        let llm = match configured_llm() {
+            Some(llm) => llm,
+            None => {
+                say(
+                    "      no DROVER_LLM_BASE_URL: serving the local model for the consensus sample (it proves the pipeline, it does not judge ideas)",
+                );
+                let mut model_progress = |line: &str| say(&format!("      {line}"));
+                let model = LocalModel::start(&state_dir, &mut model_progress)
+                    .await
+                    .map_err(|e| error_chain(&e))?;
+                let llm = Llm {
+                    base_url: model.base_url(),
+                    model: Some(local_model::MODEL_NAME.to_owned()),
+                    api_key: None,
+                };
+                local_model = Some(model);
+                llm
+            }
+        };
+        apply_samples(&env, &args.samples, &args.namespace, &llm).await?;
     }
 
     let env_file = write_env_file(&env, &helm, &state_dir)?;
@@ -132,14 +155,20 @@ async fn run(args: Args) -> Result<(), String> {
     }
     // Workers and operator first, while the apiserver is still there for them.
     drop(drover);
+    drop(local_model);
     drop(env);
     say("sandbox stopped");
     Ok(())
 }
 
-async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(), String> {
+async fn apply_samples(
+    env: &TestEnv,
+    dir: &Path,
+    namespace: &str,
+    llm: &Llm,
+) -> Result<(), String> {
     let mut samples = manifests::read_dir(dir).map_err(|e| e.to_string())?;
-    point_consensus_samples_at_llm(&mut samples);
+    point_consensus_samples_at_llm(&mut samples, llm);
     // Fleets before their Jobs, so a Job never waits on a missing worker.
     samples.sort_by_key(|m| match m.object.types.as_ref().map(|t| t.kind.as_str()) {
         Some("Job") => 2,
@@ -160,17 +189,33 @@ async fn apply_samples(env: &TestEnv, dir: &Path, namespace: &str) -> Result<(),
     Ok(())
 }
 
-/// The consensus samples need an OpenAI-compatible endpoint. With
-/// `DROVER_LLM_BASE_URL` set (and optionally `DROVER_LLM_MODEL` and
-/// `DROVER_LLM_API_KEY`) their fleet is pointed at it; without it the
-/// consensus fleet, its Jobs and its key Secret are left out, and the sandbox
-/// says so rather than show a Job that cannot connect.
-fn point_consensus_samples_at_llm(samples: &mut Vec<manifests::Manifest>) {
+/// The OpenAI-compatible endpoint the consensus samples use.
+struct Llm {
+    base_url: String,
+    /// Replaces the sample's model name when set.
+    model: Option<String>,
+    api_key: Option<String>,
+}
+
+/// `DROVER_LLM_BASE_URL` (and optionally `DROVER_LLM_MODEL` and
+/// `DROVER_LLM_API_KEY`), when set.
+fn configured_llm() -> Option<Llm> {
     let var = |name| {
         std::env::var(name)
             .ok()
             .filter(|v: &String| !v.trim().is_empty())
     };
+    Some(Llm {
+        base_url: var("DROVER_LLM_BASE_URL")?,
+        model: var("DROVER_LLM_MODEL"),
+        api_key: var("DROVER_LLM_API_KEY"),
+    })
+}
+
+/// Points every consensus fleet of the samples at `llm`, and puts its API
+/// key in the fleet's key Secret (or drops the key reference when there is
+/// none).
+fn point_consensus_samples_at_llm(samples: &mut [manifests::Manifest], llm: &Llm) {
     let kind = |m: &manifests::Manifest| m.object.types.as_ref().map(|t| t.kind.clone());
     let name = |m: &manifests::Manifest| m.object.metadata.name.clone().unwrap_or_default();
     // Each consensus fleet, with the Secret key reference of its API key.
@@ -192,23 +237,7 @@ fn point_consensus_samples_at_llm(samples: &mut Vec<manifests::Manifest>) {
             .find(|(_, r)| r["name"] == secret)
             .map(|(_, r)| r.clone())
     };
-    if fleets.is_empty() {
-        return;
-    }
-    let Some(base_url) = var("DROVER_LLM_BASE_URL") else {
-        samples.retain(|m| match kind(m).as_deref() {
-            Some("PipelineWorker") => !is_fleet(&name(m)),
-            Some("Job") => !is_fleet(m.object.data["spec"]["worker"].as_str().unwrap_or_default()),
-            Some("Secret") => key_ref(&name(m)).is_none(),
-            _ => true,
-        });
-        say(
-            "      consensus sample skipped: no OpenAI-compatible endpoint is configured; set DROVER_LLM_BASE_URL (e.g. http://127.0.0.1:11434/v1 for Ollama), DROVER_LLM_MODEL and, if the API needs one, DROVER_LLM_API_KEY before starting the sandbox",
-        );
-        return;
-    };
-    let model = var("DROVER_LLM_MODEL");
-    let api_key = var("DROVER_LLM_API_KEY");
+    let (base_url, model, api_key) = (&llm.base_url, &llm.model, &llm.api_key);
     for m in samples.iter_mut() {
         match kind(m).as_deref() {
             Some("PipelineWorker") if is_fleet(&name(m)) => {

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
                 ("kube-controller-manager", &bins.kube_controller_manager),
                 ("kubectl", &bins.kubectl),
                 ("pubsub-emulator", &bins.pubsub_emulator),
+                ("kubelet", &bins.kubelet),
+                ("kube-scheduler", &bins.kube_scheduler),
+                ("kube-proxy", &bins.kube_proxy),
             ] {
                 println!("{name}\t{}", path.display());
             }

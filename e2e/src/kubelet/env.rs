@@ -79,59 +79,23 @@ pub(crate) enum EnvError {
     },
 }
 
-/// Writes to `path` the `admin` kubeconfig with every user impersonating
-/// ServiceAccount `namespace/account` (user and groups as the token
-/// authenticator would set them).
-pub(crate) fn write_service_account_kubeconfig(
+/// Writes to `path` a kubeconfig that authenticates as ServiceAccount
+/// `account` of the pod's namespace with a real token bound to the pod, as a
+/// kubelet mounts one (see [`crate::identity`]).
+pub(crate) async fn write_service_account_kubeconfig(
+    client: &kube::Client,
     admin: &std::path::Path,
     path: &std::path::Path,
-    namespace: &str,
+    pod: &Pod,
     account: &str,
 ) -> Result<(), EnvError> {
-    let fail = |reason: String| EnvError::ServiceAccountKubeconfig {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(admin)
-        .map_err(|e| fail(format!("cannot read {}: {e}", admin.display())))?;
-    let impersonating = impersonate_service_account(&text, namespace, account).map_err(fail)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-    }
-    std::fs::write(path, impersonating).map_err(|e| fail(e.to_string()))
-}
-
-/// `kubeconfig` with `as` and `as-groups` set on every user entry.
-pub(crate) fn impersonate_service_account(
-    kubeconfig: &str,
-    namespace: &str,
-    account: &str,
-) -> Result<String, String> {
-    let mut config: serde_yaml::Value =
-        serde_yaml::from_str(kubeconfig).map_err(|e| format!("not a kubeconfig: {e}"))?;
-    let users = config
-        .get_mut("users")
-        .and_then(serde_yaml::Value::as_sequence_mut)
-        .ok_or("the kubeconfig has no users")?;
-    for user in users {
-        let auth = user
-            .get_mut("user")
-            .and_then(serde_yaml::Value::as_mapping_mut)
-            .ok_or("a kubeconfig user entry has no `user`")?;
-        auth.insert(
-            "as".into(),
-            format!("system:serviceaccount:{namespace}:{account}").into(),
-        );
-        auth.insert(
-            "as-groups".into(),
-            serde_yaml::Value::Sequence(vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{namespace}").into(),
-                "system:authenticated".into(),
-            ]),
-        );
-    }
-    serde_yaml::to_string(&config).map_err(|e| e.to_string())
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    crate::identity::write_token_kubeconfig(client, admin, path, &namespace, account, Some(pod))
+        .await
+        .map_err(|e| EnvError::ServiceAccountKubeconfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
 }
 
 /// The ConfigMaps and Secrets a container's environment refers to.
@@ -702,29 +666,5 @@ mod tests {
         let refs = references(&pod.spec.as_ref().expect("spec").containers[0]);
         assert_eq!(refs.config_maps, BTreeSet::from(["a".into(), "b".into()]));
         assert_eq!(refs.secrets, BTreeSet::from(["s1".into(), "s2".into()]));
-    }
-
-    #[test]
-    fn service_account_kubeconfig_impersonates_the_account() {
-        let admin = "apiVersion: v1\nkind: Config\nusers:\n- name: admin\n  user:\n    client-certificate-data: Y2VydA==\n";
-        let text =
-            impersonate_service_account(admin, "drover-system", "drover").expect("rewritten");
-        let config: kube::config::Kubeconfig = serde_yaml::from_str(&text).expect("a kubeconfig");
-        let user = config.auth_infos[0].auth_info.as_ref().expect("user");
-        assert_eq!(
-            user.impersonate.as_deref(),
-            Some("system:serviceaccount:drover-system:drover")
-        );
-        assert_eq!(
-            user.impersonate_groups.as_deref(),
-            Some(
-                &[
-                    "system:serviceaccounts".to_owned(),
-                    "system:serviceaccounts:drover-system".to_owned(),
-                    "system:authenticated".to_owned()
-                ][..]
-            )
-        );
-        assert!(impersonate_service_account("kind: Config\n", "a", "b").is_err());
     }
 }

@@ -76,9 +76,10 @@ pub struct KubeletConfig {
     /// `$(VAR)` references can use them.
     pub extra_env: BTreeMap<String, String>,
     /// Stands in for the mounted service account token: with `Some(admin)`,
-    /// each pod's process gets `KUBECONFIG` pointing at a copy of the `admin`
-    /// kubeconfig that impersonates the pod's ServiceAccount, so the apiserver
-    /// authorizes it with exactly that account's RBAC. Off by default.
+    /// each pod's process gets `KUBECONFIG` pointing at a kubeconfig with the
+    /// `admin` one's apiserver and CA and a real token of the pod's
+    /// ServiceAccount (TokenRequest, bound to the pod), so the apiserver
+    /// authenticates and authorizes it as exactly that account.
     pub service_account_kubeconfig: Option<PathBuf>,
 }
 
@@ -95,7 +96,7 @@ impl KubeletConfig {
     }
 
     /// Runs every pod as its ServiceAccount (see [`Self::service_account_kubeconfig`]).
-    pub fn impersonate_service_accounts(mut self, admin_kubeconfig: impl Into<PathBuf>) -> Self {
+    pub fn run_as_service_accounts(mut self, admin_kubeconfig: impl Into<PathBuf>) -> Self {
         self.service_account_kubeconfig = Some(admin_kubeconfig.into());
         self
     }

@@ -532,7 +532,14 @@ impl PodWorker {
                     .and_then(|spec| spec.service_account_name.clone())
                     .unwrap_or_else(|| "default".to_owned());
                 let path = self.dirs.workdir.join("serviceaccount.kubeconfig");
-                env::write_service_account_kubeconfig(admin, &path, &self.namespace, &account)?;
+                env::write_service_account_kubeconfig(
+                    &self.ctx.client,
+                    admin,
+                    &path,
+                    &self.pod,
+                    &account,
+                )
+                .await?;
                 let mut node_env = config.extra_env.clone();
                 node_env.insert("KUBECONFIG".to_owned(), path.display().to_string());
                 env::resolve(&ctx, &objects, &node_env)

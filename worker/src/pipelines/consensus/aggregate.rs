@@ -16,7 +16,8 @@ use super::schema::{Proposal, Review, Verdict};
 const REJECT_BELOW: f64 = 4.0;
 const APPROVE_FROM: f64 = 7.0;
 
-/// Caps that keep `status.result` a few KB whatever the model wrote.
+/// Caps that keep `status.result` a few KB whatever the model wrote (the
+/// review schema asks for no more than this; a JSON-mode answer may be longer).
 const TITLE_CHARS: usize = 200;
 const REVIEW_SUMMARY_CHARS: usize = 240;
 const CONCERNS: usize = 3;

@@ -1,14 +1,18 @@
 //! Chat completions over HTTP against any OpenAI-compatible API (OpenAI,
-//! vLLM, Ollama, llama.cpp): typed request and response, a bearer key when
-//! one is set, a per-request timeout, and errors sorted into those another
-//! try may fix (429, 5xx, timeouts, lost connections) and those it cannot
-//! (any other 4xx).
+//! vLLM, Ollama, llama.cpp): typed request and response, the answer's JSON
+//! Schema as `response_format` (with a fallback to JSON mode for servers
+//! that refuse schemas), a bearer key when one is set, a per-request
+//! timeout, and errors sorted into those another try may fix (429, 5xx,
+//! timeouts, lost connections), a refused key (401, 403) and the rest.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use drover_crds::pipeline_worker::ConsensusSpec;
 use serde::{Deserialize, Serialize};
+
+use super::schema::{JsonSchema, Shape};
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +43,25 @@ struct ChatRequest<'a> {
     model: &'a str,
     messages: &'a [ChatMessage],
     temperature: f64,
-    /// JSON mode: OpenAI, vLLM, Ollama and llama.cpp's server all accept it.
-    response_format: ResponseFormat,
+    response_format: ResponseFormat<'a>,
+}
+
+/// How the answer is constrained.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat<'a> {
+    /// Structured outputs: the server decodes only what fits the schema
+    /// (OpenAI, vLLM, llama.cpp's server and Ollama offer it).
+    JsonSchema { json_schema: NamedSchema<'a> },
+    /// JSON mode: any JSON object; the fallback for servers without schemas.
+    JsonObject,
 }
 
 #[derive(Debug, Serialize)]
-struct ResponseFormat {
-    #[serde(rename = "type")]
-    kind: &'static str,
+struct NamedSchema<'a> {
+    name: &'a str,
+    strict: bool,
+    schema: JsonSchema<'a>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,15 +90,24 @@ pub enum CallError {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// Another try will not work: a 4xx other than 408 and 429 (a wrong key,
-    /// an unknown model, a refused request).
+    /// Another try will not work: a 4xx other than 401, 403, 408 and 429 (an
+    /// unknown model, a refused request).
     Permanent { message: String },
+    /// The API refused the key (401, 403): no try, and no attempt, can fix
+    /// that until someone changes the Secret.
+    Unauthorized { message: String },
+    /// A 400 that says the server takes no JSON Schema `response_format`;
+    /// the client falls back to JSON mode and never returns this itself.
+    SchemaRefused { message: String },
 }
 
 impl CallError {
     pub fn message(&self) -> &str {
         match self {
-            CallError::Retryable { message, .. } | CallError::Permanent { message } => message,
+            CallError::Retryable { message, .. }
+            | CallError::Permanent { message }
+            | CallError::Unauthorized { message }
+            | CallError::SchemaRefused { message } => message,
         }
     }
 
@@ -106,6 +130,9 @@ pub struct ChatClient {
     temperature: f64,
     timeout: Duration,
     api_key: Option<String>,
+    /// Which servers refused schemas: process-wide, shared by every Job of
+    /// the fleet.
+    refusals: &'static SchemaRefusals,
 }
 
 // By hand, so the key never reaches a log line.
@@ -130,19 +157,69 @@ impl ChatClient {
             temperature: spec.temperature,
             timeout: Duration::from_secs(spec.request_timeout_seconds.max(1).unsigned_abs()),
             api_key,
+            refusals: SchemaRefusals::process_wide(),
         })
     }
 
-    /// Sends `messages` and returns the answer's text ("" when the answer
-    /// has none: that is for the caller's schema check to refuse). `who`
-    /// is the step (`expand`, `review:<persona>`) the call is logged under.
+    /// The fleet's endpoint, as schema refusals are remembered: a spec edit
+    /// that points the fleet at another server or model asks again.
+    fn endpoint(&self) -> String {
+        format!("{} {}", self.url, self.model)
+    }
+
+    /// Sends `messages` asking for an answer of `shape`, and returns the
+    /// answer's text ("" when the answer has none: that is for the caller's
+    /// schema check to refuse). `step` (`expand`, `review:<persona>`) is
+    /// what the call is logged under.
+    ///
+    /// The shape goes as a strict JSON Schema, unless this fleet's server
+    /// refused one before; a refusal is remembered and the request is sent
+    /// again at once in JSON mode.
     pub async fn complete(
         &self,
         step: &str,
         messages: &[ChatMessage],
+        shape: &Shape,
+    ) -> Result<String, CallError> {
+        let endpoint = self.endpoint();
+        let schema_format = || ResponseFormat::JsonSchema {
+            json_schema: NamedSchema {
+                name: shape.name,
+                strict: true,
+                schema: shape.json_schema(),
+            },
+        };
+        if self.refusals.refused(&endpoint) {
+            return self
+                .logged(step, messages, ResponseFormat::JsonObject)
+                .await;
+        }
+        match self.logged(step, messages, schema_format()).await {
+            Err(CallError::SchemaRefused { message }) => {
+                if self.refusals.remember(&endpoint) {
+                    tracing::warn!(
+                        step,
+                        url = %self.url,
+                        model = %self.model,
+                        refusal = %message,
+                        "the model server takes no JSON Schema response_format; this fleet uses JSON mode from now on"
+                    );
+                }
+                self.logged(step, messages, ResponseFormat::JsonObject)
+                    .await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn logged(
+        &self,
+        step: &str,
+        messages: &[ChatMessage],
+        format: ResponseFormat<'_>,
     ) -> Result<String, CallError> {
         let started = Instant::now();
-        let outcome = self.send(messages).await;
+        let outcome = self.send(messages, format).await;
         let took_ms = started.elapsed().as_millis() as u64;
         match &outcome {
             Ok((status, _)) => {
@@ -155,14 +232,17 @@ impl ChatClient {
         outcome.map(|(_, text)| text)
     }
 
-    async fn send(&self, messages: &[ChatMessage]) -> Result<(u16, String), CallError> {
+    async fn send(
+        &self,
+        messages: &[ChatMessage],
+        format: ResponseFormat<'_>,
+    ) -> Result<(u16, String), CallError> {
+        let asked_schema = matches!(format, ResponseFormat::JsonSchema { .. });
         let body = ChatRequest {
             model: &self.model,
             messages,
             temperature: self.temperature,
-            response_format: ResponseFormat {
-                kind: "json_object",
-            },
+            response_format: format,
         };
         let mut request = self.http.post(&self.url).timeout(self.timeout).json(&body);
         if let Some(key) = &self.api_key {
@@ -173,6 +253,11 @@ impl ChatClient {
         let retry_after = retry_after(response.headers());
         let text = response.text().await.map_err(|e| self.transport(&e))?;
         if !status.is_success() {
+            if asked_schema && refuses_schemas(status.as_u16(), &text) {
+                return Err(CallError::SchemaRefused {
+                    message: format!("HTTP {status}: {}", excerpt(&text)),
+                });
+            }
             return Err(classify(status.as_u16(), &text, retry_after));
         }
         let parsed: ChatResponse = serde_json::from_str(&text).map_err(|e| {
@@ -218,7 +303,8 @@ impl ChatClient {
     }
 }
 
-/// Sorts an HTTP error answer: 408, 429 and 5xx may pass on another try.
+/// Sorts an HTTP error answer: 408, 429 and 5xx may pass on another try;
+/// 401 and 403 are a refused key.
 pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> CallError {
     let message = format!("HTTP {status}: {}", excerpt(body));
     match status {
@@ -226,7 +312,48 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> CallE
             message,
             retry_after,
         },
+        401 | 403 => CallError::Unauthorized { message },
         _ => CallError::Permanent { message },
+    }
+}
+
+/// A 400 about the request's `response_format` or `json_schema`: the
+/// server does not take (this) schema. Servers word it differently (OpenAI:
+/// "'response_format' of type 'json_schema' is not supported with this
+/// model"; older servers: "unknown response_format type"), but every one
+/// names the parameter it refused.
+fn refuses_schemas(status: u16, body: &str) -> bool {
+    let body = body.to_ascii_lowercase();
+    status == 400 && (body.contains("json_schema") || body.contains("response_format"))
+}
+
+/// The endpoints (URL and model) whose server refused a JSON Schema
+/// `response_format`, for the life of the process: one refusal per fleet
+/// endpoint, then JSON mode without asking again.
+#[derive(Debug, Default)]
+pub struct SchemaRefusals {
+    endpoints: Mutex<HashSet<String>>,
+}
+
+impl SchemaRefusals {
+    fn process_wide() -> &'static SchemaRefusals {
+        static REFUSALS: OnceLock<SchemaRefusals> = OnceLock::new();
+        REFUSALS.get_or_init(SchemaRefusals::default)
+    }
+
+    fn refused(&self, endpoint: &str) -> bool {
+        self.lock().contains(endpoint)
+    }
+
+    /// Remembers a refusal; true the first time for this endpoint.
+    fn remember(&self, endpoint: &str) -> bool {
+        self.lock().insert(endpoint.to_owned())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -275,6 +402,7 @@ fn shared_http() -> Result<reqwest::Client, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::schema::REVIEW;
     use super::*;
 
     #[test]
@@ -296,8 +424,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_key_is_unauthorized() {
+        for status in [401, 403] {
+            assert!(
+                matches!(classify(status, "", None), CallError::Unauthorized { .. }),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_400_about_the_response_format_is_a_schema_refusal() {
+        for body in [
+            r#"{"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", "param": "response_format"}}"#,
+            "unknown response_format type",
+            "JSON_SCHEMA is not supported",
+        ] {
+            assert!(refuses_schemas(400, body), "{body}");
+        }
+        assert!(!refuses_schemas(400, "messages must not be empty"));
+        assert!(!refuses_schemas(422, "response_format"));
+    }
+
+    #[test]
     fn other_client_errors_are_permanent() {
-        for status in [400, 401, 403, 404, 422] {
+        for status in [400, 404, 422] {
             assert!(
                 matches!(classify(status, "", None), CallError::Permanent { .. }),
                 "{status}"
@@ -314,27 +465,40 @@ mod tests {
     }
 
     #[test]
-    fn the_request_is_an_openai_chat_completion_in_json_mode() {
+    fn the_request_is_an_openai_chat_completion_with_a_strict_schema_or_json_mode() {
         let messages = [
             ChatMessage::new(Role::System, "s"),
             ChatMessage::new(Role::User, "u"),
         ];
-        let body = serde_json::to_value(ChatRequest {
-            model: "m",
-            messages: &messages,
-            temperature: 0.2,
-            response_format: ResponseFormat {
-                kind: "json_object",
+        let request = |format| {
+            serde_json::to_value(ChatRequest {
+                model: "m",
+                messages: &messages,
+                temperature: 0.2,
+                response_format: format,
+            })
+            .unwrap()
+        };
+        let body = request(ResponseFormat::JsonSchema {
+            json_schema: NamedSchema {
+                name: "review",
+                strict: true,
+                schema: REVIEW.json_schema(),
             },
-        })
-        .unwrap();
+        });
         assert_eq!(
             body,
             serde_json::json!({
                 "model": "m", "temperature": 0.2,
                 "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                "response_format": {"type": "json_object"},
+                "response_format": {"type": "json_schema", "json_schema": {
+                    "name": "review", "strict": true, "schema": REVIEW.json_schema().to_value(),
+                }},
             })
+        );
+        assert_eq!(
+            request(ResponseFormat::JsonObject)["response_format"],
+            serde_json::json!({"type": "json_object"})
         );
     }
 

@@ -1,9 +1,11 @@
 //! The consensus pipeline: `expand` asks the model to turn the Job's idea
 //! into a full proposal, one `review:<persona>` step per persona reviews it
 //! (all at once, each with its own retries and backoff), and `aggregate`
-//! turns the reviews into a decision. Every model answer is JSON checked
-//! against a schema; an invalid one gets one repair request, after which it
-//! counts as a failed try.
+//! turns the reviews into a decision. Every request carries its answer's
+//! JSON Schema; every answer is still checked against it, and an invalid
+//! one gets one repair request, after which it counts as a failed try. A
+//! refused key fails the Job for good; a persona that fails for good stops
+//! its siblings, and each stopped step says why.
 //!
 //! The pure parts (prompts, schemas, backoff, the decision rule) are in
 //! their own modules; this one only runs the steps.
@@ -22,10 +24,12 @@ use drover_crds::input::ConsensusInput;
 use drover_crds::pipeline_worker::ConsensusSpec;
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use self::aggregate::PersonaReview;
 use self::client::{CallError, ChatClient, ChatMessage};
 use self::retry::RetryPolicy;
+use self::schema::Shape;
 use super::{Context, Failure};
 use crate::progress::Progress;
 
@@ -90,43 +94,56 @@ async fn run_with_key(
         .progress
         .step(EXPAND, async {
             caller
-                .ask(EXPAND, &expand, schema::parse_proposal)
+                .ask(EXPAND, &expand, &schema::PROPOSAL, schema::parse_proposal)
                 .await
-                .map_err(|why| Failure {
-                    reason: FailureReason::ExpandFailed,
-                    message: format!("expand: {why}"),
-                    retryable: true,
-                })
+                .map_err(|why| why.failure(FailureReason::ExpandFailed, EXPAND))
         })
         .await?;
 
-    // All reviews at once; the first persona to fail for good ends the
-    // attempt without waiting for the others.
-    let reviews = futures::future::try_join_all(spec.personas.iter().map(|persona| {
+    // All reviews at once. The first persona to fail for good ends the
+    // attempt: it tells the others, which stop and say so in their step.
+    let (failed_tx, failed_rx) = watch::channel(None::<(String, Failure)>);
+    let outcomes = futures::future::join_all(spec.personas.iter().map(|persona| {
         let step = review_step(&persona.name);
         let messages = prompts::review(persona, &proposal, input.context.as_deref());
-        let caller = &caller;
+        let (caller, failed_tx, mut failed_rx) = (&caller, &failed_tx, failed_rx.clone());
         async move {
+            let who = format!("persona {}", persona.name);
             let review = ctx
                 .progress
                 .step(&step, async {
-                    caller
-                        .ask(&step, &messages, schema::parse_review)
-                        .await
-                        .map_err(|why| Failure {
-                            reason: FailureReason::PersonaFailed,
-                            message: format!("persona {}: {why}", persona.name),
-                            retryable: true,
-                        })
+                    tokio::select! {
+                        answer = caller.ask(&step, &messages, &schema::REVIEW, schema::parse_review) => {
+                            answer.map_err(|why| why.failure(FailureReason::PersonaFailed, &who))
+                        }
+                        first = failed_rx.wait_for(Option::is_some) => {
+                            let cause = first.ok().and_then(|f| f.clone());
+                            Err(stopped_by(cause.as_ref().map(|(name, f)| (name.as_str(), f))))
+                        }
+                    }
                 })
-                .await?;
+                .await
+                .inspect_err(|failure| {
+                    // Only the first failure counts; stopped siblings send nothing.
+                    failed_tx.send_if_modified(|first| {
+                        let is_first = first.is_none() && !failure.message.starts_with(STOPPED);
+                        if is_first {
+                            *first = Some((persona.name.clone(), failure.clone()));
+                        }
+                        is_first
+                    });
+                })?;
             Ok::<_, Failure>(PersonaReview {
                 persona: persona.name.clone(),
                 review,
             })
         }
     }))
-    .await?;
+    .await;
+    if let Some((_, first)) = failed_tx.borrow().clone() {
+        return Err(first);
+    }
+    let reviews = outcomes.into_iter().collect::<Result<Vec<_>, Failure>>()?;
 
     ctx.progress
         .step(AGGREGATE, async {
@@ -140,6 +157,65 @@ async fn run_with_key(
             Ok(aggregate::result(&proposal, &reviews, &decision))
         })
         .await
+}
+
+/// How a stopped sibling's step message begins.
+const STOPPED: &str = "stopped: ";
+
+/// The failure a review step ends with when another persona (its name and
+/// failure) failed first.
+fn stopped_by(cause: Option<(&str, &Failure)>) -> Failure {
+    let (reason, retryable, message) = match cause {
+        Some((persona, cause)) => (
+            cause.reason,
+            cause.retryable,
+            format!(
+                "{STOPPED}persona {persona} failed for good ({}), so this review was not finished",
+                cause.reason
+            ),
+        ),
+        None => (
+            FailureReason::PersonaFailed,
+            true,
+            format!("{STOPPED}another persona failed for good"),
+        ),
+    };
+    Failure {
+        reason,
+        message,
+        retryable,
+    }
+}
+
+/// Why [`Caller::ask`] gave up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum GaveUp {
+    /// The API refused the key (401, 403).
+    Unauthorized(String),
+    /// Tries ran out, or the error is one no try fixes.
+    Failed(String),
+}
+
+impl GaveUp {
+    /// The attempt's failure; `who` is the step or persona, `reason` the
+    /// one for anything but a refused key.
+    fn failure(self, reason: FailureReason, who: &str) -> Failure {
+        match self {
+            GaveUp::Unauthorized(why) => Failure {
+                reason: FailureReason::ModelUnauthorized,
+                message: format!(
+                    "{who}: {why} (the model API refused the key: check the fleet's \
+                     apiKeySecretRef and its Secret; not retried, no attempt can fix it)"
+                ),
+                retryable: false,
+            },
+            GaveUp::Failed(why) => Failure {
+                reason,
+                message: format!("{who}: {why}"),
+                retryable: true,
+            },
+        }
+    }
 }
 
 /// Asks the model with one step's retry policy.
@@ -156,15 +232,16 @@ impl Caller<'_> {
         &self,
         step: &str,
         messages: &[ChatMessage],
+        shape: &Shape,
         parse: fn(&str) -> Result<T, String>,
-    ) -> Result<T, String> {
+    ) -> Result<T, GaveUp> {
         let tries = self.policy.tries();
         let mut last: Option<CallError> = None;
         for number in 1..=tries {
             if let Some(previous) = &last {
                 let server_asked = match previous {
                     CallError::Retryable { retry_after, .. } => *retry_after,
-                    CallError::Permanent { .. } => None,
+                    _ => None,
                 };
                 let wait = self.policy.wait_before(number - 1, server_asked);
                 self.progress.retried(
@@ -177,12 +254,15 @@ impl Caller<'_> {
                 );
                 tokio::time::sleep(wait).await;
             }
-            match self.try_once(step, messages, parse).await {
+            match self.try_once(step, messages, shape, parse).await {
                 Ok(value) => return Ok(value),
-                Err(CallError::Permanent { message }) => {
-                    return Err(format!(
+                Err(CallError::Unauthorized { message }) => {
+                    return Err(GaveUp::Unauthorized(message));
+                }
+                Err(CallError::Permanent { message } | CallError::SchemaRefused { message }) => {
+                    return Err(GaveUp::Failed(format!(
                         "{message} (not retried: only 408, 429, 5xx, timeouts, lost connections and invalid output are)"
-                    ));
+                    )));
                 }
                 Err(error) => {
                     tracing::info!(
@@ -198,7 +278,9 @@ impl Caller<'_> {
         }
         let last = last.as_ref().map_or("", CallError::message);
         let plural = if tries == 1 { "try" } else { "tries" };
-        Err(format!("gave up after {tries} {plural}; the last: {last}"))
+        Err(GaveUp::Failed(format!(
+            "gave up after {tries} {plural}; the last: {last}"
+        )))
     }
 
     /// One try: a request, and a repair request if the answer does not fit
@@ -207,16 +289,17 @@ impl Caller<'_> {
         &self,
         step: &str,
         messages: &[ChatMessage],
+        shape: &Shape,
         parse: fn(&str) -> Result<T, String>,
     ) -> Result<T, CallError> {
-        let answer = self.client.complete(step, messages).await?;
+        let answer = self.client.complete(step, messages, shape).await?;
         let problem = match parse(&answer) {
             Ok(value) => return Ok(value),
             Err(problem) => problem,
         };
         tracing::info!(step, problem = %problem, "invalid model output; asking for a repair");
         let repair = prompts::repair(messages, &answer, &problem);
-        let repaired = self.client.complete(step, &repair).await?;
+        let repaired = self.client.complete(step, &repair, shape).await?;
         parse(&repaired).map_err(|problem| CallError::Retryable {
             message: format!("invalid output, still after a repair request: {problem}"),
             retry_after: None,

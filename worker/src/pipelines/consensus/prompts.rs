@@ -6,7 +6,7 @@ use drover_crds::input::ConsensusInput;
 use drover_crds::pipeline_worker::Persona;
 
 use super::client::{ChatMessage, Role};
-use super::schema::{PROPOSAL_SHAPE, Proposal, REVIEW_SHAPE};
+use super::schema::{PROPOSAL, Proposal, REVIEW};
 
 /// The first words of the expand system prompt (tests find the call by them).
 pub const EXPAND_OPENING: &str = "You turn a short idea into a complete proposal";
@@ -21,7 +21,8 @@ pub fn expand(input: &ConsensusInput) -> Vec<ChatMessage> {
         "{EXPAND_OPENING} that several reviewers will judge. State the problem, the plan, \
          what it costs, its risks and how success will be measured. Keep what the author \
          said; do not invent facts beyond the context. Answer with one JSON object and \
-         nothing else, shaped like this:\n{PROPOSAL_SHAPE}"
+         nothing else, shaped like this:\n{}",
+        PROPOSAL.prompt_shape()
     );
     let mut user = format!("Idea:\n{}", input.text.trim());
     if let Some(context) = input.context.as_deref().filter(|c| !c.trim().is_empty()) {
@@ -38,9 +39,10 @@ pub fn review(persona: &Persona, proposal: &Proposal, context: Option<&str>) -> 
         "{}\n\n{} Review the proposal the user sends from your point of view. Approve it \
          if it should go ahead as written, ask for a revision if it could work with \
          changes, reject it if it should not be done. Score it from 0 (worst) to 10 \
-         (best). Answer with one JSON object and nothing else, shaped like this:\n{REVIEW_SHAPE}",
+         (best). Answer with one JSON object and nothing else, shaped like this:\n{}",
         persona.prompt.trim(),
         persona_marker(&persona.name),
+        REVIEW.prompt_shape(),
     );
     let mut user = format!("Proposal: {}\n\n{}", proposal.title, proposal.text);
     if let Some(context) = context.filter(|c| !c.trim().is_empty()) {
@@ -92,7 +94,7 @@ mod tests {
         });
         assert_eq!(messages.len(), 2);
         assert!(messages[0].content.starts_with(EXPAND_OPENING));
-        assert!(messages[0].content.contains(PROPOSAL_SHAPE));
+        assert!(messages[0].content.contains(&PROPOSAL.prompt_shape()));
         assert_eq!(
             messages[1].content,
             "Idea:\nCache billing reads\n\nContext:\nReads are 90% of load."
@@ -118,7 +120,7 @@ mod tests {
                 .starts_with("You look for the weakest assumption.")
         );
         assert!(messages[0].content.contains(&persona_marker("skeptic")));
-        assert!(messages[0].content.contains(REVIEW_SHAPE));
+        assert!(messages[0].content.contains(&REVIEW.prompt_shape()));
         assert!(
             messages[1]
                 .content

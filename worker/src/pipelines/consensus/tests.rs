@@ -187,9 +187,16 @@ async fn valid_answers_become_a_decision_that_cites_every_persona() {
         assert_eq!(s.authorization.as_deref(), Some("Bearer sk-test-123"));
         assert_eq!(s.call.body["model"], "test-model");
         assert_eq!(s.call.body["temperature"], 0.3);
+        let shape = if is_expand(&s.call) {
+            &schema::PROPOSAL
+        } else {
+            &schema::REVIEW
+        };
         assert_eq!(
             s.call.body["response_format"],
-            json!({"type": "json_object"})
+            json!({"type": "json_schema", "json_schema": {
+                "name": shape.name, "strict": true, "schema": shape.json_schema().to_value(),
+            }})
         );
     }
     // The reviewers read the expanded proposal and the context.
@@ -338,7 +345,7 @@ async fn server_errors_until_retries_run_out_fail_the_job_retryably_naming_the_p
 
 #[tokio::test]
 async fn a_client_error_is_not_retried() {
-    let refused = Reply::Status(401, r#"{"error": {"message": "invalid api key"}}"#.into());
+    let refused = Reply::Status(404, r#"{"error": {"message": "model not found"}}"#.into());
     let llm = llm_where("skeptic", usize::MAX, refused).await;
     let fleet = fleet(&llm, &["skeptic"], json!({}));
     let ran = run_fleet(&fleet, &input()).await;
@@ -349,12 +356,12 @@ async fn a_client_error_is_not_retried() {
         (FailureReason::PersonaFailed, true)
     );
     assert!(
-        failure.message.starts_with("persona skeptic: HTTP 401:"),
+        failure.message.starts_with("persona skeptic: HTTP 404:"),
         "{}",
         failure.message
     );
     assert!(
-        failure.message.contains("invalid api key"),
+        failure.message.contains("model not found"),
         "{}",
         failure.message
     );
@@ -364,6 +371,170 @@ async fn a_client_error_is_not_retried() {
         failure.message
     );
     assert_eq!(llm.seen_with(&persona_marker("skeptic")).len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_key_fails_the_job_for_good_and_the_stopped_siblings_say_why() {
+    let refused = Reply::Status(401, r#"{"error": {"message": "invalid api key"}}"#.into());
+    let llm = ScriptedLlm::start(move |call| {
+        if is_persona(call, "skeptic") {
+            refused.clone()
+        } else if is_expand(call) {
+            well_behaved(call)
+        } else {
+            // The siblings are still thinking when the skeptic is refused.
+            Reply::after(Duration::from_secs(10), well_behaved(call))
+        }
+    })
+    .await
+    .unwrap();
+    let fleet = fleet(&llm, &["skeptic", "operator", "user"], json!({}));
+    let ran = run_fleet(&fleet, &input()).await;
+
+    let failure = ran.failure();
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::ModelUnauthorized, false)
+    );
+    assert!(
+        failure.message.starts_with("persona skeptic: HTTP 401:"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("invalid api key") && failure.message.contains("apiKeySecretRef"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(
+        llm.seen_with(&persona_marker("skeptic")).len(),
+        1,
+        "no try can fix a wrong key"
+    );
+    assert!(ran.took < Duration::from_secs(5), "{:?}", ran.took);
+    let skeptic = ran.step("review:skeptic");
+    assert_eq!((skeptic.phase, skeptic.attempts), (StepPhase::Failed, 1));
+    for sibling in ["review:operator", "review:user"] {
+        let step = ran.step(sibling);
+        assert_eq!(step.phase, StepPhase::Failed, "{step:?}");
+        assert_eq!(
+            step.message.as_deref(),
+            Some(
+                "stopped: persona skeptic failed for good (ModelUnauthorized), so this review was not finished"
+            ),
+            "{step:?}"
+        );
+    }
+    assert_eq!(ran.step("aggregate").phase, StepPhase::Pending);
+}
+
+#[tokio::test]
+async fn a_forbidden_expand_is_unauthorized_too() {
+    let llm = ScriptedLlm::start(|call| {
+        if is_expand(call) {
+            Reply::Status(403, "forbidden".into())
+        } else {
+            well_behaved(call)
+        }
+    })
+    .await
+    .unwrap();
+    let fleet = fleet(&llm, &["skeptic"], json!({}));
+    let ran = run_fleet(&fleet, &input()).await;
+
+    let failure = ran.failure();
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::ModelUnauthorized, false)
+    );
+    assert!(
+        failure.message.starts_with("expand: HTTP 403: forbidden"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(llm.seen().len(), 1);
+}
+
+fn asked_for_a_schema(seen: &drover_testkit::llm::Seen) -> bool {
+    seen.call.body["response_format"]["type"] == "json_schema"
+}
+
+/// A server that answers a JSON Schema `response_format` the way OpenAI
+/// answers it for a model without structured outputs.
+fn refuses_schemas(call: &Call) -> Reply {
+    if call.body["response_format"]["type"] == "json_schema" {
+        Reply::Status(
+            400,
+            json!({"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model.", "param": "response_format"}}).to_string(),
+        )
+    } else {
+        well_behaved(call)
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_schemas_gets_json_mode_after_one_refusal_for_the_whole_fleet() {
+    let llm = ScriptedLlm::start(refuses_schemas).await.unwrap();
+    let refusing = fleet(&llm, &["skeptic", "operator", "user"], json!({}));
+
+    let first = run_fleet(&refusing, &input()).await;
+    assert_eq!(first.result()["decision"], "approve");
+    let seen = llm.seen();
+    let formats: Vec<Value> = seen
+        .iter()
+        .map(|s| s.call.body["response_format"]["type"].clone())
+        .collect();
+    assert_eq!(
+        formats,
+        [
+            "json_schema",
+            "json_object",
+            "json_object",
+            "json_object",
+            "json_object"
+        ],
+        "one refused schema, the same expand again in JSON mode, then JSON mode for every review"
+    );
+    assert_eq!(seen[0].call.body["messages"], seen[1].call.body["messages"]);
+    // The fallback is no retry: no step counts a second try.
+    for step in &first.steps {
+        assert_eq!(step.attempts, 1, "{step:?}");
+    }
+
+    // The next Job of the fleet does not ask again.
+    let second = run_fleet(&refusing, &input()).await;
+    assert_eq!(second.result()["decision"], "approve");
+    assert_eq!(llm.seen().len(), 5 + 4);
+    assert_eq!(
+        llm.seen().iter().filter(|s| asked_for_a_schema(s)).count(),
+        1
+    );
+
+    // Another fleet, with a server that takes schemas, still gets them.
+    let other = ScriptedLlm::start(well_behaved).await.unwrap();
+    let other_fleet = fleet(&other, &["skeptic"], json!({}));
+    run_fleet(&other_fleet, &input()).await.result();
+    assert!(other.seen().iter().all(asked_for_a_schema));
+}
+
+#[tokio::test]
+async fn a_400_about_something_else_is_no_reason_to_drop_the_schema() {
+    let llm = ScriptedLlm::start(|_| Reply::Status(400, "messages: too long".into()))
+        .await
+        .unwrap();
+    let fleet = fleet(&llm, &["skeptic"], json!({}));
+    let ran = run_fleet(&fleet, &input()).await;
+
+    let failure = ran.failure();
+    assert_eq!(failure.reason, FailureReason::ExpandFailed);
+    assert!(
+        failure.message.contains("HTTP 400: messages: too long"),
+        "{}",
+        failure.message
+    );
+    let seen = llm.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(asked_for_a_schema(&seen[0]));
 }
 
 #[tokio::test]
@@ -454,6 +625,14 @@ async fn a_persona_failing_for_good_ends_the_attempt_without_waiting_for_the_res
     assert_eq!(ran.failure().reason, FailureReason::PersonaFailed);
     assert!(ran.failure().message.starts_with("persona broken:"));
     assert!(ran.took < Duration::from_secs(5), "{:?}", ran.took);
+    let slow = ran.step("review:slow");
+    assert_eq!(slow.phase, StepPhase::Failed, "{slow:?}");
+    assert_eq!(
+        slow.message.as_deref(),
+        Some(
+            "stopped: persona broken failed for good (PersonaFailed), so this review was not finished"
+        )
+    );
 }
 
 #[tokio::test]
