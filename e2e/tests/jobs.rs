@@ -253,10 +253,13 @@ async fn expired_claim_is_requeued_as_worker_lost() {
         .await;
     f.wait_for("orphaned", "Queued", SOON, |s| s.phase == JobPhase::Queued)
         .await;
+    // A worker that claimed the Job and died at once. Its `renewTime` is
+    // years old, but the operator trusts no other machine's clock: the claim
+    // expires its lease after the operator itself first saw it.
     f.worker_reports(
         "orphaned",
         json!({"phase": "Running", "startedAt": "2020-01-01T00:00:00Z",
-               "claim": {"pod": "gone-pod", "renewTime": "2020-01-01T00:00:00Z", "leaseSeconds": 30}}),
+               "claim": {"id": "c-1", "pod": "gone-pod", "renewTime": "2020-01-01T00:00:00Z", "leaseSeconds": 3}}),
     )
     .await;
     let requeued = f

@@ -176,9 +176,13 @@ mod tests {
     fn running_jobs_are_counted_per_claiming_pod() {
         let claimed = |ns: &str, pod: &str, phase: JobPhase| {
             let mut j = job(ns, "w", phase, None);
-            let claim = serde_json::json!({"pod": pod, "renewTime": "2027-01-15T08:00:00Z", "leaseSeconds": 30});
             if let Some(status) = j.status.as_mut() {
-                status.claim = Some(serde_json::from_value(claim).unwrap());
+                status.claim = Some(drover_crds::job::Claim {
+                    id: format!("claim-{pod}"),
+                    pod: pod.into(),
+                    renew_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()),
+                    lease_seconds: 30,
+                });
             }
             j
         };

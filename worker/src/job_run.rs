@@ -533,3 +533,15 @@ async fn write_outcome(jobs: &Api<Job>, claimed: &Claimed, change: &JobTransitio
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_200_ms_doubling_to_2_s_and_never_spin() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<u64> = (0..6).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
+    }
+}
