@@ -13,7 +13,9 @@
 //! Test binaries normally call [`shared`] to get one environment per binary.
 //! Linux only (the process management uses `PR_SET_PDEATHSIG`).
 
+pub mod admission;
 pub mod certs;
+pub mod contenders;
 pub mod control_plane;
 pub mod drover;
 pub mod identity;

@@ -11,14 +11,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
+use drover_e2e::admission::{Updates, refuse};
 use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
 use drover_e2e::wait;
 use drover_queue::{PubSubEndpoint, topic_path};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use google_cloud_pubsub::model::Message;
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -110,48 +108,6 @@ async fn a_job_recreated_under_the_same_name_never_receives_the_old_result() {
     );
 }
 
-/// Denies every write that leaves a Job of `namespace` Succeeded.
-async fn refuse_succeeded_writes(client: &kube::Client, namespace: &str) -> String {
-    let name = format!("refuse-succeeded-{namespace}");
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": ["drover.dev"], "apiVersions": ["v1alpha1"],
-                "operations": ["UPDATE"], "resources": ["jobs/status"],
-            }]},
-            "validations": [{
-                "expression": "!has(object.status) || !has(object.status.phase) || object.status.phase != 'Succeeded'",
-                "message": "this test refuses status writes to Succeeded for now",
-            }],
-        },
-    }))
-    .expect("policy");
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name},
-        "spec": {
-            "policyName": name,
-            "validationActions": ["Deny"],
-            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
-        },
-    }))
-    .expect("binding");
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("policy is created");
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("binding is created");
-    name
-}
-
 /// Waits until the policy refuses a write, proven on a Job no fleet runs.
 async fn policy_in_force(jobs: &Api<Job>) {
     jobs.create(
@@ -194,7 +150,20 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
     std::fs::create_dir_all(&effects).expect("effects dir");
     one_pod_fleet(&test, "w").await;
     let jobs: Api<Job> = test.api();
-    let policy = refuse_succeeded_writes(&test.client, &test.namespace).await;
+    // Denies every write that leaves a Job of this namespace Succeeded.
+    let refusal = refuse(
+        &test.client,
+        &format!("refuse-succeeded-{}", test.namespace),
+        Updates {
+            group: "drover.dev",
+            version: "v1alpha1",
+            resource: "jobs/status",
+            namespace: Some(&test.namespace),
+        },
+        "!has(object.status) || !has(object.status.phase) || object.status.phase != 'Succeeded'",
+        "this test refuses status writes to Succeeded for now",
+    )
+    .await;
     policy_in_force(&jobs).await;
 
     let job = test
@@ -216,10 +185,7 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
         JobPhase::Running,
         "the outcome cannot have landed: {during:?}"
     );
-    Api::<ValidatingAdmissionPolicyBinding>::all(test.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await
-        .expect("binding is deleted");
+    refusal.lift().await;
 
     let status = wait::job_finished(&jobs, "refused", Duration::from_secs(60)).await;
     assert_eq!(status.phase, JobPhase::Succeeded, "{status:?}");
@@ -243,10 +209,6 @@ async fn an_outcome_refused_for_ten_seconds_lands_without_a_second_run() {
         [format!("{prefix}1")],
         "the attempt's effect repeated"
     );
-    Api::<ValidatingAdmissionPolicy>::all(test.client.clone())
-        .delete(&policy, &DeleteParams::default())
-        .await
-        .expect("policy is deleted");
 }
 
 #[tokio::test]

@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, start_operator};
-use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
-use drover_e2e::{error_chain, ports, shared, wait};
+use drover_e2e::contenders::Contenders;
+use drover_e2e::drover::{apply_fleet, create_job};
+use drover_e2e::{shared, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
@@ -24,39 +23,7 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         .create_namespace("leader")
         .await
         .expect("namespace");
-    let ports = ports::free_loopback_ports(2).expect("ports");
-    let kubeconfig = operator_kubeconfig(env)
-        .await
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    let start = |identity: &str, port: u16| {
-        start_operator(
-            env,
-            &OperatorOptions {
-                identity: identity.into(),
-                lease_seconds: LEASE_SECONDS,
-                metrics_port: port,
-                kubeconfig: kubeconfig.clone(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)))
-    };
-    let operators = [
-        ("operator-a", start("operator-a", ports[0])),
-        ("operator-b", start("operator-b", ports[1])),
-    ];
-
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let leader = wait::until("a leader", Duration::from_secs(20), || async {
-        let lease = leases
-            .get_opt("drover-operator")
-            .await
-            .map_err(|e| e.to_string())?;
-        lease
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| "no holder".to_owned())
-    })
-    .await;
+    let operators = Contenders::start(env, "operator", LEASE_SECONDS).await;
 
     let fleet = PipelineWorkerBuilder::sleep("takeover")
         .queue("takeover-topic", "takeover-sub")
@@ -77,12 +44,8 @@ async fn standby_takes_over_after_the_leader_is_killed() {
     )
     .await;
 
-    let (killed, standby) = if leader == operators[0].0 {
-        (&operators[0], &operators[1])
-    } else {
-        (&operators[1], &operators[0])
-    };
-    killed.1.kill_hard();
+    let (killed, standby) = (&operators.leader, &operators.standby);
+    killed.process.kill_hard();
     let killed_at = Instant::now();
 
     for i in 0..4 {
@@ -110,20 +73,14 @@ async fn standby_takes_over_after_the_leader_is_killed() {
     )
     .await;
     let took = killed_at.elapsed();
-    let holder = leases
-        .get("drover-operator")
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
     assert_eq!(
-        holder.as_deref(),
-        Some(standby.0),
+        operators.holder().await,
+        Ok(standby.identity.clone()),
         "the standby holds the Lease"
     );
-    assert!(standby.1.is_running(), "the standby died");
+    assert!(standby.process.is_running(), "the standby died");
     eprintln!(
         "{} took over and scaled {took:?} after {} was killed (lease {LEASE_SECONDS} s)",
-        standby.0, killed.0
+        standby.identity, killed.identity
     );
 }

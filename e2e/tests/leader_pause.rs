@@ -8,42 +8,33 @@
 use std::time::{Duration, SystemTime};
 
 use drover_crds::{Job, JobPhase};
-use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, start_operator};
-use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
-use drover_e2e::{error_chain, ports, shared, wait};
+use drover_e2e::contenders::{Contenders, published_since};
+use drover_e2e::drover::{apply_fleet, create_job};
+use drover_e2e::{shared, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const LEASE_SECONDS: u64 = 4;
 
-async fn holder(leases: &Api<Lease>) -> Result<String, String> {
-    let lease = leases
-        .get_opt("drover-operator")
-        .await
-        .map_err(|e| e.to_string())?;
-    lease
-        .and_then(|l| l.spec?.holder_identity)
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| "no holder".to_owned())
-}
-
-/// The `enqueued` events an operator logged at or after `since`.
-fn published_since(log: &std::path::Path, since: Timestamp) -> Vec<String> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["fields"]["event"] == "enqueued")
-        .filter(|entry| {
-            entry["timestamp"]
-                .as_str()
-                .and_then(|t| t.parse::<Timestamp>().ok())
-                .is_some_and(|t| t >= since)
-        })
-        .map(|entry| entry["fields"]["job"].as_str().unwrap_or("?").to_owned())
-        .collect()
+async fn queued(jobs: &Api<Job>, name: &str) {
+    wait::until(
+        &format!("{name} to be Queued"),
+        Duration::from_secs(30),
+        || async {
+            let phase = jobs
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .map(|s| s.phase);
+            (phase == Some(JobPhase::Queued))
+                .then_some(())
+                .ok_or(format!("{phase:?}"))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -55,33 +46,7 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_thaws() {
         .create_namespace("frozen")
         .await
         .expect("namespace");
-    let ports = ports::free_loopback_ports(2).expect("ports");
-    let kubeconfig = operator_kubeconfig(env)
-        .await
-        .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    let start = |identity: &str, port: u16| {
-        start_operator(
-            env,
-            &OperatorOptions {
-                identity: identity.into(),
-                lease_seconds: LEASE_SECONDS,
-                metrics_port: port,
-                kubeconfig: kubeconfig.clone(),
-            },
-        )
-        .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)))
-    };
-    let operators = [
-        ("operator-a", start("operator-a", ports[0])),
-        ("operator-b", start("operator-b", ports[1])),
-    ];
-    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let leader = wait::until("a leader", Duration::from_secs(20), || holder(&leases)).await;
-    let (frozen, standby) = if leader == operators[0].0 {
-        (&operators[0], &operators[1])
-    } else {
-        (&operators[1], &operators[0])
-    };
+    let operators = Contenders::start(env, "frozen", LEASE_SECONDS).await;
 
     // No workers: every published Job stays Queued, so a publish is visible.
     let fleet = PipelineWorkerBuilder::sleep("parked")
@@ -90,8 +55,7 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_thaws() {
     apply_fleet(&client, &ns, fleet.build()).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let create = |name: String| {
-        let client = client.clone();
-        let ns = ns.clone();
+        let (client, ns) = (client.clone(), ns.clone());
         async move {
             let job = JobBuilder::new(&name, "parked")
                 .input(json!({"durationMillis": 10}))
@@ -100,79 +64,45 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_thaws() {
         }
     };
     create("before".into()).await;
-    wait::until("the leader to publish", Duration::from_secs(20), || async {
-        let phase = jobs
-            .get("before")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .map(|s| s.phase);
-        (phase == Some(JobPhase::Queued))
-            .then_some(())
-            .ok_or(format!("{phase:?}"))
-    })
-    .await;
+    queued(&jobs, "before").await;
 
-    frozen.1.signal(libc::SIGSTOP);
+    operators.leader.process.signal(libc::SIGSTOP);
     let frozen_at = Timestamp::try_from(SystemTime::now()).expect("now");
     // Work the frozen leader's watch delivers to it the moment it thaws.
     for i in 0..10 {
         create(format!("during-{i}")).await;
     }
-    wait::until(
-        "the standby to take over",
-        Duration::from_secs(LEASE_SECONDS * 4),
-        || async {
-            match holder(&leases).await? {
-                h if h == standby.0 => Ok(()),
-                h => Err(h),
-            }
-        },
-    )
-    .await;
+    operators
+        .standby_took_over(Duration::from_secs(LEASE_SECONDS * 4))
+        .await;
     for i in 0..10 {
         create(format!("after-{i}")).await;
     }
-    frozen.1.signal(libc::SIGCONT);
+    operators.leader.process.signal(libc::SIGCONT);
 
     // Every Job is published, by the standby alone.
-    for name in std::iter::once("before".to_owned())
-        .chain((0..10).map(|i| format!("during-{i}")))
-        .chain((0..10).map(|i| format!("after-{i}")))
-    {
-        wait::until(
-            &format!("{name} to be Queued"),
-            Duration::from_secs(30),
-            || async {
-                let phase = jobs
-                    .get(&name)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .map(|s| s.phase);
-                (phase == Some(JobPhase::Queued))
-                    .then_some(())
-                    .ok_or(format!("{phase:?}"))
-            },
-        )
-        .await;
+    for name in (0..10).flat_map(|i| [format!("during-{i}"), format!("after-{i}")]) {
+        queued(&jobs, &name).await;
     }
     wait::until(
         "the thawed leader to stop",
         Duration::from_secs(20),
         || async {
-            (!frozen.1.is_running())
+            (!operators.leader.process.is_running())
                 .then_some(())
                 .ok_or("still running".to_owned())
         },
     )
     .await;
-    let late = published_since(frozen.1.log_path(), frozen_at);
+    let late = published_since(operators.leader.process.log_path(), frozen_at);
     assert!(
         late.is_empty(),
         "{} published after it lost the lease: {late:?}",
-        frozen.0
+        operators.leader.identity
     );
-    assert!(standby.1.is_running(), "the standby died");
-    assert_eq!(holder(&leases).await.as_deref(), Ok(standby.0));
+    assert!(operators.standby.process.is_running(), "the standby died");
+    assert_eq!(
+        operators.holder().await,
+        Ok(operators.standby.identity.clone())
+    );
 }

@@ -96,6 +96,13 @@ impl Metrics {
                     .get_or_create(&OutcomeLabels { outcome, reason }),
             );
         }
+        // The dashboard's error panel shows 0, not "no data", on a healthy operator.
+        for controller in ["job", "fleet"] {
+            drop(metrics.reconcile_errors.get_or_create(&ErrorLabels {
+                controller,
+                error: "status",
+            }));
+        }
         for kind in ["first", "retry", "republish"] {
             drop(
                 metrics
