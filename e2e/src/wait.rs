@@ -44,3 +44,20 @@ pub async fn job_finished(
     })
     .await
 }
+
+/// Waits for the Job `name` to be in `phase` and returns it.
+pub async fn job_in_phase(
+    jobs: &kube::Api<drover_crds::Job>,
+    name: &str,
+    phase: drover_crds::JobPhase,
+    timeout: Duration,
+) -> drover_crds::Job {
+    until(&format!("{name} to be {phase:?}"), timeout, || async {
+        let job = jobs.get(name).await.map_err(|e| e.to_string())?;
+        match job.status.as_ref().map(|s| s.phase) {
+            Some(seen) if seen == phase => Ok(job),
+            seen => Err(format!("{seen:?}")),
+        }
+    })
+    .await
+}

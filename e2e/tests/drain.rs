@@ -27,22 +27,7 @@ fn fleet(test: &DroverTest, name: &str, replicas: i32) -> PipelineWorker {
 }
 
 async fn running(jobs: &Api<Job>, name: &str) {
-    wait::until(
-        &format!("{name} to run"),
-        Duration::from_secs(60),
-        || async {
-            let phase = jobs
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .map(|s| s.phase);
-            (phase == Some(JobPhase::Running))
-                .then_some(())
-                .ok_or(format!("{phase:?}"))
-        },
-    )
-    .await;
+    wait::job_in_phase(jobs, name, JobPhase::Running, Duration::from_secs(60)).await;
 }
 
 async fn pod_names(pods: &Api<Pod>, fleet: &str) -> Vec<String> {

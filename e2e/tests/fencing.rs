@@ -229,18 +229,7 @@ async fn a_message_for_another_fleets_job_is_never_run_here() {
     let job = test
         .create_job(sleep_job("theirs", "elsewhere", 100, &effects))
         .await;
-    wait::until("the Job to be Queued", Duration::from_secs(30), || async {
-        let phase = jobs
-            .get("theirs")
-            .await
-            .map_err(|e| e.to_string())?
-            .status
-            .map(|s| s.phase);
-        (phase == Some(JobPhase::Queued))
-            .then_some(())
-            .ok_or(format!("{phase:?}"))
-    })
-    .await;
+    wait::job_in_phase(&jobs, "theirs", JobPhase::Queued, Duration::from_secs(30)).await;
 
     let message = JobMessage {
         namespace: test.namespace.clone(),

@@ -67,22 +67,7 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
     }
     for i in 0..10 {
         let name = format!("after-{i}");
-        wait::until(
-            &format!("{name} to be Queued"),
-            Duration::from_secs(30),
-            || async {
-                let phase = jobs
-                    .get(&name)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .status
-                    .map(|s| s.phase);
-                (phase == Some(JobPhase::Queued))
-                    .then_some(())
-                    .ok_or(format!("{phase:?}"))
-            },
-        )
-        .await;
+        wait::job_in_phase(&jobs, &name, JobPhase::Queued, Duration::from_secs(30)).await;
     }
     let late = published_since(operators.leader.process.log_path(), taken_over);
     assert!(

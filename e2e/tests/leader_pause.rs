@@ -19,22 +19,7 @@ use serde_json::json;
 const LEASE_SECONDS: u64 = 4;
 
 async fn queued(jobs: &Api<Job>, name: &str) {
-    wait::until(
-        &format!("{name} to be Queued"),
-        Duration::from_secs(30),
-        || async {
-            let phase = jobs
-                .get(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .status
-                .map(|s| s.phase);
-            (phase == Some(JobPhase::Queued))
-                .then_some(())
-                .ok_or(format!("{phase:?}"))
-        },
-    )
-    .await;
+    wait::job_in_phase(jobs, name, JobPhase::Queued, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
