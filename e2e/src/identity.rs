@@ -225,22 +225,4 @@ mod tests {
         assert_eq!(user.as_mapping().map(serde_yaml::Mapping::len), Some(1));
         assert!(with_token("kind: Config\n", "t").is_err());
     }
-
-    #[test]
-    fn the_install_manifest_has_the_operator_account_and_its_rbac() {
-        let text = std::fs::read_to_string(manifest()).expect("manifest");
-        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
-            .filter_map(|d| document(d).ok())
-            .filter_map(|v| v.get("kind")?.as_str().map(str::to_owned))
-            .collect();
-        for kind in [
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        ] {
-            assert!(kinds.iter().any(|k| k == kind), "{kind} missing: {kinds:?}");
-        }
-    }
 }

@@ -153,7 +153,7 @@ pub async fn shared() -> &'static TestEnv {
         .get_or_init(|| async {
             let state_dir =
                 std::env::temp_dir().join(format!("{SHARED_STATE_PREFIX}{}", std::process::id()));
-            remove_stale_state_dirs();
+            remove_stale_state_dirs(SHARED_STATE_PREFIX);
             let mut progress = |line: &str| report(line);
             TestEnv::start(&state_dir, &mut progress)
                 .await
@@ -172,8 +172,9 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "drover-e2e: {line}");
 }
 
-/// Removes state directories of earlier test processes that are gone.
-fn remove_stale_state_dirs() {
+/// Removes the `<prefix><pid>` state directories in the temp dir of
+/// earlier test processes that are gone.
+pub(crate) fn remove_stale_state_dirs(prefix: &str) {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
@@ -181,7 +182,7 @@ fn remove_stale_state_dirs() {
         let name = entry.file_name();
         let Some(pid) = name
             .to_str()
-            .and_then(|n| n.strip_prefix(SHARED_STATE_PREFIX))
+            .and_then(|n| n.strip_prefix(prefix))
             .and_then(|pid| pid.parse::<libc::pid_t>().ok())
         else {
             continue;

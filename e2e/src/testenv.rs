@@ -547,21 +547,25 @@ fn go_version(go: &Path, source_dir: &Path) -> Result<String, TestEnvError> {
 /// `$HOME/.cache/drover/testenv` (never inside the repository, so `cargo clean`
 /// and fresh clones keep the multi-minute build).
 fn cache_root() -> Result<PathBuf, TestEnvError> {
+    drover_cache_dir(CACHE_ENV, "testenv").ok_or(TestEnvError::NoCacheDir)
+}
+
+/// `$<override_env>`, else `$XDG_CACHE_HOME/drover/<leaf>`, else
+/// `$HOME/.cache/drover/<leaf>`: Drover's caches, outside the repository.
+pub(crate) fn drover_cache_dir(override_env: &str, leaf: &str) -> Option<PathBuf> {
     let non_empty = |name: &str| {
         env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(root) = non_empty(CACHE_ENV) {
-        return Ok(root);
+    if let Some(root) = non_empty(override_env) {
+        return Some(root);
     }
     // The XDG spec says relative values are invalid and must be ignored.
     if let Some(xdg) = non_empty("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
-        return Ok(xdg.join("drover").join("testenv"));
+        return Some(xdg.join("drover").join(leaf));
     }
-    non_empty("HOME")
-        .map(|home| home.join(".cache").join("drover").join("testenv"))
-        .ok_or(TestEnvError::NoCacheDir)
+    non_empty("HOME").map(|home| home.join(".cache").join("drover").join(leaf))
 }
 
 /// The `go build` flags of each step in [`STEPS`] (everything but `-o` and the packages).

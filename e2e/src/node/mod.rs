@@ -157,7 +157,8 @@ impl Node {
         if !missing.is_empty() {
             return Err(NodeError::Missing(missing));
         }
-        remove_stale_state_dirs();
+        // Logs only, by then: the janitor removed the container storage.
+        crate::remove_stale_state_dirs(NODE_PREFIX);
         if state_dir.exists() {
             fs::remove_dir_all(state_dir).map_err(io_err("cannot remove the old", state_dir))?;
         }
@@ -502,28 +503,6 @@ fn missing_prerequisites() -> Vec<String> {
         missing.push("root".to_owned());
     }
     missing
-}
-
-/// Removes the state directories (logs, by then: the janitor removed the
-/// container storage) of earlier test processes that are gone.
-fn remove_stale_state_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(NODE_PREFIX))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            // Best effort: a directory left over only costs disk space.
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 fn write_configs(paths: &NodePaths) -> Result<(), NodeError> {
