@@ -74,6 +74,13 @@ pub struct JobSpec {
     pub cancel: bool,
 }
 
+impl Job {
+    /// The phase of this version of the Job (Pending before any status).
+    pub fn phase(&self) -> JobPhase {
+        self.status.as_ref().map(|s| s.phase).unwrap_or_default()
+    }
+}
+
 /// The apiserver keeps any JSON object here; the pipeline checks its shape.
 fn json_object_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

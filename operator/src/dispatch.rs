@@ -235,7 +235,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
     // Every transition is checked against the phase of the very version the
     // write is conditioned on.
-    let from = current_phase(job);
+    let from = job.phase();
     let claim_seen = ctx.observe_claim(job, now);
     if from == JobPhase::Running {
         // A worker claimed it: what kept it waiting is over.
@@ -360,7 +360,7 @@ async fn publish(
     attempt: i32,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    let from = current_phase(job);
+    let from = job.phase();
     let transition = match from {
         JobPhase::Pending => Transition::Publish,
         JobPhase::Backoff => Transition::Requeue,
@@ -449,7 +449,7 @@ async fn write_queued(
     message_id: String,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    let from = current_phase(job);
+    let from = job.phase();
     let generation = job.meta().generation;
     let current = conditions(job);
     let queued = JobTransition::queued(transition, from, attempt, message_id, generation, now)
@@ -490,7 +490,7 @@ async fn note_publish_failed(job: &Job, ctx: &Context, error: &PublishError, now
 /// Writes `note` (a `PublishFailed`) on the Job with an Event, unless the
 /// Job already shows it.
 async fn note_unpublished(job: &Job, ctx: &Context, note: &JobNote, now: Timestamp) {
-    let update = match JobConditionUpdate::note(current_phase(job), conditions(job), note, now) {
+    let update = match JobConditionUpdate::note(job.phase(), conditions(job), note, now) {
         Ok(Some(update)) => update,
         Ok(None) | Err(_) => return,
     };
@@ -540,7 +540,7 @@ async fn fail(
             });
         }
     }
-    let from = current_phase(job);
+    let from = job.phase();
     let failed = if dead_letter {
         JobTransition::give_up(from, reason, message.clone(), now)
     } else {
@@ -594,11 +594,6 @@ fn lost_message(job: &Job) -> String {
         ),
         None => format!("attempt {} was running without a claim", status.attempt),
     }
-}
-
-/// The phase of the Job version a decision is made from.
-fn current_phase(job: &Job) -> JobPhase {
-    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 /// Sends one checked transition, conditioned on the resourceVersion the

@@ -197,7 +197,7 @@ async fn claim(
         lease_seconds: CLAIM_LEASE_SECONDS,
         steps: progress.snapshot(),
     };
-    let change = JobTransition::claim(phase_of(job), claim, Timestamp::now());
+    let change = JobTransition::claim(job.phase(), claim, Timestamp::now());
     write_checked(jobs, job, change).await
 }
 
@@ -211,10 +211,6 @@ pub(crate) fn still_held(job: &Job, held: &HeldClaim) -> bool {
                 && s.attempt == held.attempt
                 && s.claim.as_ref().is_some_and(|c| c.id == held.id)
         })
-}
-
-fn phase_of(job: &Job) -> JobPhase {
-    job.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 /// Why a status write did not land.
@@ -378,7 +374,7 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, keep_on: KeepOn) -> Outc
             return Outcome::Cancelled;
         }
         let renewal = JobTransition::progress(
-            phase_of(&job),
+            job.phase(),
             progress.snapshot(),
             progress.overall(),
             Timestamp::now(),
