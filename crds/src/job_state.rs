@@ -189,6 +189,11 @@ pub enum SkipReason {
     UidMismatch,
     /// Another worker holds a live claim.
     ClaimedElsewhere,
+    /// The attempt's holder is gone (a previous container of this pod, or a
+    /// claim nobody renews): that attempt may have left its effects, so it is
+    /// never run again under its number; the operator retries the Job as a
+    /// new attempt (`WorkerLost`).
+    HolderGone,
     /// This worker process already runs it under this very claim (a
     /// duplicate delivery).
     AlreadyRunningHere,
@@ -208,6 +213,7 @@ impl SkipReason {
             SkipReason::AttemptFinished => "attempt_finished",
             SkipReason::UidMismatch => "uid_mismatch",
             SkipReason::ClaimedElsewhere => "claimed_elsewhere",
+            SkipReason::HolderGone => "holder_gone",
             SkipReason::AlreadyRunningHere => "already_running_here",
             SkipReason::CancelRequested => "cancel_requested",
             SkipReason::WrongFleet => "wrong_fleet",
@@ -283,13 +289,16 @@ pub fn decide_claim(
         JobPhase::Running => match &status.claim {
             Some(_) if job.claim_held_here => Skip(SkipReason::AlreadyRunningHere),
             // A previous container of this pod: nobody renews it any more.
-            Some(claim) if claim.pod == me => Claim,
+            Some(claim) if claim.pod == me => Skip(SkipReason::HolderGone),
             Some(claim) if seen_or_trusted(job.claim_seen, claim).is_live(claim, now) => {
                 Skip(SkipReason::ClaimedElsewhere)
             }
-            // The holder stopped renewing: take over this same attempt. The
-            // watchdog may race us; the resourceVersion check picks one winner.
-            _ => Claim,
+            // The holder stopped renewing, perhaps after its effect: one
+            // attempt number runs at most once, so this one is not taken
+            // over; the operator's watchdog retries it as the next attempt.
+            Some(_) => Skip(SkipReason::HolderGone),
+            // Running with no claim at all: nobody ran it yet.
+            None => Claim,
         },
         // Handled above; listed so a new phase cannot slip through unnoticed.
         JobPhase::Pending | JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => {
@@ -532,10 +541,10 @@ mod tests {
     }
 
     #[test]
-    fn expired_claim_of_another_pod_is_taken_over() {
+    fn expired_claim_of_another_pod_is_never_run_again_under_its_number() {
         let mut s = status(Running, 1);
         s.claim = claimed("worker-b", 31, 30);
-        assert_eq!(decide(&s, 1), ClaimDecision::Claim);
+        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::HolderGone));
     }
 
     #[test]
@@ -549,10 +558,10 @@ mod tests {
     }
 
     #[test]
-    fn live_claim_of_a_previous_container_of_this_pod_is_taken_over() {
+    fn a_claim_of_a_previous_container_of_this_pod_is_left_to_the_watchdog() {
         let mut s = status(Running, 1);
         s.claim = claimed(ME, 1, 30);
-        assert_eq!(decide(&s, 1), ClaimDecision::Claim);
+        assert_eq!(decide(&s, 1), ClaimDecision::Skip(SkipReason::HolderGone));
     }
 
     #[test]

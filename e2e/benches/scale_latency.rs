@@ -46,6 +46,7 @@ async fn main() {
             lease_seconds: 15,
             metrics_port: port,
             kubeconfig,
+            failpoints: None,
         },
     )
     .unwrap_or_else(|e| panic!("cannot start the operator: {}", error_chain(&e)));

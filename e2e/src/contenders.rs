@@ -47,6 +47,7 @@ impl Contenders {
                 lease_seconds,
                 metrics_port: port,
                 kubeconfig: kubeconfig.clone(),
+                failpoints: None,
             };
             let process = start_operator(env, &options)
                 .unwrap_or_else(|e| panic!("cannot start {identity}: {}", error_chain(&e)));
@@ -84,7 +85,8 @@ impl Contenders {
     }
 }
 
-async fn lease_holder(leases: &Api<Lease>) -> Result<String, String> {
+/// The identity holding the operator's Lease, or why there is none to name.
+pub async fn lease_holder(leases: &Api<Lease>) -> Result<String, String> {
     let lease = leases
         .get_opt(LEASE_NAME)
         .await

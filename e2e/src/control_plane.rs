@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -60,6 +61,8 @@ pub enum ControlPlaneError {
     },
     #[error("cannot find free loopback ports for the control plane")]
     Ports(#[source] io::Error),
+    #[error("the apiserver of a control plane inside a node's namespaces is not restarted")]
+    NoRestartInNode,
     #[error("cannot forward the apiserver's port from the node's network namespace to loopback")]
     Forward(#[source] io::Error),
     #[error("cannot create the control plane's certificates")]
@@ -140,7 +143,11 @@ pub struct ControlPlane {
     // would only log errors about a vanished apiserver), etcd last (so the
     // apiserver can shut down cleanly).
     controller_manager: ManagedProcess,
-    apiserver: ManagedProcess,
+    /// Replaced by [`ControlPlane::restart_apiserver`].
+    apiserver: Mutex<ManagedProcess>,
+    /// How to start the apiserver again; none for one inside a node's
+    /// namespaces, which the harness does not restart.
+    relaunch: Option<Relaunch>,
     etcd: ManagedProcess,
     state_dir: PathBuf,
     kubeconfig: PathBuf,
@@ -214,19 +221,7 @@ impl ControlPlane {
             .transpose()
             .map_err(ControlPlaneError::Forward)?;
         let client = client_from(&kubeconfig).await?;
-        wait_until("kube-apiserver", &apiserver, APISERVER_TIMEOUT, || async {
-            // /readyz covers etcd connectivity and every post-start hook (RBAC
-            // bootstrap roles, system namespaces, CRD informers).
-            let request = http::Request::get("/readyz")
-                .body(Vec::new())
-                .map_err(|e| e.to_string())?;
-            client
-                .request_text(request)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-        .await?;
+        wait_until_ready(&apiserver, &client).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "kube-apiserver is ready");
 
         let controller_manager =
@@ -256,7 +251,12 @@ impl ControlPlane {
         Ok(Self {
             _forward: forward,
             controller_manager,
-            apiserver,
+            apiserver: Mutex::new(apiserver),
+            relaunch: node.is_none().then(|| Relaunch {
+                bins: bins.clone(),
+                etcd_port: etcd_client_port,
+                port: apiserver_port,
+            }),
             etcd,
             state_dir: state_dir.to_path_buf(),
             kubeconfig,
@@ -295,8 +295,41 @@ impl ControlPlane {
         &self.etcd
     }
 
-    pub fn apiserver(&self) -> &ManagedProcess {
-        &self.apiserver
+    /// The apiserver's pid now (it changes with [`ControlPlane::restart_apiserver`]).
+    pub fn apiserver_pid(&self) -> u32 {
+        self.lock_apiserver().pid()
+    }
+
+    /// Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade
+    /// does) and starts it again on the same port and etcd, returning once it
+    /// is ready: every client sees its connections and watches drop, then a
+    /// server with the same state.
+    pub async fn restart_apiserver(&self) -> Result<(), ControlPlaneError> {
+        let relaunch = self
+            .relaunch
+            .as_ref()
+            .ok_or(ControlPlaneError::NoRestartInNode)?;
+        // The lock is not held across an await: stop and spawn are blocking.
+        self.lock_apiserver().stop(Duration::from_secs(10));
+        let apiserver = start_apiserver(
+            &relaunch.bins,
+            &self.state_dir,
+            &self.pki,
+            relaunch.etcd_port,
+            relaunch.port,
+            None,
+        )?;
+        let client = client_from(&self.kubeconfig).await?;
+        wait_until_ready(&apiserver, &client).await?;
+        *self.lock_apiserver() = apiserver;
+        Ok(())
+    }
+
+    fn lock_apiserver(&self) -> MutexGuard<'_, ManagedProcess> {
+        // Replacing the process is the only mutation; a poisoned lock still holds one.
+        self.apiserver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn controller_manager(&self) -> &ManagedProcess {
@@ -482,6 +515,33 @@ async fn start_etcd(
     })
     .await?;
     Ok(etcd)
+}
+
+/// What [`ControlPlane::restart_apiserver`] starts the apiserver with.
+#[derive(Debug)]
+struct Relaunch {
+    bins: TestEnvBinaries,
+    etcd_port: u16,
+    port: u16,
+}
+
+/// Waits for `/readyz`, which covers etcd connectivity and every post-start
+/// hook (RBAC bootstrap roles, system namespaces, CRD informers).
+async fn wait_until_ready(
+    apiserver: &ManagedProcess,
+    client: &Client,
+) -> Result<(), ControlPlaneError> {
+    wait_until("kube-apiserver", apiserver, APISERVER_TIMEOUT, || async {
+        let request = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        client
+            .request_text(request)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await
 }
 
 fn start_apiserver(

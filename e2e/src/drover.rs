@@ -65,6 +65,8 @@ pub struct OperatorOptions {
     /// The operator's own identity: its ServiceAccount's token, from
     /// [`crate::identity::operator_kubeconfig`]; never the admin's.
     pub kubeconfig: PathBuf,
+    /// `DROVER_FAILPOINTS` for this process (see `drover_runtime::failpoint`).
+    pub failpoints: Option<String>,
 }
 
 /// Starts `drover-operator` as its own ServiceAccount against the
@@ -93,6 +95,9 @@ pub fn start_operator(
         ])
         .args(["--identity", &options.identity])
         .args(["--lease-seconds", &options.lease_seconds.to_string()]);
+    if let Some(failpoints) = &options.failpoints {
+        command.env(drover_runtime::failpoint::ENV, failpoints);
+    }
     let log = state.join(format!("operator-{}.log", options.identity));
     ManagedProcess::spawn("drover-operator", command, &log).map_err(|source| {
         DroverBinaryError::Start {
@@ -165,6 +170,7 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
             lease_seconds: 15,
             metrics_port: port,
             kubeconfig,
+            failpoints: None,
         },
     )?;
     Ok(DroverProcesses {

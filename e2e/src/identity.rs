@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -118,8 +119,8 @@ pub fn with_token(kubeconfig: &str, token: &str) -> Result<String, String> {
     serde_yaml::to_string(&config).map_err(|e| e.to_string())
 }
 
-/// Installs the operator's ServiceAccount and RBAC from the install
-/// manifest (idempotent) and returns a kubeconfig that is that account.
+/// Installs the operator's ServiceAccount, RBAC and FlowSchema from the
+/// install manifest (idempotent) and returns a kubeconfig that is that account.
 pub async fn operator_kubeconfig(env: &TestEnv) -> Result<PathBuf, IdentityError> {
     let client = env
         .control_plane
@@ -181,6 +182,7 @@ async fn install_operator_rbac(client: &Client) -> Result<(), IdentityError> {
             "ClusterRoleBinding" => {
                 apply::<ClusterRoleBinding>(Api::all(client.clone()), &parse(value)?).await?
             }
+            "FlowSchema" => apply::<FlowSchema>(Api::all(client.clone()), &parse(value)?).await?,
             _ => {}
         }
     }

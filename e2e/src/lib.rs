@@ -14,6 +14,7 @@
 //! Linux only (the process management uses `PR_SET_PDEATHSIG`).
 
 pub mod admission;
+pub mod apiserver_metrics;
 pub mod certs;
 pub mod contenders;
 pub mod control_plane;

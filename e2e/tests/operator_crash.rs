@@ -54,6 +54,7 @@ async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
             lease_seconds: 15,
             metrics_port: port,
             kubeconfig,
+            failpoints: None,
         },
     )
     .unwrap_or_else(|e| panic!("cannot start the second operator: {}", error_chain(&e)));

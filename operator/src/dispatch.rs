@@ -27,7 +27,7 @@ use drover_crds::job_transition::{
 };
 use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
 use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
-use drover_runtime::job_status;
+use drover_runtime::{failpoint, job_status};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
@@ -423,6 +423,11 @@ async fn publish(
         ctx.metrics.dispatch_latency.observe(waited);
     }
     tracing::info!(event = "enqueued", job = %job.name_any(), namespace, attempt, %message_id, kind, "published");
+    failpoint::pause(
+        failpoint::AFTER_PUBLISH,
+        &failpoint::attempt_key(&job.name_any(), attempt),
+    )
+    .await;
 
     let written = write_queued(job, ctx, transition, attempt, message_id.clone(), now).await;
     if let Err(error) = &written

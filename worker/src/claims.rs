@@ -2,8 +2,9 @@
 //!
 //! A claim id is new for every claim, so "held here" means this very
 //! process took it: a claim that names this pod but is not in the registry
-//! belongs to a container of the pod that is gone, and is taken over rather
-//! than skipped. The registry is also what a forced shutdown hands back.
+//! belongs to a container of the pod that is gone, whose attempt the
+//! operator retries as a new one. The registry is also what a forced
+//! shutdown hands back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -13,7 +13,7 @@ use drover_crds::job::JobError;
 use drover_crds::job_state::{ClaimDecision, ClaimView, SkipReason, TransitionError, decide_claim};
 use drover_crds::job_transition::NewClaim;
 use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker, StepPhase};
-use drover_runtime::job_status;
+use drover_runtime::{failpoint, job_status};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
@@ -477,8 +477,12 @@ async fn finish(
     // The outcome may take a while to land (an apiserver that refuses or
     // is away); meanwhile the claim stays renewed, so nobody runs the
     // attempt again while its result is waiting to be written.
+    let key = failpoint::attempt_key(&held.name, held.attempt);
     tokio::select! {
-        answer = write_outcome(jobs, claimed, &change) => answer,
+        answer = async {
+            failpoint::pause(failpoint::BEFORE_OUTCOME, &key).await;
+            write_outcome(jobs, claimed, &change).await
+        } => answer,
         stopped = keep_claim(jobs, claimed, KeepOn::Cancel) => {
             if let Outcome::Lost(why) = stopped {
                 tracing::warn!(event = "idempotent_skip", reason = why, job = %held.name, "the Job moved on before its outcome was written");

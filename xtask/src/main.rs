@@ -40,6 +40,8 @@ fn main() -> ExitCode {
         path: std::env::var_os("PATH").unwrap_or_default(),
         cargo: std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo")),
         cargo_test_args,
+        // CI builds a clean clone once.
+        incremental: !matches!(task, cli::Task::Ci),
     };
     let started = Instant::now();
     let outcome = steps::run_all(&steps::for_task(task), &mut ctx);
