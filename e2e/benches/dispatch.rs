@@ -88,7 +88,9 @@ async fn run() {
     eprintln!("bench: {sustainable} Jobs/s for {STEADY_SECONDS} s");
     let below_capacity = steady(&jobs, &seen, sustainable, "easy").await;
     eprintln!("bench: throughput, {BURST_JOBS} Jobs through Drover");
+    let before = Counts::read(&client, &drover_processes.operator_metrics).await;
     let drover = burst(&jobs, &seen, "burst", create_noop).await;
+    let after = Counts::read(&client, &drover_processes.operator_metrics).await;
 
     for (rate, latencies) in [(STEADY_RATE, at_goal), (sustainable, below_capacity)] {
         println!(
@@ -100,11 +102,50 @@ async fn run() {
         );
     }
     println!("no-op throughput, {BURST_JOBS} Jobs, {WRITERS} writers:");
-    println!("  drover:   {drover:.1} Jobs/s (4 writes per Job: create, Queued, claim, outcome)");
-    println!("  baseline: {baseline:.1} Jobs/s (the same 4 writes per Job, done directly)");
+    let per_job = |n: u64| n as f64 / BURST_JOBS as f64;
+    println!("  drover:   {drover:.1} Jobs/s");
+    println!(
+        "  baseline: {baseline:.1} Jobs/s (create, Queued, claim, outcome: 4 writes per Job, done directly)"
+    );
     println!("  ratio:    {:.2}", drover / baseline);
+    println!(
+        "  drover per Job: {:.2} Job writes (the apiserver's apiserver_request_total), {:.2} publishes (drover_operator_jobs_published_total)",
+        per_job(after.job_writes - before.job_writes),
+        per_job(after.publishes - before.publishes),
+    );
     drop(drover_processes);
     drop(env);
+}
+
+/// Writes to Jobs as the apiserver counts them, and the operator's publishes.
+struct Counts {
+    job_writes: u64,
+    publishes: u64,
+}
+
+impl Counts {
+    async fn read(client: &kube::Client, operator_metrics: &str) -> Self {
+        let job_writes = drover_e2e::apiserver_metrics::job_writes(client)
+            .await
+            .expect("apiserver metrics");
+        let addr = operator_metrics
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let (_, text) = drover_e2e::observe::http_get(addr, "/metrics")
+            .await
+            .expect("operator metrics");
+        let publishes = text
+            .lines()
+            .filter(|line| line.starts_with("drover_operator_jobs_published_total{"))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter_map(|(_, value)| value.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum();
+        Self {
+            job_writes,
+            publishes,
+        }
+    }
 }
 
 /// What a watch on the namespace has seen, and when.
