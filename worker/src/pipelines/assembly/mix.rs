@@ -246,7 +246,7 @@ impl Ducker {
 
     /// The bed's gain at the next frame of the voice.
     pub fn next_gain(&mut self) -> f32 {
-        if self.frame % self.window == 0 {
+        if self.frame.is_multiple_of(self.window) {
             let energy = self
                 .windows
                 .get(self.frame / self.window)
