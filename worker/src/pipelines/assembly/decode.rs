@@ -48,11 +48,7 @@ pub struct Decoder {
 impl Decoder {
     /// Opens a file on disk. `name` (its URL) is used in every message.
     pub fn open(name: &str, path: &Path, extension: Option<&str>) -> Result<Self, Failure> {
-        let file = std::fs::File::open(path).map_err(|e| Failure {
-            reason: FailureReason::UndecodableAudio,
-            message: format!("{name}: cannot open the fetched copy ({e})"),
-            retryable: true,
-        })?;
+        let file = std::fs::File::open(path).map_err(|e| super::spill::scratch_failure(path, e))?;
         Self::new(name, Box::new(file), extension)
     }
 

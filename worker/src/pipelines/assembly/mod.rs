@@ -619,3 +619,108 @@ pub fn assemble(sources: Vec<Source>, plan: &Plan, dir: &Path) -> Result<Episode
     let first = measure_mix(&tracks, plan, dir, &quiet)?;
     encode_delivered(&tracks, plan, first, dir, &quiet, &|_| {})
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn plan(format: Format) -> Plan {
+        Plan {
+            sample_rate: 44_100,
+            loudness_lufs: -16.0,
+            true_peak_ceiling_dbtp: -1.0,
+            crossfade_seconds: 0.0,
+            format,
+        }
+    }
+
+    /// Twelve seconds of something like speech: tones and noise in bursts.
+    fn speechlike(rate: u32) -> Block {
+        let mut seed = 0x2545_f491_u32;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let frames = 12 * rate as usize;
+        let left: Vec<f32> = (0..frames)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                let burst = if (t * 3.0).fract() < 0.6 { 1.0 } else { 0.05 };
+                burst
+                    * (0.2 * (t * 2.0 * std::f32::consts::PI * 180.0).sin()
+                        + 0.1 * (t * 2.0 * std::f32::consts::PI * 2300.0).sin()
+                        + 0.15 * noise())
+            })
+            .collect();
+        let right = left.iter().map(|s| s * 0.8).collect();
+        vec![left, right]
+    }
+
+    fn main_track(dir: &Path) -> Track {
+        let rate = 44_100;
+        let audio = speechlike(rate);
+        let mut writer = SpillWriter::create(&dir.join("main.pcm"), 2).unwrap();
+        writer.write(&audio).unwrap();
+        let mut voice = VoiceEnergy::new(rate);
+        voice.add(&audio);
+        voice.finish();
+        Track {
+            role: Role::Main,
+            name: "main".into(),
+            spill: writer.finish().unwrap(),
+            loudness_lufs: loudness::integrated(&audio, rate).unwrap(),
+            voice: Some(voice),
+        }
+    }
+
+    #[test]
+    fn a_first_gain_3_db_off_is_corrected_on_the_encoded_file_within_a_tenth_of_a_lu() {
+        for format in [Format::Mp3, Format::Flac] {
+            let scratch = Scratch::new(&std::env::temp_dir(), "test-correct").unwrap();
+            let tracks = vec![main_track(scratch.path())];
+            let plan = plan(format);
+            let wrong = Settings {
+                gain_db: -3.0,
+                limiter_dbfs: -1.5,
+            };
+            let reasons = Mutex::new(Vec::new());
+            let episode =
+                encode_delivered(&tracks, &plan, wrong, scratch.path(), &|_| {}, &|why| {
+                    reasons.lock().unwrap().push(why.to_owned())
+                })
+                .unwrap();
+            let delivered = episode.delivered;
+            assert!(
+                (delivered.measured.integrated_lufs - plan.loudness_lufs).abs()
+                    <= deliver::TOLERANCE_LU,
+                "{format:?}: {delivered:?}"
+            );
+            assert!(delivered.measured.true_peak_dbtp <= plan.true_peak_ceiling_dbtp);
+            assert!(delivered.rounds >= 2, "{format:?}: {delivered:?}");
+            assert_eq!(reasons.lock().unwrap().len(), delivered.rounds - 1);
+            // The figures are the delivered file's own.
+            assert_eq!(
+                deliver::measure_file(&episode.path, format).unwrap(),
+                delivered.measured
+            );
+        }
+    }
+
+    #[test]
+    fn the_mix_pass_predicts_the_codec_so_one_mp3_encode_lands_on_target() {
+        let scratch = Scratch::new(&std::env::temp_dir(), "test-pilot").unwrap();
+        let tracks = vec![main_track(scratch.path())];
+        let plan = plan(Format::Mp3);
+        let first = measure_mix(&tracks, &plan, scratch.path(), &|_| {}).unwrap();
+        let episode =
+            encode_delivered(&tracks, &plan, first, scratch.path(), &|_| {}, &|_| {}).unwrap();
+        assert_eq!(episode.delivered.rounds, 1, "{:?}", episode.delivered);
+        assert!(
+            (episode.delivered.measured.integrated_lufs - plan.loudness_lufs).abs()
+                <= deliver::TOLERANCE_LU
+        );
+        assert_eq!(episode.frames, tracks[0].spill.frames);
+    }
+}
