@@ -2,9 +2,9 @@
 //! block at a time), gain to a target, and the look-ahead limiter that holds
 //! the episode under its true-peak ceiling, also a block at a time.
 
-use drover_crds::FailureReason;
 use std::collections::VecDeque;
 
+use drover_crds::FailureReason;
 use ebur128::{EbuR128, Mode};
 
 use super::Block;
@@ -15,16 +15,6 @@ use crate::pipelines::Failure;
 pub struct Measurement {
     pub integrated_lufs: f64,
     pub true_peak_dbtp: f64,
-}
-
-impl Measurement {
-    /// The same audio after `db` of gain.
-    pub fn with_gain(self, db: f64) -> Self {
-        Self {
-            integrated_lufs: self.integrated_lufs + db,
-            true_peak_dbtp: self.true_peak_dbtp + db,
-        }
-    }
 }
 
 /// The limiter aims this far under the ceiling: it holds sample peaks, and
@@ -127,22 +117,12 @@ pub fn linear_to_db(linear: f64) -> f64 {
     20.0 * linear.log10()
 }
 
-pub fn apply_gain(channels: &mut [Vec<f32>], db: f64) {
-    if db == 0.0 {
-        return;
-    }
-    let gain = db_to_linear(db) as f32;
-    for channel in channels {
-        for sample in channel {
-            *sample *= gain;
-        }
-    }
-}
-
 /// A look-ahead peak limiter: no sample leaves louder than `ceiling`
 /// (linear). The gain starts falling `attack` frames before a peak and
 /// recovers with a `release` time constant, so peaks are held without
-/// clicks. Pure: a gain curve computed from the input, then applied.
+/// clicks. Pure: a gain curve computed from the input, then applied. This
+/// is the limiter's definition on a whole clip; [`Limiter`] computes the
+/// same a block at a time.
 pub fn limit(channels: &mut [Vec<f32>], rate: u32, ceiling: f32) {
     let frames = channels.first().map_or(0, Vec::len);
     let needed: Vec<f32> = (0..frames)
@@ -387,18 +367,9 @@ mod tests {
     }
 
     #[test]
-    fn gain_moves_loudness_and_peak_by_the_same_decibels() {
-        let m = Measurement {
-            integrated_lufs: -20.0,
-            true_peak_dbtp: -4.0,
-        };
-        assert_eq!(
-            m.with_gain(gain_to(-20.0, -16.0)),
-            Measurement {
-                integrated_lufs: -16.0,
-                true_peak_dbtp: 0.0
-            }
-        );
+    fn the_gain_to_a_target_is_the_difference_and_silence_gets_none() {
+        assert_eq!(gain_to(-20.0, -16.0), 4.0);
+        assert_eq!(gain_to(-12.5, -16.0), -3.5);
         assert_eq!(gain_to(f64::NEG_INFINITY, -16.0), 0.0);
     }
 
