@@ -81,9 +81,49 @@ pub struct AssemblyTemplate {
     /// fleet's `assembly.defaultLoudnessLufs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loudness_lufs: Option<f64>,
-    /// `mp3` (128 kb/s CBR, the default) or `wav` (16-bit PCM).
+    /// `mp3` (128 kb/s CBR, the default), `wav` (16-bit PCM) or `flac`
+    /// (16-bit, lossless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+}
+
+/// The file formats an episode is written in (`template.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputFormat {
+    /// MP3, 128 kb/s constant bit rate: the default.
+    Mp3,
+    /// WAV, 16-bit PCM.
+    Wav,
+    /// FLAC, 16-bit, lossless.
+    Flac,
+}
+
+impl OutputFormat {
+    /// Every format, in the order messages list them.
+    pub const ALL: [Self; 3] = [Self::Mp3, Self::Wav, Self::Flac];
+
+    /// The format `template.format` names; `None` for a name it does not know.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+
+    /// The name a template uses, also the usual file extension.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mp3 => "mp3",
+            Self::Wav => "wav",
+            Self::Flac => "flac",
+        }
+    }
+
+    /// "mp3, wav or flac", for messages that refuse another name.
+    pub fn choices() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|f| f.as_str()).collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
 }
 
 /// Why an input was refused, in words for `kubectl describe`.
@@ -150,10 +190,11 @@ pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), Inv
                 )));
             }
             if let Some(format) = &template.format
-                && !["mp3", "wav"].contains(&format.as_str())
+                && OutputFormat::from_name(format).is_none()
             {
                 return Err(invalid(format!(
-                    "template.format {format:?} is not mp3 or wav"
+                    "template.format {format:?} is not {}",
+                    OutputFormat::choices()
                 )));
             }
             if let Some(seconds) = template.crossfade_seconds
@@ -237,12 +278,16 @@ mod tests {
         );
         let mut bad = good.clone();
         bad["template"]["format"] = json!("ogg");
-        assert!(
-            validate(Pipeline::Assembly, &bad)
-                .unwrap_err()
-                .reason
-                .contains("format")
+        assert_eq!(
+            validate(Pipeline::Assembly, &bad).unwrap_err().reason,
+            "template.format \"ogg\" is not mp3, wav or flac"
         );
+        for format in OutputFormat::ALL {
+            let mut ok = good.clone();
+            ok["template"]["format"] = json!(format.as_str());
+            assert_eq!(validate(Pipeline::Assembly, &ok), Ok(()), "{format:?}");
+            assert_eq!(OutputFormat::from_name(format.as_str()), Some(format));
+        }
     }
 
     #[test]
@@ -273,6 +318,8 @@ mod tests {
             ("job-sleep.yaml", Pipeline::Sleep),
             ("job-consensus.yaml", Pipeline::Consensus),
             ("job-assembly.yaml", Pipeline::Assembly),
+            ("job-assembly-wav.yaml", Pipeline::Assembly),
+            ("job-assembly-flac.yaml", Pipeline::Assembly),
         ] {
             let text = std::fs::read_to_string(root.join(file)).unwrap();
             let job: crate::Job = serde_yaml::from_str(&text).unwrap();

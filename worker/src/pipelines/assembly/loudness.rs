@@ -1,36 +1,25 @@
-//! EBU R128 loudness through the ebur128 crate, gain to a target, and the
-//! true-peak ceiling. Gain is linear, so loudness and true peak after a
-//! gain are computed from one measurement instead of measuring again.
+//! EBU R128 loudness through the ebur128 crate (whole clips, or a stream a
+//! block at a time), gain to a target, and the look-ahead limiter that holds
+//! the episode under its true-peak ceiling, also a block at a time.
+
+use std::collections::VecDeque;
 
 use drover_crds::FailureReason;
 use ebur128::{EbuR128, Mode};
 
+use super::Block;
 use crate::pipelines::Failure;
 
-/// What the final mix measured.
+/// Integrated loudness and true peak of a signal.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Measurement {
     pub integrated_lufs: f64,
     pub true_peak_dbtp: f64,
 }
 
-impl Measurement {
-    /// The same audio after `db` of gain.
-    pub fn with_gain(self, db: f64) -> Self {
-        Self {
-            integrated_lufs: self.integrated_lufs + db,
-            true_peak_dbtp: self.true_peak_dbtp + db,
-        }
-    }
-}
-
 /// The limiter aims this far under the ceiling: it holds sample peaks, and
 /// peaks between samples can rise a little above them.
-const LIMITER_MARGIN_DB: f64 = 0.5;
-/// The loudness the mix may miss the target by before mastering tries again.
-const LOUDNESS_TOLERANCE_LU: f64 = 0.2;
-/// Rounds of gain, limit and measure before the mix is taken as it is.
-const MASTER_ROUNDS: usize = 3;
+pub const LIMITER_MARGIN_DB: f64 = 0.5;
 
 fn failure(why: impl std::fmt::Display) -> Failure {
     Failure {
@@ -66,6 +55,50 @@ fn meter(channels: &[Vec<f32>], rate: u32, mode: Mode) -> Result<EbuR128, Failur
     Ok(meter)
 }
 
+/// A loudness meter fed a block at a time.
+pub struct Meter {
+    meter: EbuR128,
+    channels: usize,
+    true_peak: bool,
+}
+
+impl Meter {
+    /// Integrated loudness only, or with the true peak (4x oversampled,
+    /// several times the work).
+    pub fn new(channels: usize, rate: u32, true_peak: bool) -> Result<Self, Failure> {
+        let mode = if true_peak {
+            Mode::I | Mode::TRUE_PEAK
+        } else {
+            Mode::I
+        };
+        Ok(Self {
+            meter: EbuR128::new(channels as u32, rate, mode).map_err(failure)?,
+            channels,
+            true_peak,
+        })
+    }
+
+    pub fn add(&mut self, block: &Block) -> Result<(), Failure> {
+        let planar: Vec<&[f32]> = block.iter().map(Vec::as_slice).collect();
+        self.meter.add_frames_planar_f32(&planar).map_err(failure)
+    }
+
+    /// Integrated LUFS (`-inf` for silence), and the true peak in dBTP when
+    /// the meter measures it (`-inf` otherwise).
+    pub fn measurement(&self) -> Result<Measurement, Failure> {
+        let mut peak = 0.0f64;
+        if self.true_peak {
+            for c in 0..self.channels {
+                peak = peak.max(self.meter.true_peak(c as u32).map_err(failure)?);
+            }
+        }
+        Ok(Measurement {
+            integrated_lufs: self.meter.loudness_global().map_err(failure)?,
+            true_peak_dbtp: linear_to_db(peak),
+        })
+    }
+}
+
 /// The gain that brings `measured` LUFS to `target`; none for silence,
 /// which no gain can bring anywhere.
 pub fn gain_to(measured: f64, target: f64) -> f64 {
@@ -84,22 +117,12 @@ pub fn linear_to_db(linear: f64) -> f64 {
     20.0 * linear.log10()
 }
 
-pub fn apply_gain(channels: &mut [Vec<f32>], db: f64) {
-    if db == 0.0 {
-        return;
-    }
-    let gain = db_to_linear(db) as f32;
-    for channel in channels {
-        for sample in channel {
-            *sample *= gain;
-        }
-    }
-}
-
 /// A look-ahead peak limiter: no sample leaves louder than `ceiling`
 /// (linear). The gain starts falling `attack` frames before a peak and
 /// recovers with a `release` time constant, so peaks are held without
-/// clicks. Pure: a gain curve computed from the input, then applied.
+/// clicks. Pure: a gain curve computed from the input, then applied. This
+/// is the limiter's definition on a whole clip; [`Limiter`] computes the
+/// same a block at a time.
 pub fn limit(channels: &mut [Vec<f32>], rate: u32, ceiling: f32) {
     let frames = channels.first().map_or(0, Vec::len);
     let needed: Vec<f32> = (0..frames)
@@ -165,39 +188,162 @@ fn moving_average(x: &[f32], width: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Brings a finished mix to `target` LUFS with its true peak at or under
-/// `ceiling` dBTP: gain, limit, measure, and once more if the limiter took
-/// the loudness off target. The last step is a plain gain computed from the
-/// measurement, so the reported figures are exact and the ceiling holds.
-pub fn master(
-    channels: &mut [Vec<f32>],
-    rate: u32,
-    target: f64,
-    ceiling: f64,
-    estimate: f64,
-) -> Result<Measurement, Failure> {
-    let original: Vec<Vec<f32>> = channels.to_vec();
-    let mut gain = gain_to(estimate, target);
-    let limiter_ceiling = db_to_linear(ceiling - LIMITER_MARGIN_DB) as f32;
-    let mut result = None;
-    for round in 0..MASTER_ROUNDS {
-        if round > 0 {
-            channels.clone_from_slice(&original);
+/// [`limit`] a block at a time: the same gain curve, computed with a look-
+/// ahead of `attack + attack / 2` frames, so the output lags the input by
+/// that much and [`Limiter::finish`] returns the rest.
+pub struct Limiter {
+    ceiling: f32,
+    attack: usize,
+    half: usize,
+    release: f32,
+    /// Frames not yet sent on, per channel.
+    delay: Vec<VecDeque<f32>>,
+    /// The gain each frame needs, from index `needed_base`.
+    needed: VecDeque<f32>,
+    needed_base: u64,
+    /// Indices of `needed` whose values rise: the front is the window's
+    /// least; `window_next` is the next index to enter it.
+    window: VecDeque<u64>,
+    window_next: u64,
+    /// Held gains, from index `held_base`, and the sum of those in the
+    /// averaging window.
+    held: VecDeque<f32>,
+    held_base: u64,
+    sum: f64,
+    sum_lo: u64,
+    sum_hi: u64,
+    /// Frames in, held gains made, frames out.
+    frames_in: u64,
+    held_made: u64,
+    frames_out: u64,
+    gain: f32,
+}
+
+impl Limiter {
+    pub fn new(channels: usize, rate: u32, ceiling: f32) -> Self {
+        let attack = (rate as usize / 200).max(1); // 5 ms
+        Self {
+            ceiling,
+            attack,
+            half: attack / 2,
+            release: (-1.0 / (0.08 * rate as f32)).exp(), // 80 ms
+            delay: vec![VecDeque::new(); channels],
+            needed: VecDeque::new(),
+            needed_base: 0,
+            window: VecDeque::new(),
+            window_next: 0,
+            held: VecDeque::new(),
+            held_base: 0,
+            sum: 0.0,
+            sum_lo: 0,
+            sum_hi: 0,
+            frames_in: 0,
+            held_made: 0,
+            frames_out: 0,
+            gain: 1.0,
         }
-        apply_gain(channels, gain);
-        limit(channels, rate, limiter_ceiling);
-        let measured = measure(channels, rate)?;
-        let trim = (ceiling - measured.true_peak_dbtp).min(0.0);
-        let miss = gain_to(measured.integrated_lufs, target);
-        result = Some((measured, trim));
-        if miss.abs() <= LOUDNESS_TOLERANCE_LU || trim < 0.0 && miss > 0.0 {
-            break;
-        }
-        gain += miss;
     }
-    let (measured, trim) = result.expect("at least one round");
-    apply_gain(channels, trim);
-    Ok(measured.with_gain(trim))
+
+    /// Takes `block` in and returns the frames whose gain is now known.
+    pub fn push(&mut self, block: &Block) -> Block {
+        let frames = block.first().map_or(0, Vec::len);
+        for i in 0..frames {
+            let peak = block.iter().map(|c| c[i].abs()).fold(0.0f32, f32::max);
+            let need = if peak > self.ceiling {
+                self.ceiling / peak
+            } else {
+                1.0
+            };
+            self.needed.push_back(need);
+            self.frames_in += 1;
+        }
+        for (delay, channel) in self.delay.iter_mut().zip(block) {
+            delay.extend(channel);
+        }
+        let (attack, half) = (self.attack as u64, self.half as u64);
+        let held_ready = self.frames_in.saturating_sub(attack);
+        let out_ready = held_ready.saturating_sub(half);
+        self.run(held_ready, out_ready, None)
+    }
+
+    /// Sends on every frame still held back.
+    pub fn finish(&mut self) -> Block {
+        let end = self.frames_in;
+        self.run(end, end, Some(end))
+    }
+
+    fn needed_at(&self, index: u64) -> f32 {
+        self.needed[(index - self.needed_base) as usize]
+    }
+
+    fn held_at(&self, index: u64) -> f32 {
+        self.held[(index - self.held_base) as usize]
+    }
+
+    /// Makes held gains up to `held_ready` and output up to `out_ready`;
+    /// `end` is the stream's length once it is known, which clips windows.
+    fn run(&mut self, held_ready: u64, out_ready: u64, end: Option<u64>) -> Block {
+        let attack = self.attack as u64;
+        let half = self.half as u64;
+        while self.held_made < held_ready {
+            let j = self.held_made;
+            // The window of frame j is [j - attack, j + attack].
+            let upto = (j + attack + 1).min(self.frames_in);
+            while self.window_next < upto {
+                let next = self.window_next;
+                let need = self.needed_at(next);
+                while self
+                    .window
+                    .back()
+                    .is_some_and(|&k| self.needed_at(k) >= need)
+                {
+                    self.window.pop_back();
+                }
+                self.window.push_back(next);
+                self.window_next += 1;
+            }
+            while self.window.front().is_some_and(|&k| k + attack < j) {
+                self.window.pop_front();
+            }
+            let held = self.window.front().map_or(1.0, |&k| self.needed_at(k));
+            self.held.push_back(held);
+            self.held_made += 1;
+            // Needs before the next window and the deque's front are never read again.
+            let keep_from = (j + 1)
+                .saturating_sub(attack)
+                .min(self.window.front().copied().unwrap_or(u64::MAX));
+            while self.needed_base < keep_from {
+                self.needed.pop_front();
+                self.needed_base += 1;
+            }
+        }
+        let mut out: Block = vec![Vec::new(); self.delay.len()];
+        while self.frames_out < out_ready {
+            let i = self.frames_out;
+            let lo = i.saturating_sub(half);
+            let hi = end.map_or(i + half + 1, |n| (i + half + 1).min(n));
+            while self.sum_hi < hi {
+                self.sum += f64::from(self.held_at(self.sum_hi));
+                self.sum_hi += 1;
+            }
+            while self.sum_lo < lo {
+                self.sum -= f64::from(self.held_at(self.sum_lo));
+                self.sum_lo += 1;
+            }
+            let target = (self.sum / (hi - lo) as f64) as f32;
+            self.gain = target.min(1.0 - (1.0 - self.gain) * self.release);
+            for (dst, delay) in out.iter_mut().zip(&mut self.delay) {
+                let sample = delay.pop_front().unwrap_or(0.0);
+                dst.push(sample * self.gain);
+            }
+            self.frames_out += 1;
+            while self.held_base < self.sum_lo {
+                self.held.pop_front();
+                self.held_base += 1;
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -221,18 +367,9 @@ mod tests {
     }
 
     #[test]
-    fn gain_moves_loudness_and_peak_by_the_same_decibels() {
-        let m = Measurement {
-            integrated_lufs: -20.0,
-            true_peak_dbtp: -4.0,
-        };
-        assert_eq!(
-            m.with_gain(gain_to(-20.0, -16.0)),
-            Measurement {
-                integrated_lufs: -16.0,
-                true_peak_dbtp: 0.0
-            }
-        );
+    fn the_gain_to_a_target_is_the_difference_and_silence_gets_none() {
+        assert_eq!(gain_to(-20.0, -16.0), 4.0);
+        assert_eq!(gain_to(-12.5, -16.0), -3.5);
         assert_eq!(gain_to(f64::NEG_INFINITY, -16.0), 0.0);
     }
 
@@ -258,25 +395,55 @@ mod tests {
     }
 
     #[test]
-    fn mastering_lands_on_target_under_the_ceiling() {
-        // A loud, peaky signal: a tone with noise-like spikes.
-        let rate = 48_000;
-        let mut channels = vec![tone(rate, 220.0, 6.0, 0.2), tone(rate, 330.0, 6.0, 0.2)];
-        for i in (0..channels[0].len()).step_by(4801) {
-            channels[0][i] = 0.95;
+    fn the_streaming_limiter_matches_the_whole_clip_one_block_by_block() {
+        let rate = 8000;
+        let mut whole = vec![tone(rate, 220.0, 2.0, 0.4), tone(rate, 330.0, 2.0, 0.3)];
+        for i in (0..whole[0].len()).step_by(1201) {
+            whole[0][i] = 0.95;
+            let at = (i + 7) % whole[1].len();
+            whole[1][at] = -0.9;
         }
-        let estimate = integrated(&channels, rate).unwrap();
-        let m = master(&mut channels, rate, -16.0, -1.0, estimate).unwrap();
-        assert!((m.integrated_lufs + 16.0).abs() < 0.5, "{m:?}");
-        assert!(m.true_peak_dbtp <= -1.0 + 1e-9, "{m:?}");
-        let check = measure(&channels, rate).unwrap();
-        assert!(
-            (check.integrated_lufs - m.integrated_lufs).abs() < 0.01,
-            "{check:?} {m:?}"
-        );
-        assert!(
-            (check.true_peak_dbtp - m.true_peak_dbtp).abs() < 0.01,
-            "{check:?} {m:?}"
-        );
+        let input = whole.clone();
+        limit(&mut whole, rate, 0.5);
+        for block_frames in [1, 17, 1000, 40_000] {
+            let mut limiter = Limiter::new(2, rate, 0.5);
+            let mut streamed: Block = vec![Vec::new(); 2];
+            let frames = input[0].len();
+            for start in (0..frames).step_by(block_frames) {
+                let end = (start + block_frames).min(frames);
+                let block: Block = input.iter().map(|c| c[start..end].to_vec()).collect();
+                for (dst, src) in streamed.iter_mut().zip(limiter.push(&block)) {
+                    dst.extend(src);
+                }
+            }
+            for (dst, src) in streamed.iter_mut().zip(limiter.finish()) {
+                dst.extend(src);
+            }
+            assert_eq!(streamed[0].len(), frames, "blocks of {block_frames}");
+            let worst = streamed
+                .iter()
+                .flatten()
+                .zip(whole.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-6, "blocks of {block_frames}: worst {worst}");
+        }
+    }
+
+    #[test]
+    fn a_streamed_meter_agrees_with_the_whole_clip_one() {
+        let rate = 48_000;
+        let channels = vec![tone(rate, 440.0, 3.0, 0.3), tone(rate, 660.0, 3.0, 0.2)];
+        let whole = measure(&channels, rate).unwrap();
+        let mut meter = Meter::new(2, rate, true).unwrap();
+        for start in (0..channels[0].len()).step_by(4096) {
+            let end = (start + 4096).min(channels[0].len());
+            meter
+                .add(&channels.iter().map(|c| c[start..end].to_vec()).collect())
+                .unwrap();
+        }
+        let streamed = meter.measurement().unwrap();
+        assert!((streamed.integrated_lufs - whole.integrated_lufs).abs() < 1e-9);
+        assert!((streamed.true_peak_dbtp - whole.true_peak_dbtp).abs() < 1e-9);
     }
 }

@@ -1,41 +1,53 @@
 //! The `assembly` pipeline: a podcast episode from an intro, the main
-//! content, an outro and an optional music bed. Each step is a pure, CPU-bound
-//! core (in its own module, tested without I/O) run on the blocking pool,
-//! with the inputs of a step processed in parallel; only `fetch` and
-//! `upload` touch the network.
+//! content, an outro and an optional music bed. Memory stays bounded however
+//! long the episode: inputs are fetched to local files, decoded and
+//! resampled a packet at a time into scratch PCM (measuring each input's
+//! loudness on the way), and the mix is rendered from there a block at a
+//! time, once to measure it and again to encode it. The figures reported
+//! are those of the encoded file, decoded and measured again (`deliver`).
+//! Only `fetch` and `upload` touch the network; the CPU work runs on the
+//! blocking pool.
 
 pub mod decode;
+pub mod deliver;
 pub mod encode;
 pub mod loudness;
 pub mod mix;
 pub mod resample;
+pub mod spill;
 pub mod storage;
 
-use bytes::Bytes;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
 use drover_crds::FailureReason;
 use drover_crds::input::AssemblyInput;
 use drover_crds::pipeline_worker::AssemblySpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use self::encode::Format;
-use self::loudness::Measurement;
+use self::deliver::{Delivered, Pilot, Settings};
+use self::encode::{Encoder, Format};
+use self::loudness::{LIMITER_MARGIN_DB, Limiter, Meter, db_to_linear, gain_to};
+use self::mix::{Input, Render, VoiceEnergy};
+use self::resample::Resampler;
+use self::spill::{Spill, SpillWriter, scratch_failure};
 use self::storage::Location;
 use super::{Context, Failure};
 
-pub const STEPS: [&str; 7] = [
-    "fetch",
-    "decode",
-    "resample",
-    "normalize",
-    "mix",
-    "encode",
-    "upload",
-];
+/// The steps, in order: `decode` also resamples and measures each input,
+/// `mix` measures the mix, `encode` encodes and measures what it encoded.
+pub const STEPS: [&str; 5] = ["fetch", "decode", "mix", "encode", "upload"];
 
 /// Crossfade between intro, main content and outro when the template sets none.
 pub const DEFAULT_CROSSFADE_SECONDS: f64 = 2.0;
 const MAX_CROSSFADE_SECONDS: f64 = 30.0;
+/// Frames rendered at a time: small next to any memory limit, large enough
+/// that per-block work is noise.
+const RENDER_FRAMES: usize = 16_384;
+/// Rendered blocks queued for the encoder thread.
+const ENCODE_QUEUE: usize = 8;
 
 /// Planar audio: one `Vec` of samples per channel, all the same length.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +66,9 @@ impl Audio {
     }
 }
 
+/// A stretch of planar audio: one `Vec` per channel, all the same length.
+pub type Block = Vec<Vec<f32>>;
+
 /// What a piece of the episode is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -63,22 +78,36 @@ pub enum Role {
     MusicBed,
 }
 
-/// One input file, fetched.
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Intro => "intro",
+            Self::Main => "main",
+            Self::Outro => "outro",
+            Self::MusicBed => "bed",
+        }
+    }
+}
+
+/// One input file, fetched to local disk.
 #[derive(Debug, Clone)]
 pub struct Source {
     pub role: Role,
     /// Its URL, for messages.
     pub name: String,
     pub extension: Option<String>,
-    pub bytes: Bytes,
+    pub path: PathBuf,
 }
 
-/// One input, decoded.
+/// One input at the episode's rate, spilled to scratch, with its loudness.
 #[derive(Debug, Clone)]
 pub struct Track {
     pub role: Role,
     pub name: String,
-    pub audio: Audio,
+    pub spill: Spill,
+    pub loudness_lufs: f64,
+    /// Window energies of the main content, which the bed ducks under.
+    pub voice: Option<VoiceEnergy>,
 }
 
 /// How an episode is made: the input's template over the fleet's settings.
@@ -118,17 +147,53 @@ impl Plan {
                 .unwrap_or(-16.0),
             true_peak_ceiling_dbtp: fleet.map_or(-1.0, |f| f.true_peak_ceiling_dbtp),
             crossfade_seconds,
-            format: Format::parse(input.template.format.as_deref())?,
+            format: encode::format(input.template.format.as_deref())?,
         })
     }
 }
 
-/// The finished episode before upload.
+/// The encoded episode, on local disk, with its figures as delivered.
 #[derive(Debug, Clone)]
 pub struct Episode {
-    pub audio: Audio,
-    pub measured: Measurement,
+    pub path: PathBuf,
+    pub rate: u32,
+    pub channels: usize,
+    pub frames: u64,
+    pub delivered: Delivered,
 }
+
+impl Episode {
+    pub fn seconds(&self) -> f64 {
+        self.frames as f64 / f64::from(self.rate)
+    }
+}
+
+/// A directory for one attempt's files, removed when dropped.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    /// A new directory under `parent`, named for `label`, unique per call.
+    pub fn new(parent: &Path, label: &str) -> Result<Self, Failure> {
+        let dir = parent.join(format!("drover-assembly-{label}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).map_err(|e| scratch_failure(&dir, e))?;
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where a long step says how far it got: a fraction from 0 to 1.
+pub type Report<'a> = &'a (dyn Fn(f64) + Sync);
 
 pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     let input = AssemblyInput::deserialize(input).map_err(|e| Failure {
@@ -153,47 +218,71 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
         .into_iter()
         .map(|(role, url)| Ok((role, Location::parse(url, settings)?)))
         .collect::<Result<Vec<_>, Failure>>()?;
+    let attempt = &ctx.attempt;
+    let scratch = Scratch::new(
+        &std::env::temp_dir(),
+        &format!("{}-{}-{}", attempt.namespace, attempt.name, attempt.attempt),
+    )?;
+    let dir = scratch.path().to_owned();
 
     let progress = &ctx.progress;
-    let sources = progress.step("fetch", fetch(locations)).await?;
-    let tracks = progress
-        .step("decode", blocking(move || decode_all(sources)))
-        .await?;
-    let tracks = progress
-        .step(
-            "resample",
-            blocking(move || resample_all(tracks, plan.sample_rate)),
-        )
-        .await?;
-    let tracks = progress
-        .step("normalize", blocking(move || normalize_all(tracks, &plan)))
-        .await?;
-    let episode = progress
-        .step("mix", blocking(move || mix_all(tracks, &plan)))
-        .await?;
-    let (bytes, episode) = progress
-        .step(
-            "encode",
-            blocking(move || {
-                let bytes =
-                    encode::encode(&episode.audio.channels, episode.audio.rate, plan.format)?;
-                Ok((bytes, episode))
-            }),
-        )
-        .await?;
-    let size = bytes.len();
+    let reporter = |step: &'static str| {
+        let progress = progress.clone();
+        move |fraction: f64| progress.set_progress(step, (fraction * 100.0).clamp(0.0, 99.0) as u8)
+    };
+    let sources = progress.step("fetch", fetch(locations, &dir)).await?;
+    let tracks = {
+        let (dir, report) = (dir.clone(), reporter("decode"));
+        progress
+            .step(
+                "decode",
+                blocking(move || decode_all(sources, plan.sample_rate, &dir, &report)),
+            )
+            .await?
+    };
+    let (tracks, first) = {
+        let (dir, report) = (dir.clone(), reporter("mix"));
+        progress
+            .step(
+                "mix",
+                blocking(move || {
+                    let first = measure_mix(&tracks, &plan, &dir, &report)?;
+                    Ok((tracks, first))
+                }),
+            )
+            .await?
+    };
+    let episode = {
+        let (dir, report, again) = (dir.clone(), reporter("encode"), progress.clone());
+        progress
+            .step(
+                "encode",
+                blocking(move || {
+                    encode_delivered(&tracks, &plan, first, &dir, &report, &|why| {
+                        again.retried("encode", why)
+                    })
+                }),
+            )
+            .await?
+    };
+    let size = std::fs::metadata(&episode.path)
+        .map_err(|e| scratch_failure(&episode.path, e))?
+        .len();
     progress
-        .step("upload", output.put(Bytes::from(bytes)))
+        .step("upload", output.put_file(&episode.path))
         .await?;
+    drop(scratch);
+    let measured = episode.delivered.measured;
     Ok(json!({
         "episodeId": input.episode_id,
         "outputUrl": output.url(),
         "format": plan.format.as_str(),
-        "sampleRate": episode.audio.rate,
-        "channels": episode.audio.channels.len(),
-        "durationSeconds": round(episode.audio.seconds(), 3),
-        "integratedLufs": round(episode.measured.integrated_lufs, 2),
-        "truePeakDbtp": round(episode.measured.true_peak_dbtp, 2),
+        "sampleRate": episode.rate,
+        "channels": episode.channels,
+        "durationSeconds": round(episode.seconds(), 3),
+        "integratedLufs": round(measured.integrated_lufs, 2),
+        "truePeakDbtp": round(measured.true_peak_dbtp, 2),
+        "encodes": episode.delivered.rounds,
         "bytes": size,
     }))
 }
@@ -216,14 +305,17 @@ async fn blocking<R: Send + 'static>(
         })?
 }
 
-async fn fetch(locations: Vec<(Role, Location)>) -> Result<Vec<Source>, Failure> {
+async fn fetch(locations: Vec<(Role, Location)>, dir: &Path) -> Result<Vec<Source>, Failure> {
     futures::future::try_join_all(locations.into_iter().map(|(role, location)| async move {
-        let bytes = location.get().await?;
+        let extension = location.extension().map(str::to_owned);
+        let path = location
+            .fetch(&dir.join(format!("{}.input", role.as_str())))
+            .await?;
         Ok(Source {
             role,
             name: location.url().to_owned(),
-            extension: location.extension().map(str::to_owned),
-            bytes,
+            extension,
+            path,
         })
     }))
     .await
@@ -243,109 +335,392 @@ fn in_parallel<T: Send, R: Send>(
             .collect();
         handles
             .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Failure {
-                        reason: FailureReason::WorkerPanicked,
-                        message: "an assembly thread panicked".into(),
-                        retryable: true,
-                    })
-                })
-            })
+            .map(|h| h.join().unwrap_or_else(|_| Err(panicked())))
             .collect()
     })
 }
 
-pub fn decode_all(sources: Vec<Source>) -> Result<Vec<Track>, Failure> {
-    in_parallel(sources, |source| {
-        let audio = decode::decode(&source.name, source.extension.as_deref(), source.bytes)?;
+fn panicked() -> Failure {
+    Failure {
+        reason: FailureReason::WorkerPanicked,
+        message: "an assembly thread panicked".into(),
+        retryable: true,
+    }
+}
+
+/// Decodes every input, resamples it to `rate` and spills it to `dir`,
+/// measuring its loudness on the way; inputs in parallel.
+pub fn decode_all(
+    sources: Vec<Source>,
+    rate: u32,
+    dir: &Path,
+    report: Report<'_>,
+) -> Result<Vec<Track>, Failure> {
+    let mut decoders = Vec::with_capacity(sources.len());
+    for source in sources {
+        let decoder =
+            decode::Decoder::open(&source.name, &source.path, source.extension.as_deref())?;
+        decoders.push((source, decoder));
+    }
+    // Progress counts decoded frames against what the headers declare.
+    let expected: u64 = decoders
+        .iter()
+        .map(|(_, d)| d.expected_frames().unwrap_or(0))
+        .sum();
+    let done = AtomicU64::new(0);
+    in_parallel(decoders, |(source, mut decoder)| {
+        let path = dir.join(format!("{}.pcm", source.role.as_str()));
+        let mut state: Option<(Resampler, SpillWriter, Meter)> = None;
+        let mut voice = (source.role == Role::Main).then(|| VoiceEnergy::new(rate));
+        let mut keep = |block: Block, state: &mut (Resampler, SpillWriter, Meter)| {
+            if block.first().is_none_or(Vec::is_empty) {
+                return Ok(());
+            }
+            if let Some(voice) = &mut voice {
+                voice.add(&block);
+            }
+            state.2.add(&block)?;
+            state.1.write(&block)
+        };
+        while let Some(block) = decoder.next_block()? {
+            let frames = block[0].len() as u64;
+            let state = match &mut state {
+                Some(state) => state,
+                None => {
+                    let from = decoder.rate().unwrap_or(rate);
+                    let channels = block.len();
+                    state.insert((
+                        Resampler::new(from, rate, channels)?,
+                        SpillWriter::create(&path, channels)?,
+                        Meter::new(channels, rate, false)?,
+                    ))
+                }
+            };
+            let out = state.0.push(block)?;
+            keep(out, state)?;
+            let total = done.fetch_add(frames, Ordering::Relaxed) + frames;
+            if expected > 0 {
+                report(total as f64 / expected as f64);
+            }
+        }
+        let Some(mut state) = state else {
+            return Err(Failure {
+                reason: FailureReason::UndecodableAudio,
+                message: format!("{}: holds no audio", source.name),
+                retryable: false,
+            });
+        };
+        let tail = state.0.finish()?;
+        keep(tail, &mut state)?;
+        let (_, writer, meter) = state;
+        if let Some(voice) = &mut voice {
+            voice.finish();
+        }
         Ok(Track {
             role: source.role,
             name: source.name,
-            audio,
+            spill: writer.finish()?,
+            loudness_lufs: meter.measurement()?.integrated_lufs,
+            voice,
         })
     })
 }
 
-pub fn resample_all(tracks: Vec<Track>, rate: u32) -> Result<Vec<Track>, Failure> {
-    in_parallel(tracks, |track| {
-        Ok(Track {
-            audio: resample::resample(track.audio, rate)?,
-            ..track
-        })
-    })
-}
-
-/// Brings every input to the episode's loudness: each is measured on its
-/// own and gained to the target, so an intro mastered hot and a quiet
-/// interview meet at the same level. The bed sits under the voice later.
-pub fn normalize_all(tracks: Vec<Track>, plan: &Plan) -> Result<Vec<Track>, Failure> {
-    in_parallel(tracks, |mut track| {
-        let measured = loudness::integrated(&track.audio.channels, track.audio.rate)?;
-        loudness::apply_gain(
-            &mut track.audio.channels,
-            loudness::gain_to(measured, plan.loudness_lufs),
-        );
-        Ok(track)
-    })
-}
-
-/// Joins the pieces, lays the ducked bed under the main content and masters
-/// the result to the target loudness under the true-peak ceiling.
-pub fn mix_all(mut tracks: Vec<Track>, plan: &Plan) -> Result<Episode, Failure> {
-    let rate = plan.sample_rate;
-    let channels = tracks
+/// The episode's channel count: stereo when any input is, mono when all are.
+fn channels_of(tracks: &[Track]) -> usize {
+    tracks
         .iter()
-        .map(|t| t.audio.channels.len())
+        .map(|t| t.spill.channels)
         .max()
         .unwrap_or(1)
-        .min(2);
-    let mut pieces: Vec<(Role, Vec<Vec<f32>>)> = Vec::new();
-    let mut bed = None;
-    for role in [Role::Intro, Role::Main, Role::Outro, Role::MusicBed] {
-        if let Some(at) = tracks.iter().position(|t| t.role == role) {
-            let track = tracks.swap_remove(at);
-            let conformed = mix::conform_channels(track.audio.channels, channels);
-            if role == Role::MusicBed {
-                bed = Some(conformed);
-            } else {
-                pieces.push((role, conformed));
+        .min(2)
+}
+
+/// The mix of `tracks` a block at a time, each input gained to the target.
+fn render(tracks: &[Track], plan: &Plan) -> Result<Render, Failure> {
+    let input = |track: &Track| Input {
+        spill: track.spill.clone(),
+        gain: db_to_linear(gain_to(track.loudness_lufs, plan.loudness_lufs)) as f32,
+    };
+    let mut pieces = Vec::new();
+    let mut main = 0;
+    let mut voice = VoiceEnergy::default();
+    for role in [Role::Intro, Role::Main, Role::Outro] {
+        if let Some(track) = tracks.iter().find(|t| t.role == role) {
+            if role == Role::Main {
+                main = pieces.len();
+                voice = track.voice.clone().unwrap_or_default();
             }
+            pieces.push(input(track));
         }
     }
-    let crossfade = (plan.crossfade_seconds * f64::from(rate)).round() as usize;
-    let refs: Vec<&[Vec<f32>]> = pieces.iter().map(|(_, p)| p.as_slice()).collect();
-    let (mut mixed, starts) = mix::join(&refs, channels, crossfade);
-    if let Some(bed) = bed
-        && let Some(main) = pieces.iter().position(|(role, _)| *role == Role::Main)
-    {
-        let envelope = mix::duck_envelope(&pieces[main].1, rate);
-        mix::add_bed(&mut mixed, &bed, starts[main], &envelope, rate);
+    let bed = tracks.iter().find(|t| t.role == Role::MusicBed).map(input);
+    let crossfade = (plan.crossfade_seconds * f64::from(plan.sample_rate)).round() as usize;
+    Render::new(
+        pieces,
+        main,
+        voice,
+        bed,
+        channels_of(tracks),
+        crossfade,
+        plan.sample_rate,
+    )
+}
+
+/// Renders the mix through the limiter at `settings`, handing each
+/// mastered block to `sink`; reports the fraction rendered.
+fn master(
+    tracks: &[Track],
+    plan: &Plan,
+    settings: Settings,
+    report: Report<'_>,
+    mut sink: impl FnMut(Block) -> Result<(), Failure>,
+) -> Result<u64, Failure> {
+    let mut render = render(tracks, plan)?;
+    let total = render.total_frames().max(1);
+    let gain = db_to_linear(settings.gain_db) as f32;
+    let mut limiter = Limiter::new(
+        channels_of(tracks),
+        plan.sample_rate,
+        db_to_linear(settings.limiter_dbfs) as f32,
+    );
+    let mut rendered = 0u64;
+    while let Some(mut block) = render.next_block(RENDER_FRAMES)? {
+        rendered += block[0].len() as u64;
+        for channel in &mut block {
+            for sample in channel.iter_mut() {
+                *sample *= gain;
+            }
+        }
+        let out = limiter.push(&block);
+        if !out[0].is_empty() {
+            sink(out)?;
+        }
+        report(rendered as f64 / total as f64);
     }
-    drop(pieces);
-    let measured = loudness::master(
-        &mut mixed,
-        rate,
-        plan.loudness_lufs,
-        plan.true_peak_ceiling_dbtp,
-        plan.loudness_lufs,
-    )?;
-    Ok(Episode {
-        audio: Audio {
-            rate,
-            channels: mixed,
-        },
-        measured,
+    let out = limiter.finish();
+    if !out[0].is_empty() {
+        sink(out)?;
+    }
+    Ok(render.total_frames())
+}
+
+/// The `mix` step: renders the mix once at the inputs' own gains, measures
+/// it after the limiter and, for a lossy format, what the codec does to a
+/// pilot of it; returns the settings the first encode starts from.
+pub fn measure_mix(
+    tracks: &[Track],
+    plan: &Plan,
+    dir: &Path,
+    report: Report<'_>,
+) -> Result<Settings, Failure> {
+    let channels = channels_of(tracks);
+    let limiter_dbfs = plan.true_peak_ceiling_dbtp - LIMITER_MARGIN_DB;
+    let mut meter = Meter::new(channels, plan.sample_rate, false)?;
+    let mut pilot = Pilot::new(plan.format, channels, plan.sample_rate, &dir.join("pilot"))?;
+    let unity = Settings {
+        gain_db: 0.0,
+        limiter_dbfs,
+    };
+    master(tracks, plan, unity, report, |block| {
+        meter.add(&block)?;
+        match &mut pilot {
+            Some(pilot) => pilot.add(&block),
+            None => Ok(()),
+        }
+    })?;
+    let mixed = meter.measurement()?.integrated_lufs;
+    let shift = match pilot {
+        Some(pilot) => pilot.shift_db()?,
+        None => 0.0,
+    };
+    Ok(Settings {
+        gain_db: gain_to(mixed, plan.loudness_lufs) - shift,
+        limiter_dbfs,
     })
 }
 
-/// The whole core from fetched bytes to encoded bytes, without I/O: what
-/// the steps do one by one, for the benchmark and tests.
-pub fn assemble(sources: Vec<Source>, plan: &Plan) -> Result<(Vec<u8>, Episode), Failure> {
-    let tracks = decode_all(sources)?;
-    let tracks = resample_all(tracks, plan.sample_rate)?;
-    let tracks = normalize_all(tracks, plan)?;
-    let episode = mix_all(tracks, plan)?;
-    let bytes = encode::encode(&episode.audio.channels, episode.audio.rate, plan.format)?;
-    Ok((bytes, episode))
+/// One round of the `encode` step: the mastered mix encoded to `path` on
+/// a thread of its own while this one renders.
+fn encode_round(
+    tracks: &[Track],
+    plan: &Plan,
+    settings: Settings,
+    path: &Path,
+    report: Report<'_>,
+) -> Result<u64, Failure> {
+    let file = std::fs::File::create(path).map_err(|e| scratch_failure(path, e))?;
+    let mut encoder = Encoder::new(
+        plan.format,
+        channels_of(tracks),
+        plan.sample_rate,
+        std::io::BufWriter::with_capacity(1 << 20, file),
+    )?;
+    let (send, receive) = mpsc::sync_channel::<Block>(ENCODE_QUEUE);
+    std::thread::scope(|scope| {
+        let encoding = scope.spawn(move || {
+            for block in receive {
+                encoder.write(&block)?;
+            }
+            encoder.finish()
+        });
+        // A closed queue means the encoder failed; its error is the one to report.
+        let rendered = master(tracks, plan, settings, report, |block| {
+            send.send(block).map_err(|_| panicked())
+        });
+        drop(send);
+        let encoded = encoding.join().unwrap_or_else(|_| Err(panicked()));
+        encoded?;
+        rendered
+    })
+}
+
+/// The `encode` step: rounds of encode and measure from `first` (see
+/// [`deliver::deliver`]); `again` hears why a round is repeated.
+pub fn encode_delivered(
+    tracks: &[Track],
+    plan: &Plan,
+    first: Settings,
+    dir: &Path,
+    report: Report<'_>,
+    again: &dyn Fn(&str),
+) -> Result<Episode, Failure> {
+    let path = dir.join(format!("episode.{}", plan.format.as_str()));
+    let mut frames = 0;
+    let delivered = deliver::deliver(
+        first,
+        plan.loudness_lufs,
+        plan.true_peak_ceiling_dbtp,
+        |settings| {
+            // Encoding is most of a round; measuring the file the rest.
+            let encoding = |f: f64| report(f * 0.8);
+            frames = encode_round(tracks, plan, settings, &path, &encoding)?;
+            let measured = deliver::measure_file(&path, plan.format)?;
+            report(1.0);
+            Ok(measured)
+        },
+        again,
+    )?;
+    Ok(Episode {
+        path,
+        rate: plan.sample_rate,
+        channels: channels_of(tracks),
+        frames,
+        delivered,
+    })
+}
+
+/// The whole core from fetched files to the encoded, measured episode,
+/// without network I/O: what the steps do one by one, for the benchmark
+/// and tests. The episode's file lies in `dir`.
+pub fn assemble(sources: Vec<Source>, plan: &Plan, dir: &Path) -> Result<Episode, Failure> {
+    let quiet = |_: f64| {};
+    let tracks = decode_all(sources, plan.sample_rate, dir, &quiet)?;
+    let first = measure_mix(&tracks, plan, dir, &quiet)?;
+    encode_delivered(&tracks, plan, first, dir, &quiet, &|_| {})
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn plan(format: Format) -> Plan {
+        Plan {
+            sample_rate: 44_100,
+            loudness_lufs: -16.0,
+            true_peak_ceiling_dbtp: -1.0,
+            crossfade_seconds: 0.0,
+            format,
+        }
+    }
+
+    /// Twelve seconds of something like speech: tones and noise in bursts.
+    fn speechlike(rate: u32) -> Block {
+        let mut seed = 0x2545_f491_u32;
+        let mut noise = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let frames = 12 * rate as usize;
+        let left: Vec<f32> = (0..frames)
+            .map(|i| {
+                let t = i as f32 / rate as f32;
+                let burst = if (t * 3.0).fract() < 0.6 { 1.0 } else { 0.05 };
+                burst
+                    * (0.2 * (t * 2.0 * std::f32::consts::PI * 180.0).sin()
+                        + 0.1 * (t * 2.0 * std::f32::consts::PI * 2300.0).sin()
+                        + 0.15 * noise())
+            })
+            .collect();
+        let right = left.iter().map(|s| s * 0.8).collect();
+        vec![left, right]
+    }
+
+    fn main_track(dir: &Path) -> Track {
+        let rate = 44_100;
+        let audio = speechlike(rate);
+        let mut writer = SpillWriter::create(&dir.join("main.pcm"), 2).unwrap();
+        writer.write(&audio).unwrap();
+        let mut voice = VoiceEnergy::new(rate);
+        voice.add(&audio);
+        voice.finish();
+        Track {
+            role: Role::Main,
+            name: "main".into(),
+            spill: writer.finish().unwrap(),
+            loudness_lufs: loudness::integrated(&audio, rate).unwrap(),
+            voice: Some(voice),
+        }
+    }
+
+    #[test]
+    fn a_first_gain_3_db_off_is_corrected_on_the_encoded_file_within_a_tenth_of_a_lu() {
+        for format in [Format::Mp3, Format::Flac] {
+            let scratch = Scratch::new(&std::env::temp_dir(), "test-correct").unwrap();
+            let tracks = vec![main_track(scratch.path())];
+            let plan = plan(format);
+            let wrong = Settings {
+                gain_db: -3.0,
+                limiter_dbfs: -1.5,
+            };
+            let reasons = Mutex::new(Vec::new());
+            let episode =
+                encode_delivered(&tracks, &plan, wrong, scratch.path(), &|_| {}, &|why| {
+                    reasons.lock().unwrap().push(why.to_owned())
+                })
+                .unwrap();
+            let delivered = episode.delivered;
+            assert!(
+                (delivered.measured.integrated_lufs - plan.loudness_lufs).abs()
+                    <= deliver::TOLERANCE_LU,
+                "{format:?}: {delivered:?}"
+            );
+            assert!(delivered.measured.true_peak_dbtp <= plan.true_peak_ceiling_dbtp);
+            assert!(delivered.rounds >= 2, "{format:?}: {delivered:?}");
+            assert_eq!(reasons.lock().unwrap().len(), delivered.rounds - 1);
+            // The figures are the delivered file's own.
+            assert_eq!(
+                deliver::measure_file(&episode.path, format).unwrap(),
+                delivered.measured
+            );
+        }
+    }
+
+    #[test]
+    fn the_mix_pass_predicts_the_codec_so_one_mp3_encode_lands_on_target() {
+        let scratch = Scratch::new(&std::env::temp_dir(), "test-pilot").unwrap();
+        let tracks = vec![main_track(scratch.path())];
+        let plan = plan(Format::Mp3);
+        let first = measure_mix(&tracks, &plan, scratch.path(), &|_| {}).unwrap();
+        let episode =
+            encode_delivered(&tracks, &plan, first, scratch.path(), &|_| {}, &|_| {}).unwrap();
+        assert_eq!(episode.delivered.rounds, 1, "{:?}", episode.delivered);
+        assert!(
+            (episode.delivered.measured.integrated_lufs - plan.loudness_lufs).abs()
+                <= deliver::TOLERANCE_LU
+        );
+        assert_eq!(episode.frames, tracks[0].spill.frames);
+    }
 }

@@ -1,19 +1,25 @@
 //! Object storage for the assembly pipeline: a URL becomes a store and a
 //! path. `file://`, `s3://` and `gs://` read and write; `https://` (and
-//! `http://`, for tests and private mirrors) only read.
+//! `http://`, for tests and private mirrors) only read. Objects stream to
+//! and from local files, so an episode's size never has to fit in memory.
 
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use drover_crds::FailureReason;
 use drover_crds::pipeline_worker::AssemblySpec;
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
+
+use super::spill::scratch_failure;
 
 use crate::pipelines::Failure;
 
@@ -23,7 +29,14 @@ pub struct Location {
     store: Arc<dyn ObjectStore>,
     path: Path,
     writable: bool,
+    /// The file itself, for `file://` URLs: read in place, never copied.
+    local: Option<PathBuf>,
 }
+
+/// Outputs up to this size go up in one request; larger ones in parts.
+const SINGLE_PUT_BYTES: u64 = 32 << 20;
+/// Part size of a multipart upload (S3 wants at least 5 MiB).
+const PART_BYTES: usize = 8 << 20;
 
 impl std::fmt::Debug for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -84,6 +97,9 @@ impl Location {
             store,
             path,
             writable,
+            local: (parsed.scheme() == "file")
+                .then(|| parsed.to_file_path().ok())
+                .flatten(),
         })
     }
 
@@ -109,19 +125,101 @@ impl Location {
             .map_err(|e| storage_failure(&self.url, "read", e))
     }
 
+    /// The object as a local file: a `file://` URL's own file (checked to
+    /// exist), or anything else streamed to `scratch`.
+    pub async fn fetch(&self, scratch: &FsPath) -> Result<PathBuf, Failure> {
+        if let Some(local) = &self.local {
+            self.store
+                .head(&self.path)
+                .await
+                .map_err(|e| storage_failure(&self.url, "read", e))?;
+            return Ok(local.clone());
+        }
+        let result = self
+            .store
+            .get(&self.path)
+            .await
+            .map_err(|e| storage_failure(&self.url, "read", e))?;
+        let mut file = tokio::fs::File::create(scratch)
+            .await
+            .map_err(|e| scratch_failure(scratch, e))?;
+        let mut stream = result.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| storage_failure(&self.url, "read", e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| scratch_failure(scratch, e))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| scratch_failure(scratch, e))?;
+        Ok(scratch.to_owned())
+    }
+
+    /// Uploads a local file, replacing what was there: one request for a
+    /// small file, parts read one at a time for a large one.
+    pub async fn put_file(&self, file: &FsPath) -> Result<(), Failure> {
+        self.check_writable()?;
+        let size = tokio::fs::metadata(file)
+            .await
+            .map_err(|e| scratch_failure(file, e))?
+            .len();
+        if size <= SINGLE_PUT_BYTES {
+            let bytes = tokio::fs::read(file)
+                .await
+                .map_err(|e| scratch_failure(file, e))?;
+            return self.put(Bytes::from(bytes)).await;
+        }
+        let upload = self
+            .store
+            .put_multipart(&self.path)
+            .await
+            .map_err(|e| storage_failure(&self.url, "write", e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut input = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| scratch_failure(file, e))?;
+        let mut buffer = vec![0u8; PART_BYTES];
+        loop {
+            let read = input
+                .read(&mut buffer)
+                .await
+                .map_err(|e| scratch_failure(file, e))?;
+            if read == 0 {
+                break;
+            }
+            // At most two parts in flight: memory stays a few parts.
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| storage_failure(&self.url, "write", e))?;
+            writer.write(&buffer[..read]);
+        }
+        writer
+            .finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_failure(&self.url, "write", e))
+    }
+
+    fn check_writable(&self) -> Result<(), Failure> {
+        if self.writable {
+            return Ok(());
+        }
+        Err(Failure {
+            reason: FailureReason::OutputNotWritable,
+            message: format!(
+                "{} cannot be written: https:// URLs are read-only; use file://, s3:// or gs://",
+                self.url
+            ),
+            retryable: false,
+        })
+    }
+
     /// Writes the whole object, replacing what was there: a retried attempt
     /// writes the same episode again.
     pub async fn put(&self, bytes: Bytes) -> Result<(), Failure> {
-        if !self.writable {
-            return Err(Failure {
-                reason: FailureReason::OutputNotWritable,
-                message: format!(
-                    "{} cannot be written: https:// URLs are read-only; use file://, s3:// or gs://",
-                    self.url
-                ),
-                retryable: false,
-            });
-        }
+        self.check_writable()?;
         self.store
             .put(&self.path, PutPayload::from(bytes))
             .await
@@ -193,6 +291,28 @@ mod tests {
         location.put(Bytes::from_static(b"RIFF")).await.unwrap();
         assert_eq!(location.get().await.unwrap(), Bytes::from_static(b"RIFF"));
         assert_eq!(location.extension(), Some("wav"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_large_file_goes_up_in_parts_and_file_urls_are_read_in_place() {
+        let dir = std::env::temp_dir().join(format!("drover-storage-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let local = dir.join("episode.flac");
+        let bytes: Vec<u8> = (0..SINGLE_PUT_BYTES + 3 * PART_BYTES as u64 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&local, &bytes).unwrap();
+        let url = format!("file://{}/out/episode.flac", dir.display());
+        let location = Location::parse(&url, None).unwrap();
+        location.put_file(&local).await.unwrap();
+        let fetched = location.fetch(&dir.join("unused")).await.unwrap();
+        assert_eq!(fetched, dir.join("out/episode.flac"));
+        assert!(
+            std::fs::read(&fetched).unwrap() == bytes,
+            "the upload differs"
+        );
+        assert!(!dir.join("unused").exists(), "a file:// input was copied");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
