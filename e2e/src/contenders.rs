@@ -99,15 +99,25 @@ pub async fn lease_holder(leases: &Api<Lease>) -> Result<String, String> {
 
 /// The Jobs an operator's log says it published (`enqueued`) at or after `since`.
 pub fn published_since(log: &Path, since: Timestamp) -> Vec<String> {
+    logged_jobs(log, "enqueued", |t| t >= since)
+}
+
+/// The publishes an operator began (`publishing`, logged once its leader
+/// gate let it) at or after `since`, whether or not they completed.
+pub fn publishes_begun_since(log: &Path, since: Timestamp) -> Vec<String> {
+    logged_jobs(log, "publishing", |t| t >= since)
+}
+
+fn logged_jobs(log: &Path, event: &str, when: impl Fn(Timestamp) -> bool) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|entry| entry["fields"]["event"] == "enqueued")
+        .filter(|entry| entry["fields"]["event"] == event)
         .filter(|entry| {
             entry["timestamp"]
                 .as_str()
                 .and_then(|t| t.parse::<Timestamp>().ok())
-                .is_some_and(|t| t >= since)
+                .is_some_and(&when)
         })
         .map(|entry| entry["fields"]["job"].as_str().unwrap_or("?").to_owned())
         .collect()

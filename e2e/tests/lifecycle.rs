@@ -14,7 +14,9 @@ use drover_e2e::{TestEnv, wait};
 use drover_queue::{PubSubEndpoint, topic_path};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use google_cloud_pubsub::model::Message;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -337,4 +339,79 @@ async fn killed_worker_loses_its_claim_and_the_job_still_succeeds_once() {
     );
     let effects = f.effects();
     assert_eq!(effects.len(), 1, "ran more than once: {effects:?}");
+}
+
+#[tokio::test]
+async fn a_foreign_message_that_cannot_become_a_job_yet_shows_on_the_fleet_and_is_kept() {
+    let f = Fixture::new("adopt", |pw| pw).await;
+    // A quota of no Jobs: the worker's adoption is refused, for a reason
+    // that may pass.
+    let quotas: Api<ResourceQuota> = Api::namespaced(f.client.clone(), &f.ns);
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "no-jobs"},
+        "spec": {"hard": {"count/jobs.drover.dev": "0"}},
+    }))
+    .expect("quota");
+    quotas
+        .create(&PostParams::default(), &quota)
+        .await
+        .expect("the quota is created");
+    wait::until("the quota to be counted", MINUTE, || async {
+        let quota = quotas.get("no-jobs").await.map_err(|e| e.to_string())?;
+        quota
+            .status
+            .and_then(|s| s.hard)
+            .map(drop)
+            .ok_or_else(|| "not yet".to_owned())
+    })
+    .await;
+
+    f.publish_raw(br#"{"durationMillis": 5}"#.to_vec()).await;
+    let events: Api<Event> = Api::namespaced(f.client.clone(), &f.ns);
+    let shown = wait::until(
+        "an AdoptionFailed event on the fleet",
+        Duration::from_secs(30),
+        || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("AdoptionFailed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("sleeper")
+                })
+                .and_then(|e| e.note)
+                .ok_or_else(|| "none yet".to_owned())
+        },
+    )
+    .await;
+    assert!(
+        shown.contains("quota"),
+        "the event does not say why: {shown}"
+    );
+
+    // The message was handed back, not lost: once the quota is gone it
+    // becomes a Job, which runs.
+    quotas
+        .delete("no-jobs", &Default::default())
+        .await
+        .expect("the quota is deleted");
+    let jobs = f.jobs();
+    let adopted = wait::until("the adopted Job to succeed", MINUTE, || async {
+        let list = jobs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|j| {
+                j.name_any().starts_with("adopted-")
+                    && j.status.as_ref().map(|s| s.phase) == Some(JobPhase::Succeeded)
+            })
+            .ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    assert_eq!(adopted.spec.input, json!({"durationMillis": 5}));
 }

@@ -392,6 +392,10 @@ async fn publish(
         .attribute("job", job.name_any())
         .attribute("attempt", attempt.to_string());
     ctx.leading()?;
+    // Decided while leading: a leader frozen from here on sends this one
+    // message when it wakes (a duplicate the workers skip; its Queued write
+    // is refused by the gate), and decides no other.
+    tracing::debug!(event = "publishing", job = %job.name_any(), namespace, attempt, "publishing as leader");
     let published = ctx
         .queue
         .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message)

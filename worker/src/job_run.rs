@@ -16,6 +16,7 @@ use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker, Step
 use drover_runtime::{failpoint, job_status};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -60,6 +61,8 @@ pub struct Worker {
     /// When this worker first saw other workers' claims as they are, on its
     /// own clock, so a skewed clock never makes a live claim look expired.
     pub claims_seen: Mutex<ClaimSightings>,
+    /// Events on the fleet, for what stops a message before it is a Job.
+    pub recorder: Recorder,
 }
 
 /// Past this many sightings the worker starts afresh: every claim then looks
@@ -68,7 +71,12 @@ const MAX_SIGHTINGS: usize = 4096;
 
 impl Worker {
     pub fn new(client: Client, pod: String, stats: Arc<Stats>) -> Self {
+        let reporter = Reporter {
+            controller: "drover-worker".into(),
+            instance: Some(pod.clone()),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             pod,
             stats,

@@ -4,6 +4,7 @@
 
 pub mod claims;
 pub mod fleet_config;
+pub mod foreign;
 pub mod http;
 pub mod job_run;
 pub mod pipelines;

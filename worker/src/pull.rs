@@ -18,13 +18,14 @@ use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
-use serde_json::{Value, json};
+use kube::api::Api;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::claims::HeldClaim;
 use crate::fleet_config::FleetConfig;
+use crate::foreign;
 use crate::job_run::{self, Answer, Worker};
 
 /// Where the loop pulls from and how much it may hold.
@@ -135,7 +136,7 @@ async fn answer_one(
             .await
             .unwrap_or(Answer::Nack),
         Err(error) => {
-            foreign(
+            foreign::answer(
                 &worker,
                 &fleet,
                 &message,
@@ -149,68 +150,6 @@ async fn answer_one(
         Answer::Ack => handler.ack(),
         Answer::Nack => handler.nack(),
     }
-}
-
-/// A message that names no Job: a JSON object is adopted as the input of a
-/// new Job on this fleet; anything else goes to the dead-letter topic (or is
-/// dropped with a log line when there is none). Either way it is acked.
-async fn foreign(
-    worker: &Worker,
-    fleet: &PipelineWorker,
-    message: &Message,
-    dead_letter: Option<&Publisher>,
-    why: &str,
-) -> Answer {
-    let namespace = fleet.metadata.namespace.clone().unwrap_or_default();
-    let fleet_name = fleet.metadata.name.clone().unwrap_or_default();
-    if let Ok(payload @ Value::Object(_)) = serde_json::from_slice::<Value>(&message.data) {
-        let job: Result<Job, _> = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {
-                "generateName": "adopted-",
-                "annotations": {"drover.dev/adopted-message-id": message.message_id},
-            },
-            "spec": {"worker": fleet_name, "input": payload},
-        }));
-        if let Ok(job) = job {
-            let jobs: Api<Job> = Api::namespaced(worker.client.clone(), &namespace);
-            match jobs.create(&PostParams::default(), &job).await {
-                Ok(created) => {
-                    tracing::info!(event = "adopted", message_id = %message.message_id, job = ?created.metadata.name, "made a Job from a foreign message");
-                    worker.stats.foreign("adopted", "not_a_job_message");
-                    return Answer::Ack;
-                }
-                Err(error) => {
-                    tracing::warn!(message_id = %message.message_id, %error, "cannot adopt a foreign message; handing it back");
-                    return Answer::Nack;
-                }
-            }
-        }
-    }
-    let reason = "NotAJobMessage";
-    match dead_letter {
-        Some(publisher) => {
-            let forwarded = Message::new()
-                .set_data(message.data.clone())
-                .set_attributes([
-                    ("reason", reason.to_owned()),
-                    // Pub/Sub refuses an attribute value over 1,024 bytes.
-                    ("message", drover_crds::bounds::message(why)),
-                    ("original-message-id", message.message_id.clone()),
-                ]);
-            if let Err(error) = publisher.publish(forwarded).await {
-                tracing::warn!(message_id = %message.message_id, %error, "cannot dead-letter a foreign message; handing it back");
-                return Answer::Nack;
-            }
-            tracing::warn!(event = "dead_lettered", message_id = %message.message_id, reason, why, "foreign message sent to the dead-letter topic");
-            worker.stats.foreign("dead_lettered", "not_json");
-        }
-        None => {
-            tracing::warn!(event = "dropped", message_id = %message.message_id, reason, why, "foreign message dropped: the fleet has no dead-letter topic");
-            worker.stats.foreign("dropped", "not_json");
-        }
-    }
-    Answer::Ack
 }
 
 /// Hands Jobs that did not finish within the grace back to the queue, so
