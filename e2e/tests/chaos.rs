@@ -472,12 +472,14 @@ impl Run<'_> {
             if faults.peek().is_none() && self.failpoints_done(plan) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "faults still pending after 150 s: failpoints seen {:?}, next fault {:?}",
-                self.seen_failpoints,
-                faults.peek()
-            );
+            if Instant::now() >= deadline {
+                let pending = self.pending_failpoints(plan).await;
+                panic!(
+                    "faults still pending after 150 s: failpoints seen {:?}, next fault {:?}; failpoint Jobs not seen: {pending:#?}",
+                    self.seen_failpoints,
+                    faults.peek()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -497,6 +499,20 @@ impl Run<'_> {
                             .contains(&(job.to_owned(), attempt.parse().unwrap_or(0)))
                     })
             })
+    }
+
+    /// The worker failpoints neither reached nor cut short, with their Jobs' status.
+    async fn pending_failpoints(&self, plan: &Plan) -> Vec<String> {
+        let mut pending = Vec::new();
+        for key in &plan.worker_failpoints {
+            if self.seen_failpoints.contains(key) {
+                continue;
+            }
+            let job = key.split('/').next().unwrap_or_default();
+            let status = self.jobs.get(job).await.map(|j| j.status);
+            pending.push(format!("{key}: {status:?}"));
+        }
+        pending
     }
 
     /// Records a fault injected.
@@ -685,13 +701,18 @@ impl Run<'_> {
 
     /// Notes which attempts the pod holds, then kills its process group:
     /// every one of those attempts may leave an effect and run again.
+    ///
+    /// Listed before and again right after the kill: a claim that lands
+    /// between the first list and the kill is only in the second (the
+    /// restarted container is still starting then, and claims nothing).
     async fn kill_worker(&mut self, pod: &str, pid: u32) -> usize {
-        let held = self.held_by(pod).await;
+        let mut held: BTreeSet<(String, i32)> = self.held_by(pod).await.into_iter().collect();
         // SAFETY: killpg has no memory-safety preconditions; the kubelet
         // restarts the container like any crash.
         unsafe {
             libc::killpg(pid as libc::pid_t, libc::SIGKILL);
         }
+        held.extend(self.held_by(pod).await);
         let count = held.len();
         self.interrupted.extend(held);
         count
