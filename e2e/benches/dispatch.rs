@@ -109,8 +109,9 @@ async fn run() {
     );
     println!("  ratio:    {:.2}", drover / baseline);
     println!(
-        "  drover per Job: {:.2} Job writes (the apiserver's apiserver_request_total), {:.2} publishes (drover_operator_jobs_published_total)",
-        per_job(after.job_writes - before.job_writes),
+        "  drover per Job: {:.2} Job writes, {:.2} of them refused 409 Conflict (the apiserver's apiserver_request_total); {:.2} publishes (drover_operator_jobs_published_total)",
+        per_job(after.job_writes.total - before.job_writes.total),
+        per_job(after.job_writes.conflicts - before.job_writes.conflicts),
         per_job(after.publishes - before.publishes),
     );
     drop(drover_processes);
@@ -119,7 +120,7 @@ async fn run() {
 
 /// Writes to Jobs as the apiserver counts them, and the operator's publishes.
 struct Counts {
-    job_writes: u64,
+    job_writes: drover_e2e::apiserver_metrics::JobWrites,
     publishes: u64,
 }
 

@@ -7,9 +7,18 @@ use kube::Client;
 /// The verbs that change an object.
 const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "APPLY", "DELETE"];
 
-/// Writes to Drover Jobs and their status so far, as the apiserver counts
-/// them. The counters start again at zero when the apiserver restarts.
-pub async fn job_writes(client: &Client) -> Result<u64, kube::Error> {
+/// Writes to Drover Jobs and their status, as the apiserver counted them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobWrites {
+    /// Every write, whatever its answer.
+    pub total: u64,
+    /// Writes answered 409 Conflict: a conditioned write that lost a race.
+    pub conflicts: u64,
+}
+
+/// Writes to Drover Jobs and their status so far. The counters start again
+/// at zero when the apiserver restarts.
+pub async fn job_writes(client: &Client) -> Result<JobWrites, kube::Error> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
@@ -18,9 +27,10 @@ pub async fn job_writes(client: &Client) -> Result<u64, kube::Error> {
 }
 
 /// Sums `apiserver_request_total` over the write verbs for `drover.dev`
-/// `jobs` (the object and every subresource, any response code).
-pub fn sum_job_writes(metrics: &str) -> u64 {
-    metrics
+/// `jobs` (the object and every subresource).
+pub fn sum_job_writes(metrics: &str) -> JobWrites {
+    let mut writes = JobWrites::default();
+    let job_writes = metrics
         .lines()
         .filter_map(|line| line.strip_prefix("apiserver_request_total{"))
         .filter_map(|rest| rest.rsplit_once("} "))
@@ -28,11 +38,18 @@ pub fn sum_job_writes(metrics: &str) -> u64 {
             label(labels, "group") == Some("drover.dev")
                 && label(labels, "resource") == Some("jobs")
                 && label(labels, "verb").is_some_and(|verb| WRITE_VERBS.contains(&verb))
-        })
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        });
+    for (labels, value) in job_writes {
         // Counters are whole numbers, printed as floats.
-        .map(|value| value as u64)
-        .sum()
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        writes.total += value as u64;
+        if label(labels, "code") == Some("409") {
+            writes.conflicts += value as u64;
+        }
+    }
+    writes
 }
 
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
@@ -56,6 +73,12 @@ apiserver_request_total{code="200",component="apiserver",dry_run="",group="drove
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="drover.dev",resource="pipelineworkers",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 40
 apiserver_request_total{code="200",component="apiserver",dry_run="",group="apps",resource="deployments",scope="resource",subresource="",verb="APPLY",version="v1"} 9
 "#;
-        assert_eq!(sum_job_writes(metrics), 1000 + 3012 + 7);
+        assert_eq!(
+            sum_job_writes(metrics),
+            JobWrites {
+                total: 1000 + 3012 + 7,
+                conflicts: 7
+            }
+        );
     }
 }

@@ -147,7 +147,8 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
     let writes = run.writes_before_restart
         + apiserver_metrics::job_writes(&client)
             .await
-            .expect("apiserver metrics");
+            .expect("apiserver metrics")
+            .total;
 
     // The verdict, on the end state.
     let by_name: BTreeMap<String, &Job> = finished.iter().map(|j| (j.name_any(), j)).collect();
@@ -584,7 +585,8 @@ impl Run<'_> {
             Fault::RestartApiserver => {
                 self.writes_before_restart = apiserver_metrics::job_writes(&self.client)
                     .await
-                    .expect("apiserver metrics before the restart");
+                    .expect("apiserver metrics before the restart")
+                    .total;
                 let began = Instant::now();
                 self.env
                     .control_plane
