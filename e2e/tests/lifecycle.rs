@@ -344,6 +344,10 @@ async fn killed_worker_loses_its_claim_and_the_job_still_succeeds_once() {
 #[tokio::test]
 async fn a_foreign_message_that_cannot_become_a_job_yet_shows_on_the_fleet_and_is_kept() {
     let f = Fixture::new("adopt", |pw| pw).await;
+    // One Job first, so the subscription exists and a worker pulls from it
+    // before the foreign message is published.
+    f.create("first", json!({"durationMillis": 10})).await;
+    assert_eq!(f.finished("first", MINUTE).await.phase, JobPhase::Succeeded);
     // A quota of no Jobs: the worker's adoption is refused, for a reason
     // that may pass.
     let quotas: Api<ResourceQuota> = Api::namespaced(f.client.clone(), &f.ns);

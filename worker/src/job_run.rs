@@ -359,7 +359,9 @@ async fn keep_claim(jobs: &Api<Job>, claimed: &Claimed, keep_on: KeepOn) -> Outc
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next_renewal) => {}
-            () = progress.changed() => {
+            // A finished attempt's outcome write carries its steps: a progress
+            // write beside it would only race it (a 409 for one or the other).
+            () = progress.changed(), if keep_on == KeepOn::Stop => {
                 tokio::time::sleep_until(last_write + MIN_WRITE_GAP).await;
             }
         }

@@ -19,7 +19,6 @@ use google_cloud_pubsub::subscriber::ShutdownBehavior;
 use google_cloud_pubsub::subscriber::handler::Handler;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
