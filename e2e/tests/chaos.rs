@@ -97,7 +97,7 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
             .build(),
     )
     .await;
-    let pods = kubelet
+    kubelet
         .wait_for_pods("the fleet's two pods", Duration::from_secs(60), |pods| {
             pods.iter().filter(|p| p.namespace == ns).count() == 2
         })
@@ -111,7 +111,6 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
         })
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    drop(pods);
 
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let chaos_started = Instant::now();
@@ -139,8 +138,8 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
     let create = create_jobs(&jobs, &effects, &durations);
     let drive = run.drive(&plan, &mut operators);
     let ((), ()) = tokio::join!(create, drive);
-    let created_in = chaos_started.elapsed();
-    eprintln!("chaos: every fault injected after {created_in:?}; waiting for the Jobs");
+    let faults_done = chaos_started.elapsed();
+    eprintln!("chaos: every fault injected after {faults_done:?}; waiting for the Jobs");
 
     let finished = wait_for_quiet_success(&jobs).await;
     let wall = chaos_started.elapsed();
@@ -286,11 +285,12 @@ impl Plan {
         // it gets there.
         let worker_failpoints = vec![job(rng, 150..350), job(rng, 350..550), job(rng, 550..750)];
         let mut at = |base: f64| Duration::from_secs_f64(base + rng.f64() * 2.0);
+        let refuse = at(8.0);
         let freeze = at(36.0);
         let mut faults = vec![
             (at(3.0), Fault::KillWorker),
-            (at(8.0), Fault::RefuseSucceeded),
-            (at(8.0) + Duration::from_secs(10), Fault::AllowSucceeded),
+            (refuse, Fault::RefuseSucceeded),
+            (refuse + Duration::from_secs(10), Fault::AllowSucceeded),
             (at(15.0), Fault::KillLeader),
             (at(21.0), Fault::RestartApiserver),
             (at(28.0), Fault::KillWorker),
