@@ -76,6 +76,22 @@ impl Fixture {
         create_job(&self.client, &self.ns, job).await
     }
 
+    /// Waits for a Job adopted from a foreign message for which `wanted` holds.
+    async fn adopted_job(&self, wanted: impl Fn(&Job) -> bool) -> Job {
+        let jobs = self.jobs();
+        wait::until("an adopted Job", MINUTE, || async {
+            let list = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|j| j.name_any().starts_with("adopted-") && wanted(j))
+                .ok_or_else(|| "none yet".to_owned())
+        })
+        .await
+    }
+
     async fn finished(&self, name: &str, within: Duration) -> drover_crds::JobStatus {
         wait::job_finished(&self.jobs(), name, within).await
     }
@@ -225,18 +241,7 @@ async fn duplicate_message_and_garbage_are_handled_without_running_twice() {
     )
     .await;
     // The foreign JSON object became a Job of its own, which then ran.
-    let jobs = f.jobs();
-    let adopted = wait::until("an adopted Job", MINUTE, || async {
-        let list = jobs
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .into_iter()
-            .find(|j| j.name_any().starts_with("adopted-"))
-            .ok_or_else(|| "none yet".to_owned())
-    })
-    .await;
+    let adopted = f.adopted_job(|_| true).await;
     assert_eq!(adopted.spec.input, json!({"durationMillis": 5}));
     wait::until(
         "the not-JSON message to be dead-lettered",
@@ -402,20 +407,8 @@ async fn a_foreign_message_that_cannot_become_a_job_yet_shows_on_the_fleet_and_i
         .delete("no-jobs", &Default::default())
         .await
         .expect("the quota is deleted");
-    let jobs = f.jobs();
-    let adopted = wait::until("the adopted Job to succeed", MINUTE, || async {
-        let list = jobs
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .into_iter()
-            .find(|j| {
-                j.name_any().starts_with("adopted-")
-                    && j.status.as_ref().map(|s| s.phase) == Some(JobPhase::Succeeded)
-            })
-            .ok_or_else(|| "none yet".to_owned())
-    })
-    .await;
+    let adopted = f
+        .adopted_job(|j| j.status.as_ref().map(|s| s.phase) == Some(JobPhase::Succeeded))
+        .await;
     assert_eq!(adopted.spec.input, json!({"durationMillis": 5}));
 }
