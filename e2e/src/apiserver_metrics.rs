@@ -52,10 +52,13 @@ pub fn sum_job_writes(metrics: &str) -> JobWrites {
     writes
 }
 
+/// The value of label `name` in `a="x",b="y"` (values hold no quotes here).
+/// Split on the commas, so `resource` never matches inside `subresource`.
 fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
-    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
-    let rest = &labels[start..];
-    rest.find('"').map(|end| &rest[..end])
+    labels.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| value.trim_matches('"'))
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! Own test binary: it restarts the apiserver and the emulator and runs its
 //! own operators, so it shares them with no other test.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,8 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
     let kubelet = start_kubelet(env)
         .await
         .unwrap_or_else(|e| panic!("cannot start the kubelet: {}", error_chain(&e)));
-    let mut operators = Operators::start(env, &plan.operator_failpoint).await;
+    let operator_failpoint = format!("{}={}", failpoint::AFTER_PUBLISH, plan.operator_failpoint);
+    let mut operators = Operators::start(env, &operator_failpoint).await;
 
     let worker_failpoints = plan
         .worker_failpoints
@@ -124,6 +125,7 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
         log: Vec::new(),
         interrupted: BTreeSet::new(),
         seen_failpoints: HashSet::new(),
+        log_offsets: HashMap::new(),
         refusal: None,
         frozen: None,
         writes_before_restart: 0,
@@ -253,7 +255,8 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
 struct Plan {
     /// Each Job's sleep, in milliseconds.
     durations: Vec<u64>,
-    /// The operator's failpoint: after publishing this attempt, before its Queued write.
+    /// The attempt at whose operator failpoint (after its publish, before its
+    /// Queued write) the first leader is paused and killed.
     operator_failpoint: String,
     /// The attempts at whose worker failpoint (after the effect, before the
     /// outcome) a worker is paused and killed.
@@ -280,7 +283,7 @@ impl Plan {
         let job = |rng: &mut fastrand::Rng, range: std::ops::Range<usize>| {
             failpoint::attempt_key(&format!("j-{}", rng.usize(range)), 1)
         };
-        let operator_failpoint = format!("{}={}", failpoint::AFTER_PUBLISH, job(rng, 50..150));
+        let operator_failpoint = job(rng, 50..150);
         // Three, in case a kill interrupts one of these attempts before
         // it gets there.
         let worker_failpoints = vec![job(rng, 150..350), job(rng, 350..550), job(rng, 550..750)];
@@ -435,6 +438,8 @@ struct Run<'a> {
     interrupted: BTreeSet<(String, i32)>,
     /// Failpoint keys seen reached (and their process killed).
     seen_failpoints: HashSet<String>,
+    /// How far each log has been read for failpoints.
+    log_offsets: HashMap<PathBuf, u64>,
     refusal: Option<Refusal>,
     /// The frozen leader and when it was frozen.
     frozen: Option<(Contender, Timestamp)>,
@@ -488,11 +493,7 @@ impl Run<'_> {
     /// Whether every worker failpoint was reached or its attempt was cut
     /// short by a kill before it could be, and the operator's was reached.
     fn failpoints_done(&self, plan: &Plan) -> bool {
-        let operator_key = plan
-            .operator_failpoint
-            .split_once('=')
-            .map_or("", |(_, key)| key);
-        self.seen_failpoints.contains(operator_key)
+        self.seen_failpoints.contains(&plan.operator_failpoint)
             && plan.worker_failpoints.iter().all(|key| {
                 self.seen_failpoints.contains(key)
                     || key.split_once('/').is_some_and(|(job, attempt)| {
@@ -687,9 +688,15 @@ impl Run<'_> {
     }
 
     /// The failpoints `log` says were reached that this run has not handled.
+    /// Only what was appended since the last look is read, up to its last
+    /// whole line: the logs grow by megabytes and are looked at five times a
+    /// second.
     fn new_failpoints(&mut self, log: &Path) -> Vec<String> {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let reached: Vec<String> = text
+        let offset = self.log_offsets.entry(log.to_path_buf()).or_default();
+        let text = read_from(log, *offset);
+        let whole = text.rfind('\n').map_or(0, |end| end + 1);
+        *offset += whole as u64;
+        let reached: Vec<String> = text[..whole]
             .lines()
             .filter(|line| line.contains("failpoint_reached"))
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -759,6 +766,21 @@ impl Run<'_> {
             self.started.elapsed().as_secs_f64()
         );
     }
+}
+
+/// The text of `path` from byte `offset` on; empty if it cannot be read.
+fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path)
+        && file.seek(SeekFrom::Start(offset)).is_ok()
+    {
+        let mut bytes = Vec::new();
+        if file.read_to_end(&mut bytes).is_ok() {
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+    }
+    text
 }
 
 fn count_phases(jobs: &[Job]) -> String {
