@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase};
 use drover_e2e::admission::{Refusal, Updates, refuse};
-use drover_e2e::contenders::{Contender, lease_holder, published_since, publishes_begun_since};
+use drover_e2e::contenders::{
+    Contender, LEASE_NAME, lease_holder, published_since, publishes_begun_since,
+};
 use drover_e2e::drover::{OperatorOptions, apply_fleet, start_kubelet, start_operator};
 use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
 use drover_e2e::kubelet::ProcessKubelet;
@@ -93,7 +95,12 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
             .max_attempts(6)
             .backoff(1, 2.0, 4)
             .with(|spec| {
-                spec.env = Some(vec![env_var(failpoint::ENV, &worker_failpoints)]);
+                spec.env = Some(vec![
+                    env_var(failpoint::ENV, &worker_failpoints),
+                    // Every message received, with Pub/Sub's publish time
+                    // and its sender: how a late publish would show.
+                    env_var("RUST_LOG", "info,kube=warn,drover_worker::pull=debug"),
+                ]);
             })
             .build(),
     )
@@ -128,6 +135,8 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
         log_offsets: HashMap::new(),
         refusal: None,
         frozen: None,
+        taken_over: None,
+        worker_logs: BTreeSet::new(),
         writes_before_restart: 0,
         max_skew: Duration::ZERO,
         rng,
@@ -199,6 +208,13 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
     // check and send are one atomic step); it must begin none after.
     let late = publishes_begun_since(frozen.0.process.log_path(), frozen.1);
     let finished_late = published_since(frozen.0.process.log_path(), frozen.1);
+    let taken_over = run.taken_over.expect("another operator took the Lease");
+    let received = received(&run.worker_logs);
+    let sent_late = sent_after(&received, &frozen.0.identity, taken_over);
+    let received_jobs: BTreeSet<&str> = received
+        .iter()
+        .filter_map(|fields| fields["job"].as_str())
+        .collect();
 
     print_table(&run.log, &outcomes, repeated, publishes, writes, wall, seed);
     eprintln!(
@@ -226,6 +242,18 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
     );
     eprintln!(
         "chaos: publishes the frozen leader had begun and that completed when it woke: {finished_late:?}"
+    );
+    // Judged by Pub/Sub's own publish time on every message a worker got.
+    assert_eq!(
+        received_jobs.len(),
+        JOBS,
+        "the workers' logs name a received message for only {} of {JOBS} Jobs",
+        received_jobs.len()
+    );
+    assert!(
+        sent_late.is_empty(),
+        "Pub/Sub accepted messages from {} after {taken_over}, when another operator took its Lease: {sent_late:#?}",
+        frozen.0.identity
     );
     assert!(
         !frozen.0.process.is_running(),
@@ -443,6 +471,11 @@ struct Run<'a> {
     refusal: Option<Refusal>,
     /// The frozen leader and when it was frozen.
     frozen: Option<(Contender, Timestamp)>,
+    /// When another operator took the Lease from the frozen leader (its
+    /// `acquireTime`).
+    taken_over: Option<Timestamp>,
+    /// Every worker pod's log seen, the killed ones' included.
+    worker_logs: BTreeSet<PathBuf>,
     /// Job writes counted by the apiserver before its restart reset them.
     writes_before_restart: u64,
     /// How far ahead of the test's clock the skewed worker's claims were.
@@ -638,6 +671,7 @@ impl Run<'_> {
                 // leader that wakes up to find its Lease gone.
                 match lease_holder(&operators.leases).await {
                     Ok(holder) if holder != leader.identity => {
+                        self.taken_over = Some(lease_acquired(&operators.leases).await);
                         leader.process.signal(libc::SIGCONT);
                         let detail = format!("{}, after {holder} took the Lease", leader.identity);
                         self.saw("operator SIGCONT", detail);
@@ -658,6 +692,7 @@ impl Run<'_> {
             .filter(|p| p.namespace == self.ns)
             .collect();
         for pod in pods {
+            self.worker_logs.insert(pod.log_path.clone());
             for key in self.new_failpoints(&pod.log_path) {
                 let held = self.kill_worker(&pod.name, pod.pid).await;
                 self.note(
@@ -794,6 +829,46 @@ fn count_phases(jobs: &[Job]) -> String {
         .map(|(phase, n)| format!("{phase} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The Lease's `acquireTime`, written by the operator that took it.
+async fn lease_acquired(leases: &Api<Lease>) -> Timestamp {
+    let lease = leases.get(LEASE_NAME).await.expect("the Lease");
+    lease
+        .spec
+        .and_then(|spec| spec.acquire_time)
+        .map(|t| t.0)
+        .expect("the Lease names when it was acquired")
+}
+
+/// Every message the workers' logs say they received (`received`: the Job,
+/// its attempt, Pub/Sub's publish time and the sender).
+fn received(logs: &BTreeSet<PathBuf>) -> Vec<Value> {
+    logs.iter()
+        .flat_map(|log| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .filter(|entry| entry["fields"]["event"] == "received")
+                .map(|entry| entry["fields"].clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The messages from `publisher` that Pub/Sub accepted after `after`.
+fn sent_after(received: &[Value], publisher: &str, after: Timestamp) -> Vec<String> {
+    received
+        .iter()
+        .filter(|fields| {
+            fields["publisher"] == publisher
+                && fields["published_at"]
+                    .as_str()
+                    .and_then(|t| t.parse::<Timestamp>().ok())
+                    .is_some_and(|t| t > after)
+        })
+        .map(Value::to_string)
+        .collect()
 }
 
 fn env_var(name: &str, value: &str) -> EnvVar {

@@ -11,4 +11,7 @@ pub struct OperatorConfig {
     /// `host:port` of a Pub/Sub emulator; passed on to the workers so both
     /// sides talk to the same server.
     pub pubsub_emulator_host: Option<String>,
+    /// This replica's identity in the Lease, sent with every message it
+    /// publishes (attribute `publisher`), so a duplicate names its sender.
+    pub identity: String,
 }

@@ -390,18 +390,26 @@ async fn publish(
     let message = OutgoingMessage::new(message.encode())
         .attribute("namespace", namespace)
         .attribute("job", job.name_any())
-        .attribute("attempt", attempt.to_string());
-    ctx.leading()?;
-    // Decided while leading: a leader frozen from here on sends this one
-    // message when it wakes (a duplicate the workers skip; its Queued write
-    // is refused by the gate), and decides no other.
+        .attribute("attempt", attempt.to_string())
+        .attribute("publisher", &ctx.config.identity);
+    let leads_until = ctx.gate.deadline().ok_or(Error::NotLeading)?;
+    // Decided while leading. The publisher sends at once and retries only
+    // while the gate is open; a publish still unanswered at the renew
+    // deadline is abandoned here (its Queued write would be refused anyway).
+    // What cannot be taken back is a request already on the wire when the
+    // leader froze: a duplicate of an attempt the new leader publishes too,
+    // which the workers skip.
     tracing::debug!(event = "publishing", job = %job.name_any(), namespace, attempt, "publishing as leader");
-    let published = ctx
-        .queue
-        .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message)
-        .await;
+    let publishing =
+        ctx.queue
+            .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message);
+    let Ok(published) = tokio::time::timeout_at(leads_until, publishing).await else {
+        tracing::warn!(event = "publish_abandoned", job = %job.name_any(), namespace, attempt, "no answer to the publish before this replica's renew deadline");
+        return Err(Error::NotLeading);
+    };
     let message_id = match published {
         Ok(id) => id,
+        Err(_) if !ctx.gate.leads() => return Err(Error::NotLeading),
         Err(source) => {
             note_publish_failed(job, ctx, &source, now).await;
             return Err(Error::Publish {

@@ -67,7 +67,13 @@ pub struct LeaderGate {
 impl LeaderGate {
     /// Whether this replica may publish and write at this moment.
     pub fn leads(&self) -> bool {
-        self.until().is_some_and(|until| Instant::now() < until)
+        self.deadline().is_some()
+    }
+
+    /// When this replica stops leading unless it renews first; `None` while
+    /// it does not lead.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.until().filter(|until| Instant::now() < *until)
     }
 
     fn until(&self) -> Option<Instant> {

@@ -13,7 +13,7 @@ use drover_operator::config::OperatorConfig;
 use drover_operator::leader::{Leadership, LeaseSettings, default_identity};
 use drover_operator::metrics::Metrics;
 use drover_operator::{dispatch, fleet, watches};
-use drover_queue::{PubSubEndpoint, PubSubQueue, QueueAdmin};
+use drover_queue::{PubSubEndpoint, PubSubQueue, QueueAdmin, SendGuard};
 use drover_runtime::http::{self, Health};
 use drover_runtime::signals::StopSignals;
 use drover_runtime::start::{kube_client, run_binary};
@@ -68,15 +68,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
     let client = kube_client().await?;
     let endpoint = PubSubEndpoint::from_env();
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
         pubsub_project: args.pubsub_project.clone(),
         pubsub_emulator_host: endpoint.emulator_host.clone(),
+        identity: identity.clone(),
     };
     let queue = QueueAdmin::connect(&endpoint)
         .await
         .context("cannot create the Pub/Sub admin clients")?;
-    let identity = args.identity.clone().unwrap_or_else(default_identity);
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -125,6 +126,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     // One watch of Jobs and one of PipelineWorkers feed both controllers.
     let (fleet_watches, job_watches) = watches::shared(&client);
+    // The library retries a failed publish by itself: only while this
+    // replica can prove it leads.
+    let gate = leadership.gate();
+    let may_publish = SendGuard::new(move || gate.leads());
     let controllers = async {
         tokio::join!(
             fleet::run(
@@ -139,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             dispatch::run(
                 client,
                 config,
-                PubSubQueue::new(endpoint, queue),
+                PubSubQueue::new(endpoint, queue, may_publish),
                 recorder,
                 metrics,
                 job_watches,

@@ -2,8 +2,12 @@
 //! `PUBSUB_EMULATOR_HOST` is set, at an emulator (plain text, no credentials),
 //! the way Google's client libraries in other languages behave.
 
+use std::time::Duration;
+
 use google_cloud_auth::credentials::anonymous;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+
+use crate::send_guard::{GuardedRetry, GuardedThrottler, SendGuard};
 
 /// Where Pub/Sub is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,7 +60,22 @@ impl PubSubEndpoint {
 
     /// Publishes to one topic (a full `projects/../topics/..` path).
     pub async fn publisher(&self, topic_path: &str) -> BuildResult<Publisher> {
+        self.guarded_publisher(topic_path, SendGuard::always())
+            .await
+    }
+
+    /// Publishes to one topic, each message at once (no batching delay, in
+    /// which a frozen process would hold it) and each attempt only while
+    /// `guard` allows it (see [`crate::send_guard`]).
+    pub async fn guarded_publisher(
+        &self,
+        topic_path: &str,
+        guard: SendGuard,
+    ) -> BuildResult<Publisher> {
         configure!(Publisher::builder(topic_path), self)
+            .set_delay_threshold(Duration::ZERO)
+            .with_retry_policy(GuardedRetry::new(guard.clone()))
+            .with_retry_throttler(GuardedThrottler(guard))
             .build()
             .await
     }

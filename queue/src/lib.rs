@@ -9,6 +9,7 @@ pub mod admin;
 pub mod endpoint;
 pub mod names;
 pub mod publish;
+pub mod send_guard;
 
 use std::future::Future;
 
@@ -18,6 +19,7 @@ pub use admin::{QueueAdmin, QueueError, QueueProblem};
 pub use endpoint::PubSubEndpoint;
 pub use names::{QueueNames, subscription_path, topic_path};
 pub use publish::{OutgoingMessage, PublishError, Publishers};
+pub use send_guard::SendGuard;
 
 /// What the operator needs from a queue backend.
 pub trait JobQueue: Send + Sync {
@@ -89,11 +91,12 @@ pub struct PubSubQueue {
 }
 
 impl PubSubQueue {
-    /// Publishes through `endpoint` and keeps queues in place with `admin`.
-    pub fn new(endpoint: PubSubEndpoint, admin: QueueAdmin) -> Self {
+    /// Publishes through `endpoint`, each attempt only while `guard`
+    /// allows it, and keeps queues in place with `admin`.
+    pub fn new(endpoint: PubSubEndpoint, admin: QueueAdmin, guard: SendGuard) -> Self {
         Self {
             admin,
-            publishers: Publishers::new(endpoint),
+            publishers: Publishers::new(endpoint, guard),
         }
     }
 }

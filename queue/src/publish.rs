@@ -10,6 +10,7 @@ use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message;
 
 use crate::endpoint::PubSubEndpoint;
+use crate::send_guard::SendGuard;
 
 /// Pub/Sub's own limits on a published message
 /// (<https://cloud.google.com/pubsub/quotas#resource_limits>): it answers
@@ -73,6 +74,8 @@ pub enum PublishError {
         topic: String,
         source: google_cloud_gax::client_builder::Error,
     },
+    #[error("not sent to {topic}: this process may not publish now")]
+    NotAllowed { topic: String },
     #[error("topic {topic} does not exist")]
     TopicNotFound { topic: String },
     #[error(
@@ -97,6 +100,7 @@ impl PublishError {
     pub fn reason(&self) -> &'static str {
         match self {
             PublishError::Client { .. } => "PublisherUnavailable",
+            PublishError::NotAllowed { .. } => "NotAllowed",
             PublishError::TopicNotFound { .. } => "TopicNotFound",
             PublishError::TooLarge { .. } => "MessageTooLarge",
             PublishError::Rpc { source, .. } => match rpc_code(source) {
@@ -114,14 +118,17 @@ impl PublishError {
 #[derive(Debug)]
 pub struct Publishers {
     endpoint: PubSubEndpoint,
+    guard: SendGuard,
     by_topic: Mutex<HashMap<String, Publisher>>,
 }
 
 impl Publishers {
-    /// An empty cache whose publishers talk to `endpoint`.
-    pub fn new(endpoint: PubSubEndpoint) -> Self {
+    /// An empty cache whose publishers talk to `endpoint` and send each
+    /// attempt only while `guard` allows it.
+    pub fn new(endpoint: PubSubEndpoint, guard: SendGuard) -> Self {
         Self {
             endpoint,
+            guard,
             by_topic: Mutex::default(),
         }
     }
@@ -137,6 +144,13 @@ impl Publishers {
             return Err(PublishError::TooLarge { size });
         }
         let publisher = self.publisher(topic).await?;
+        // Asked as late as this crate can: the library asks again before
+        // each of its retries.
+        if !self.guard.allows() {
+            return Err(PublishError::NotAllowed {
+                topic: topic.to_owned(),
+            });
+        }
         let message = Message::new()
             .set_data(message.data)
             .set_attributes(message.attributes);
@@ -154,14 +168,14 @@ impl Publishers {
         if let Some(publisher) = self.lock().get(topic) {
             return Ok(publisher.clone());
         }
-        let publisher =
-            self.endpoint
-                .publisher(topic)
-                .await
-                .map_err(|source| PublishError::Client {
-                    topic: topic.to_owned(),
-                    source,
-                })?;
+        let publisher = self
+            .endpoint
+            .guarded_publisher(topic, self.guard.clone())
+            .await
+            .map_err(|source| PublishError::Client {
+                topic: topic.to_owned(),
+                source,
+            })?;
         self.lock().insert(topic.to_owned(), publisher.clone());
         Ok(publisher)
     }

@@ -130,10 +130,13 @@ async fn answer_one(
     let answer = match JobMessage::decode(&message.data) {
         // A panic in one Job must not take the worker down; the message is
         // handed back.
-        Ok(job) => std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
-            .catch_unwind()
-            .await
-            .unwrap_or(Answer::Nack),
+        Ok(job) => {
+            log_received(&message, &job);
+            std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
+                .catch_unwind()
+                .await
+                .unwrap_or(Answer::Nack)
+        }
         Err(error) => {
             foreign::answer(
                 &worker,
@@ -149,6 +152,27 @@ async fn answer_one(
         Answer::Ack => handler.ack(),
         Answer::Nack => handler.nack(),
     }
+}
+
+/// Which message arrived, when Pub/Sub accepted it and which operator
+/// replica sent it: what tells a duplicate's story.
+fn log_received(message: &Message, job: &JobMessage) {
+    let published_at = message
+        .publish_time
+        .and_then(|t| Timestamp::new(t.seconds(), t.nanos()).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let publisher = message.attributes.get("publisher").map(String::as_str);
+    tracing::debug!(
+        event = "received",
+        job = %job.name,
+        namespace = %job.namespace,
+        attempt = job.attempt,
+        message_id = %message.message_id,
+        %published_at,
+        publisher = publisher.unwrap_or(""),
+        "message received"
+    );
 }
 
 /// Hands Jobs that did not finish within the grace back to the queue, so
