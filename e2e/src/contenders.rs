@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::drover::{OperatorOptions, start_operator};
 use crate::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
 use crate::process::ManagedProcess;
+use crate::refusals::{self, LogSince};
 use crate::{TestEnv, error_chain, ports, wait};
 
 /// The name of the operator's leader Lease.
@@ -66,6 +67,12 @@ impl Contenders {
             standby,
             leases,
         }
+    }
+
+    /// Panics with any RBAC refusal either operator logged.
+    pub fn assert_no_refusals(&self) {
+        let logs = [&self.leader, &self.standby].map(|c| LogSince::whole(c.process.log_path()));
+        refusals::assert_none("the contending operators", &logs);
     }
 
     /// Waits until the standby holds the Lease.

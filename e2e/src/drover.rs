@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use crate::TestEnv;
 use crate::manifests::FIELD_MANAGER;
 use crate::process::{ManagedProcess, ProcessError};
+use crate::refusals::{self, LogSince};
 
 /// The project id the sandbox and the tests use with the emulator.
 pub const PUBSUB_PROJECT: &str = "drover-local";
@@ -240,9 +241,14 @@ pub struct DroverTest {
     pub drover: &'static DroverProcesses,
     pub client: kube::Client,
     pub namespace: String,
+    /// The shared operator's log from this test's start on.
+    operator_log: LogSince,
 }
 
 /// [`shared_drover`] plus a client and a new namespace named after `prefix`.
+///
+/// When the test ends without a panic, any RBAC refusal in the operator's log
+/// since it started or in the logs of its namespace's pods fails it.
 pub async fn drover_test(prefix: &str) -> DroverTest {
     let (env, drover) = shared_drover().await;
     let client = env.control_plane.client().await.expect("client");
@@ -251,15 +257,50 @@ pub async fn drover_test(prefix: &str) -> DroverTest {
         .create_namespace(prefix)
         .await
         .expect("namespace");
+    let operator_log = LogSince::now(drover.operator.log_path());
     DroverTest {
         env,
         drover,
         client,
         namespace,
+        operator_log,
+    }
+}
+
+impl Drop for DroverTest {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let mut logs = vec![self.operator_log.clone()];
+        logs.extend(refusals::pod_logs(
+            &self.drover.kubelet.pods_dir(),
+            &self.namespace,
+        ));
+        refusals::assert_none(&format!("namespace {}", self.namespace), &logs);
     }
 }
 
 impl DroverTest {
+    /// The shared environment, the Drover processes, a client and the
+    /// namespace, for a test that names them itself; the test keeps `self`
+    /// alive to the end so its logs are checked then.
+    pub fn parts(
+        &self,
+    ) -> (
+        &'static TestEnv,
+        &'static DroverProcesses,
+        kube::Client,
+        String,
+    ) {
+        (
+            self.env,
+            self.drover,
+            self.client.clone(),
+            self.namespace.clone(),
+        )
+    }
+
     /// The objects of kind `K` in this test's namespace.
     pub fn api<K>(&self) -> Api<K>
     where

@@ -29,6 +29,7 @@ pub mod observe;
 pub mod ports;
 pub mod process;
 pub mod pubsub_emulator;
+pub mod refusals;
 pub mod testenv;
 pub mod wait;
 

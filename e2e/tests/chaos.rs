@@ -28,6 +28,7 @@ use drover_e2e::contenders::{
 use drover_e2e::drover::{OperatorOptions, apply_fleet, start_kubelet, start_operator};
 use drover_e2e::identity::{OPERATOR_NAMESPACE, operator_kubeconfig};
 use drover_e2e::kubelet::ProcessKubelet;
+use drover_e2e::refusals::LogSince;
 use drover_e2e::{TestEnv, apiserver_metrics, error_chain, ports, shared, wait};
 use drover_runtime::failpoint;
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
@@ -136,6 +137,7 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
         refusal: None,
         frozen: None,
         taken_over: None,
+        apiserver_unready: None,
         worker_logs: BTreeSet::new(),
         writes_before_restart: 0,
         max_skew: Duration::ZERO,
@@ -254,6 +256,23 @@ async fn a_thousand_jobs_each_succeed_once_through_every_fault() {
         sent_late.is_empty(),
         "Pub/Sub accepted messages from {} after {taken_over}, when another operator took its Lease: {sent_late:#?}",
         frozen.0.identity
+    );
+    // A restarted apiserver serves before its authorizer has synced, and
+    // refuses until then; behind a load balancer that waits for `/readyz`,
+    // as in a real cluster, no client would see those answers.
+    let unready = run.apiserver_unready.expect("the apiserver was restarted");
+    let refused: Vec<String> = operators
+        .logs
+        .iter()
+        .chain(&run.worker_logs)
+        .flat_map(|log| LogSince::whole(log).refused_lines())
+        .filter(|line| !logged_within(line, unready))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "RBAC refusals outside the apiserver's restart ({} to {}): {refused:#?}",
+        unready.0,
+        unready.1
     );
     assert!(
         !frozen.0.process.is_running(),
@@ -474,6 +493,9 @@ struct Run<'a> {
     /// When another operator took the Lease from the frozen leader (its
     /// `acquireTime`).
     taken_over: Option<Timestamp>,
+    /// From the apiserver's stop until its `/readyz` answered again after
+    /// the restart.
+    apiserver_unready: Option<(Timestamp, Timestamp)>,
     /// Every worker pod's log seen, the killed ones' included.
     worker_logs: BTreeSet<PathBuf>,
     /// Job writes counted by the apiserver before its restart reset them.
@@ -622,11 +644,13 @@ impl Run<'_> {
                     .expect("apiserver metrics before the restart")
                     .total;
                 let began = Instant::now();
+                let stopped_at = Timestamp::now();
                 self.env
                     .control_plane
                     .restart_apiserver()
                     .await
                     .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
+                self.apiserver_unready = Some((stopped_at, Timestamp::now()));
                 self.note(
                     "kube-apiserver restart",
                     format!(
@@ -829,6 +853,14 @@ fn count_phases(jobs: &[Job]) -> String {
         .map(|(phase, n)| format!("{phase} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether a JSON log line's timestamp lies within `window`.
+fn logged_within(line: &str, window: (Timestamp, Timestamp)) -> bool {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|entry| entry["timestamp"].as_str()?.parse::<Timestamp>().ok())
+        .is_some_and(|at| window.0 <= at && at <= window.1)
 }
 
 /// The Lease's `acquireTime`, written by the operator that took it.

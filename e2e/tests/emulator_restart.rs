@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase};
-use drover_e2e::drover::{DroverTest, create_job, drover_test};
+use drover_e2e::drover::{create_job, drover_test};
 use drover_e2e::observe::http_get;
 use drover_e2e::{error_chain, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
@@ -26,12 +26,8 @@ const PER_FLEET: usize = 12;
 
 #[tokio::test]
 async fn every_job_succeeds_once_after_the_emulator_loses_every_message() {
-    let DroverTest {
-        env,
-        drover,
-        client,
-        namespace: ns,
-    } = drover_test("amnesia").await;
+    let test = drover_test("amnesia").await;
+    let (env, drover, client, ns) = test.parts();
     let effects = env.control_plane.state_dir().join("effects-amnesia");
     std::fs::create_dir_all(&effects).expect("effects dir");
 

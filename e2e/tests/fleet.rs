@@ -27,20 +27,19 @@ struct Fixture {
     processes: &'static DroverProcesses,
     client: Client,
     ns: String,
+    /// Checks the logs for RBAC refusals when the fixture drops.
+    _test: DroverTest,
 }
 
 async fn fixture(prefix: &str) -> Fixture {
-    let DroverTest {
-        env,
-        drover: processes,
-        client,
-        namespace: ns,
-    } = drover_test(prefix).await;
+    let test = drover_test(prefix).await;
+    let (env, processes, client, ns) = test.parts();
     Fixture {
         env,
         processes,
         client,
         ns,
+        _test: test,
     }
 }
 

@@ -83,4 +83,5 @@ async fn standby_takes_over_after_the_leader_is_killed() {
         "{} took over and scaled {took:?} after {} was killed (lease {LEASE_SECONDS} s)",
         standby.identity, killed.identity
     );
+    operators.assert_no_refusals();
 }

@@ -85,4 +85,5 @@ async fn a_leader_partitioned_from_its_lease_publishes_nothing_after_the_standby
     )
     .await;
     assert!(operators.standby.process.is_running(), "the standby died");
+    operators.assert_no_refusals();
 }

@@ -90,4 +90,5 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_thaws() {
         operators.holder().await,
         Ok(operators.standby.identity.clone())
     );
+    operators.assert_no_refusals();
 }

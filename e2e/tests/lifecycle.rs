@@ -26,6 +26,8 @@ struct Fixture {
     client: Client,
     ns: String,
     effects: PathBuf,
+    /// Checks the logs for RBAC refusals when the fixture drops.
+    _test: DroverTest,
 }
 
 impl Fixture {
@@ -34,12 +36,8 @@ impl Fixture {
         prefix: &str,
         customize: impl FnOnce(PipelineWorkerBuilder) -> PipelineWorkerBuilder,
     ) -> Self {
-        let DroverTest {
-            env,
-            drover: processes,
-            client,
-            namespace: ns,
-        } = drover_test(prefix).await;
+        let test = drover_test(prefix).await;
+        let (env, processes, client, ns) = test.parts();
         let effects = env.control_plane.state_dir().join("effects").join(&ns);
         std::fs::create_dir_all(&effects).expect("effects dir");
         let f = Self {
@@ -48,6 +46,7 @@ impl Fixture {
             client,
             ns,
             effects,
+            _test: test,
         };
         let fleet = PipelineWorkerBuilder::sleep("sleeper")
             // A short ack deadline: a message the streaming pull fails to surface

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use drover_crds::Job;
-use drover_e2e::drover::{DroverTest, apply_fleet, create_job, drover_test};
+use drover_e2e::drover::{apply_fleet, create_job, drover_test};
 use drover_e2e::observe::{self, chart_dir, helm, prometheus, run};
 use drover_e2e::{ManagedProcess, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
@@ -33,12 +33,8 @@ async fn prometheus_sees_every_dashboard_query_and_alert_signal() {
     // Prerequisites first, so a missing tool fails at once.
     let prometheus_bin = prometheus();
     let helm = helm();
-    let DroverTest {
-        env,
-        drover,
-        client,
-        namespace: ns,
-    } = drover_test("observe").await;
+    let test = drover_test("observe").await;
+    let (env, drover, client, ns) = test.parts();
     let state = env
         .control_plane
         .state_dir()

@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use drover_crds::{Job, JobPhase};
-use drover_e2e::drover::{
-    DroverTest, OperatorOptions, apply_fleet, create_job, drover_test, start_operator,
-};
+use drover_e2e::drover::{OperatorOptions, apply_fleet, create_job, drover_test, start_operator};
+use drover_e2e::refusals::{self, LogSince};
 use drover_e2e::{error_chain, ports, wait};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use kube::api::{Api, ListParams};
@@ -17,12 +16,8 @@ const JOBS: usize = 100;
 
 #[tokio::test]
 async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
-    let DroverTest {
-        env,
-        drover,
-        client,
-        namespace: ns,
-    } = drover_test("crash").await;
+    let test = drover_test("crash").await;
+    let (env, drover, client, ns) = test.parts();
     let effects = env.control_plane.state_dir().join("effects-crash");
     std::fs::create_dir_all(&effects).expect("effects dir");
 
@@ -47,7 +42,7 @@ async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
     let kubeconfig = drover_e2e::identity::operator_kubeconfig(env)
         .await
         .unwrap_or_else(|e| panic!("{}", error_chain(&e)));
-    let _successor = start_operator(
+    let successor = start_operator(
         env,
         &OperatorOptions {
             identity: "operator-1".into(),
@@ -85,4 +80,8 @@ async fn every_job_succeeds_once_after_the_operator_is_killed_mid_burst() {
         runs.iter().filter_map(|r| r.split('_').nth(1)).collect();
     assert_eq!(runs.len(), JOBS, "{} runs for {JOBS} Jobs", runs.len());
     assert_eq!(jobs_run.len(), JOBS, "some Job ran twice, another never");
+    refusals::assert_none(
+        "the successor operator",
+        &[LogSince::whole(successor.log_path())],
+    );
 }

@@ -309,6 +309,11 @@ impl ProcessKubelet {
         }
     }
 
+    /// Where every pod's directory (with its container logs) is kept.
+    pub fn pods_dir(&self) -> PathBuf {
+        self.shared.config.state_dir.join("pods")
+    }
+
     /// Where the pod's process runs and logs (whether or not it runs now).
     pub fn pod_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         container::PodDirs::new(&self.shared.config.state_dir, namespace, name, uid, "").workdir
