@@ -60,11 +60,16 @@ pub enum DegradedReason {
     CrashLoopBackOff,
     /// A worker container cannot be configured (a missing Secret or ConfigMap key).
     CreateContainerConfigError,
+    /// A worker container was killed for using more memory than its limit.
+    OOMKilled,
+    /// The container runtime cannot create or start a worker container (a
+    /// security context or a mount it refuses).
+    ContainerCannotRun,
 }
 
 impl DegradedReason {
     /// Every reason, for exhaustive tests and lookups.
-    pub const ALL: [DegradedReason; 9] = [
+    pub const ALL: [DegradedReason; 11] = [
         DegradedReason::SecretNotFound,
         DegradedReason::TopicNotFound,
         DegradedReason::SubscriptionNotFound,
@@ -74,6 +79,8 @@ impl DegradedReason {
         DegradedReason::ImagePullBackOff,
         DegradedReason::CrashLoopBackOff,
         DegradedReason::CreateContainerConfigError,
+        DegradedReason::OOMKilled,
+        DegradedReason::ContainerCannotRun,
     ];
 
     /// The reason as a condition and an Event show it.
@@ -88,6 +95,8 @@ impl DegradedReason {
             DegradedReason::ImagePullBackOff => "ImagePullBackOff",
             DegradedReason::CrashLoopBackOff => "CrashLoopBackOff",
             DegradedReason::CreateContainerConfigError => "CreateContainerConfigError",
+            DegradedReason::OOMKilled => "OOMKilled",
+            DegradedReason::ContainerCannotRun => "ContainerCannotRun",
         }
     }
 }

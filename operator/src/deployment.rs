@@ -64,6 +64,9 @@ pub fn worker_deployment(
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         resources: spec.resources.clone(),
         security_context: Some(hardened_container()),
+        // A worker that dies before it could say why leaves its last log
+        // lines as the termination message, which `Degraded` then quotes.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(vec![VolumeMount {
             name: "tmp".into(),
             mount_path: "/tmp".into(),

@@ -29,6 +29,7 @@ use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, Pipel
 use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 use drover_runtime::{failpoint, job_status};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -37,6 +38,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
+use crate::health;
 use crate::job_policy::{JobSettings, NextStep, QUEUE_READY_POLL, next_step};
 use crate::job_retries::{JobRetries, Published};
 use crate::leader::LeaderGate;
@@ -270,7 +272,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         NextStep::WorkerLost { give_up } => {
-            let lost = lost_message(job);
+            let lost = lost_message(job, ctx).await;
             if give_up {
                 let settings = fleet.as_deref().map(|f| JobSettings::of(job, f));
                 let attempts = settings.map_or(1, |s| s.max_attempts);
@@ -602,15 +604,26 @@ fn conditions(job: &Job) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Co
     job.status.as_ref().map_or(&[], |s| s.conditions.as_slice())
 }
 
-fn lost_message(job: &Job) -> String {
+/// Why the attempt counts as lost, with what its pod's status says (a rare
+/// event, so reading the pod costs nothing that matters).
+async fn lost_message(job: &Job, ctx: &Context) -> String {
     let status = job.status.clone().unwrap_or_default();
-    match status.claim {
-        Some(claim) => format!(
-            "worker pod {} stopped renewing its claim on attempt {}",
-            claim.pod, status.attempt
-        ),
-        None => format!("attempt {} was running without a claim", status.attempt),
-    }
+    let Some(claim) = status.claim else {
+        return format!("attempt {} was running without a claim", status.attempt);
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    let oom = match pods.get_opt(&claim.pod).await {
+        Ok(pod) => pod.as_ref().and_then(health::oom_killed),
+        Err(error) => {
+            tracing::debug!(pod = %claim.pod, %error, "cannot read the lost worker's pod");
+            None
+        }
+    };
+    let why = oom.map(|oom| format!(": {oom}")).unwrap_or_default();
+    format!(
+        "worker pod {} stopped renewing its claim on attempt {}{why}",
+        claim.pod, status.attempt
+    )
 }
 
 /// Sends one checked transition, conditioned on the resourceVersion the

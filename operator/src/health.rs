@@ -2,7 +2,7 @@
 //! observed: the queue, the Secrets the pods read, and the pods themselves.
 
 use drover_crds::fleet_conditions::{ConditionReason, DegradedReason, FleetCondition};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// A problem a person has to fix, with the condition reason it shows as.
@@ -26,43 +26,115 @@ pub struct Observation {
     pub pods: Vec<Pod>,
 }
 
-/// The first pod-level problem: pulls that fail, containers that crash.
+/// The first pod-level problem, the likeliest cause first: an image that
+/// cannot be pulled, a container killed for its memory, one the runtime
+/// cannot run, one that keeps crashing, one that cannot be configured.
 pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
-    let waiting = pods
+    let containers: Vec<(&str, &ContainerStatus)> = pods
         .iter()
-        .filter_map(|pod| {
+        .flat_map(|pod| {
             let name = pod.metadata.name.as_deref().unwrap_or("?");
-            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-            statuses.iter().find_map(|c| {
-                let waiting = c.state.as_ref()?.waiting.as_ref()?;
-                let reason = waiting.reason.as_deref()?;
-                Some((name.to_owned(), reason.to_owned(), waiting.message.clone()))
-            })
+            pod.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+                .map(move |c| (name, c))
         })
-        .collect::<Vec<_>>();
-    for (known, label) in [
+        .collect();
+    [
         ("ImagePullBackOff", DegradedReason::ImagePullBackOff),
         ("ErrImagePull", DegradedReason::ImagePullBackOff),
+        ("OOMKilled", DegradedReason::OOMKilled),
+        ("CreateContainerError", DegradedReason::ContainerCannotRun),
+        ("RunContainerError", DegradedReason::ContainerCannotRun),
+        ("StartError", DegradedReason::ContainerCannotRun),
+        ("ContainerCannotRun", DegradedReason::ContainerCannotRun),
         ("CrashLoopBackOff", DegradedReason::CrashLoopBackOff),
         (
             "CreateContainerConfigError",
             DegradedReason::CreateContainerConfigError,
         ),
-    ] {
-        if let Some((pod, _, message)) = waiting.iter().find(|(_, reason, _)| reason == known) {
-            return Some(Problem {
-                reason: label,
-                message: format!(
-                    "pod {pod}: {known}{}",
-                    message
-                        .as_deref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ),
-            });
-        }
+    ]
+    .into_iter()
+    .find_map(|(known, reason)| {
+        containers.iter().find_map(|(pod, container)| {
+            let detail = container_detail(container, known)?;
+            Some(Problem {
+                reason,
+                message: format!("pod {pod}: {known}{detail}"),
+            })
+        })
+    })
+}
+
+/// Why a worker pod stopped renewing, when its status says the kernel killed
+/// a container for its memory: "container worker was OOM-killed (memory limit 64Mi)".
+pub fn oom_killed(pod: &Pod) -> Option<String> {
+    let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+    let container = statuses.iter().find(|c| {
+        let ended = |state: Option<&ContainerState>| {
+            state
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"))
+        };
+        ended(c.state.as_ref()) || ended(c.last_state.as_ref())
+    })?;
+    let limit = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers.iter().find(|c| c.name == container.name))
+        .and_then(|c| {
+            c.resources
+                .as_ref()?
+                .limits
+                .as_ref()?
+                .get("memory")
+                .cloned()
+        })
+        .map(|q| format!(" (memory limit {})", q.0))
+        .unwrap_or_default();
+    Some(format!(
+        "container {} was OOM-killed{limit}",
+        container.name
+    ))
+}
+
+/// What a container's status says about `reason`, when it shows it: as its
+/// waiting reason, or as how it (or its last run) ended. The message says
+/// how the last run ended, with the runtime's or the container's own words.
+fn container_detail(container: &ContainerStatus, reason: &str) -> Option<String> {
+    let state = container.state.as_ref();
+    let ended = state
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| container.last_state.as_ref()?.terminated.as_ref());
+    let waiting = state
+        .and_then(|s| s.waiting.as_ref())
+        .filter(|w| w.reason.as_deref() == Some(reason));
+    let ended_so = ended.filter(|t| t.reason.as_deref() == Some(reason));
+    if waiting.is_none() && ended_so.is_none() {
+        return None;
     }
-    None
+    let mut detail = String::new();
+    if let Some(message) = waiting.and_then(|w| w.message.as_deref()) {
+        detail.push_str(&format!(": {message}"));
+    }
+    if let Some(ended) = ended {
+        detail.push_str(&format!(
+            " (container {} last exited with code {}{}{})",
+            container.name,
+            ended.exit_code,
+            ended
+                .reason
+                .as_deref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default(),
+            ended
+                .message
+                .as_deref()
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default()
+        ));
+    }
+    Some(detail)
 }
 
 /// What the fleet is degraded by, if anything: missing Secrets first, then a
@@ -167,7 +239,7 @@ pub fn conditions(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateWaiting, ContainerStatus, PodStatus,
+        ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodStatus,
     };
     use k8s_openapi::jiff::Timestamp;
 
@@ -275,6 +347,100 @@ mod tests {
         let crash = pod_problem(&[waiting_pod("p2", "CrashLoopBackOff")]).unwrap();
         assert_eq!(crash.reason, "CrashLoopBackOff");
         assert!(pod_problem(&[waiting_pod("p3", "ContainerCreating")]).is_none());
+    }
+
+    /// A pod waiting in `waiting` whose last run ended with `reason`.
+    fn restarted_pod(name: &str, waiting: &str, reason: &str, code: i32, message: &str) -> Pod {
+        let mut pod = waiting_pod(name, waiting);
+        let statuses = pod
+            .status
+            .as_mut()
+            .and_then(|s| s.container_statuses.as_mut())
+            .unwrap();
+        statuses[0].last_state = Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: code,
+                reason: Some(reason.into()),
+                message: (!message.is_empty()).then(|| message.into()),
+                ..ContainerStateTerminated::default()
+            }),
+            ..ContainerState::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn a_container_killed_for_its_memory_is_named_before_its_crash_loop() {
+        let oom = restarted_pod("p1", "CrashLoopBackOff", "OOMKilled", 137, "");
+        let problem = pod_problem(&[waiting_pod("p0", "CrashLoopBackOff"), oom]).unwrap();
+        assert_eq!(problem.reason, DegradedReason::OOMKilled);
+        assert_eq!(
+            problem.message,
+            "pod p1: OOMKilled (container worker last exited with code 137, OOMKilled)"
+        );
+    }
+
+    #[test]
+    fn an_oom_kill_is_told_with_the_memory_limit() {
+        let mut pod = restarted_pod("p1", "CrashLoopBackOff", "OOMKilled", 137, "");
+        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: vec![k8s_openapi::api::core::v1::Container {
+                name: "worker".into(),
+                resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                    limits: Some(
+                        [(
+                            "memory".to_owned(),
+                            k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into()),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            oom_killed(&pod).as_deref(),
+            Some("container worker was OOM-killed (memory limit 64Mi)")
+        );
+        let crashed = restarted_pod("p2", "CrashLoopBackOff", "Error", 1, "");
+        assert_eq!(oom_killed(&crashed), None);
+    }
+
+    #[test]
+    fn a_container_the_runtime_cannot_start_is_named() {
+        let pod = restarted_pod(
+            "p1",
+            "CrashLoopBackOff",
+            "StartError",
+            128,
+            "runc create failed: mount a volume: permission denied",
+        );
+        let problem = pod_problem(&[pod]).unwrap();
+        assert_eq!(problem.reason, DegradedReason::ContainerCannotRun);
+        assert!(
+            problem.message.contains("permission denied"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_says_how_the_last_run_ended() {
+        let pod = restarted_pod(
+            "p1",
+            "CrashLoopBackOff",
+            "Error",
+            1,
+            "cannot create /tmp/drover: read-only file system\n",
+        );
+        let problem = pod_problem(&[pod]).unwrap();
+        assert_eq!(problem.reason, DegradedReason::CrashLoopBackOff);
+        assert_eq!(
+            problem.message,
+            "pod p1: CrashLoopBackOff: details (container worker last exited with code 1, Error: cannot create /tmp/drover: read-only file system)"
+        );
     }
 
     #[test]
