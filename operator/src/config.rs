@@ -1,6 +1,8 @@
 //! Operator-wide settings: defaults a PipelineWorker may leave out, and how
 //! to reach Pub/Sub.
 
+use drover_crds::egress::Cidr;
+
 /// Settings that apply to every fleet the operator manages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OperatorConfig {
@@ -11,4 +13,8 @@ pub struct OperatorConfig {
     /// `host:port` of a Pub/Sub emulator; passed on to the workers so both
     /// sides talk to the same server.
     pub pubsub_emulator_host: Option<String>,
+    /// The cluster's Pod and Service ranges (and other private ranges): no
+    /// Job may make a worker reach them unless its fleet allows it. Passed
+    /// on to the workers, which judge resolved addresses by the same list.
+    pub cluster_cidrs: Vec<Cidr>,
 }

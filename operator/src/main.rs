@@ -54,6 +54,13 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
 
+    /// The cluster's Pod and Service ranges, comma-separated: Jobs may not
+    /// make workers reach them (nor loopback or link-local addresses) unless
+    /// their fleet allows a range in `spec.egress.allowedCidrs`. The default
+    /// covers every private range clusters allocate them from.
+    #[arg(long, env = "DROVER_CLUSTER_CIDRS", default_value = drover_crds::egress::DEFAULT_CLUSTER_CIDRS)]
+    cluster_cidrs: String,
+
     /// This replica's identity in the Lease (its pod name).
     #[arg(long, env = "DROVER_POD_NAME")]
     identity: Option<String>,
@@ -72,6 +79,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         worker_image: args.worker_image.clone(),
         pubsub_project: args.pubsub_project.clone(),
         pubsub_emulator_host: endpoint.emulator_host.clone(),
+        cluster_cidrs: drover_crds::egress::parse_list(&args.cluster_cidrs)
+            .context("--cluster-cidrs")?,
     };
     let queue = QueueAdmin::connect(&endpoint)
         .await

@@ -34,7 +34,11 @@ fn fleet(llm: &ScriptedLlm, personas: &[&str], extra: Value) -> PipelineWorkerSp
     if let (Value::Object(consensus), Value::Object(extra)) = (&mut consensus, extra) {
         consensus.extend(extra);
     }
-    testing::fleet(json!({"pipeline": "consensus", "consensus": consensus}))
+    // The scripted server listens on loopback, which a fleet must allow.
+    testing::fleet(json!({
+        "pipeline": "consensus", "consensus": consensus,
+        "egress": {"allowedCidrs": ["127.0.0.1/32"]},
+    }))
 }
 
 fn is_expand(call: &Call) -> bool {
