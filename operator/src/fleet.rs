@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use drover_crds::fleet_conditions::{DegradedReason, FleetCondition};
 use drover_crds::pipeline_worker::PipelineWorkerStatus;
 use drover_crds::{Job, PipelineWorker};
+use drover_queue::ownership::Owner;
 use drover_queue::{QueueAdmin, QueueError};
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -472,7 +473,19 @@ async fn check_queue_and_secrets(
     if !due {
         return Ok(());
     }
-    let queue_problem = match ctx.queue.ensure(pw, &ctx.config.pubsub_project).await? {
+    // An owner is live while a PipelineWorker with its uid exists.
+    let fleets = ctx.fleets.clone();
+    let is_live = move |owner: &Owner| {
+        fleets.state().iter().any(|f| {
+            f.metadata.uid.as_deref() == Some(owner.uid.as_str())
+                && f.metadata.namespace.as_deref() == Some(owner.namespace.as_str())
+        })
+    };
+    let queue_problem = match ctx
+        .queue
+        .ensure_owned(pw, &ctx.config.pubsub_project, &is_live)
+        .await?
+    {
         Ok(_) => None,
         Err(problem) => Some(Problem {
             reason: problem.reason(),
