@@ -3,8 +3,10 @@
 
 use drover_crds::egress::Cidr;
 
+use crate::rbac::SecretCheck;
+
 /// Settings that apply to every fleet the operator manages.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct OperatorConfig {
     /// Worker image for PipelineWorkers that name none.
     pub worker_image: String,
@@ -17,4 +19,8 @@ pub struct OperatorConfig {
     /// Job may make a worker reach them unless its fleet allows it. Passed
     /// on to the workers, which judge resolved addresses by the same list.
     pub cluster_cidrs: Vec<Cidr>,
+    /// How the operator may read a fleet's Secrets to report SecretNotFound;
+    /// `None`: it reads none, and a missing Secret shows only once a pod
+    /// cannot start (CreateContainerConfigError).
+    pub secret_check: Option<SecretCheck>,
 }

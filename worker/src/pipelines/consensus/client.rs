@@ -273,7 +273,9 @@ impl ChatClient {
             .map_err(|too_large| CallError::Permanent {
                 message: format!("the answer of {} was cut off: {too_large}", self.shown),
             })?;
-        let text = String::from_utf8_lossy(&body).into_owned();
+        // A server may echo the request (a hostile one, or a proxy's error
+        // page): the key never goes on into a message, a status or a log.
+        let text = self.scrub(&String::from_utf8_lossy(&body));
         if !status.is_success() {
             if asked_schema && refuses_schemas(status.as_u16(), &text) {
                 return Err(CallError::SchemaRefused {
@@ -296,6 +298,14 @@ impl ChatClient {
             .and_then(|c| c.message.content)
             .unwrap_or_default();
         Ok((status.as_u16(), content))
+    }
+
+    /// `text` with every occurrence of the API key replaced.
+    fn scrub(&self, text: &str) -> String {
+        match self.api_key.as_deref() {
+            Some(key) if !key.is_empty() => text.replace(key, "<redacted>"),
+            _ => text.to_owned(),
+        }
     }
 
     fn transport(&self, error: &reqwest::Error) -> CallError {

@@ -433,6 +433,34 @@ async fn a_refused_key_fails_the_job_for_good_and_the_stopped_siblings_say_why()
 }
 
 #[tokio::test]
+async fn a_server_that_echoes_the_key_never_gets_it_into_the_failure() {
+    let echo = Reply::Status(401, format!(r#"{{"error": "bad key Bearer {KEY}"}}"#));
+    let llm = ScriptedLlm::start(move |_| echo.clone()).await.unwrap();
+    let fleet = fleet(&llm, &["skeptic"], json!({}));
+    let failure = run_fleet(&fleet, &input()).await.failure().clone();
+    assert!(!failure.message.contains(KEY), "{}", failure.message);
+    assert!(
+        failure.message.contains("<redacted>"),
+        "{}",
+        failure.message
+    );
+}
+
+#[tokio::test]
+async fn a_model_api_on_loopback_is_refused_unless_the_fleet_allows_it() {
+    let llm = ScriptedLlm::start(well_behaved).await.unwrap();
+    let mut fleet = fleet(&llm, &["skeptic"], json!({}));
+    fleet.egress = None;
+    let failure = run_fleet(&fleet, &input()).await.failure().clone();
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::AddressRefused, false)
+    );
+    assert!(failure.message.contains("loopback"), "{}", failure.message);
+    assert!(llm.seen().is_empty(), "the server was called");
+}
+
+#[tokio::test]
 async fn a_forbidden_expand_is_unauthorized_too() {
     let llm = ScriptedLlm::start(|call| {
         if is_expand(call) {
