@@ -104,6 +104,9 @@ pub struct PipelineWorkerSpec {
     /// operator sets itself (`DROVER_*`, `PUBSUB_*`, and the storage and model
     /// credential variables) are refused: they say who a worker is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, !e.name.startsWith('DROVER_') && !e.name.startsWith('PUBSUB_'))")
+        .message("DROVER_* and PUBSUB_* variables are set by the operator (they say who a worker is and where it pulls from); spec.env may not set them"))]
     pub env: Option<Vec<EnvVar>>,
 
     /// Extra environment sources (ConfigMaps, Secrets) for the worker container.

@@ -710,3 +710,26 @@ fn log_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     assert!(!found.is_empty(), "no logs under {}", dir.display());
     found
 }
+
+#[tokio::test]
+async fn spec_env_cannot_set_the_variables_that_say_who_a_worker_is() {
+    let t = drover_test("trust-env").await;
+    let fleet = PipelineWorkerBuilder::sleep("impostor")
+        .queue(&t.unique("impostor"), &t.unique("impostor-sub"))
+        .with(|spec| {
+            spec.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "DROVER_NAMESPACE".into(),
+                value: Some("someone-else".into()),
+                value_from: None,
+            }]);
+        })
+        .build();
+    let refused = Api::<PipelineWorker>::namespaced(t.client.clone(), &t.namespace)
+        .create(&PostParams::default(), &fleet)
+        .await
+        .expect_err("the apiserver refuses the fleet");
+    let message = refused.to_string();
+    eprintln!("{message}");
+    assert!(message.contains("spec.env"), "{message}");
+    assert!(message.contains("set by the operator"), "{message}");
+}

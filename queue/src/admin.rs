@@ -133,7 +133,10 @@ impl QueueAdmin {
         let me = Owner::of(pw);
         let owner = me.as_ref().map(|me| (me, is_live));
 
-        match self.ensure_topic(&names.topic, create, owner).await? {
+        match self
+            .ensure_topic(&names.topic, create, owner, Judge::Ownership)
+            .await?
+        {
             TopicState::Missing => return Ok(Err(QueueProblem::TopicNotFound(names.topic))),
             TopicState::OwnedBy(other) => {
                 return Ok(Err(QueueProblem::OwnedElsewhere {
@@ -144,9 +147,12 @@ impl QueueAdmin {
             TopicState::Ready => {}
         }
         if let Some(dead_letter) = &names.dead_letter_topic {
-            // Fleets may share a dead-letter topic: labelled when made, never refused.
-            let labels_only = me.as_ref().map(|me| (me, &(|_: &Owner| false) as _));
-            if self.ensure_topic(dead_letter, create, labels_only).await? == TopicState::Missing {
+            // Fleets may share a dead-letter topic: labelled when made, never judged.
+            if self
+                .ensure_topic(dead_letter, create, owner, Judge::LabelWhenMade)
+                .await?
+                == TopicState::Missing
+            {
                 return Ok(Err(QueueProblem::DeadLetterTopicNotFound(
                     dead_letter.clone(),
                 )));
@@ -163,10 +169,11 @@ impl QueueAdmin {
         topic: &str,
         create: bool,
         owner: Option<OwnerCheck<'_>>,
+        judge: Judge,
     ) -> Result<TopicState, QueueError> {
         match self.topics.get_topic().set_topic(topic).send().await {
             Ok(existing) => {
-                let Some((me, is_live)) = owner else {
+                let Some((me, is_live)) = owner.filter(|_| judge == Judge::Ownership) else {
                     return Ok(TopicState::Ready);
                 };
                 return match ownership::judge(&existing.labels, me, is_live) {
@@ -201,7 +208,7 @@ impl QueueAdmin {
             // Another operator replica or a person may have been quicker:
             // judge what is there now.
             Err(e) if is(&e, Code::AlreadyExists) => {
-                Box::pin(self.ensure_topic(topic, false, owner)).await
+                Box::pin(self.ensure_topic(topic, false, owner, judge)).await
             }
             Err(source) => Err(rpc("create topic", topic, source)),
         }
@@ -291,6 +298,15 @@ impl QueueAdmin {
 
 /// Whose queue this is, and how to tell whether another owner still exists.
 type OwnerCheck<'a> = (&'a Owner, &'a (dyn Fn(&Owner) -> bool + Sync));
+
+/// Whether an existing topic's owner labels are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    /// The fleet's own topic: refused when another fleet owns it.
+    Ownership,
+    /// A dead-letter topic, which fleets may share: only labelled when made.
+    LabelWhenMade,
+}
 
 /// What a topic check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
