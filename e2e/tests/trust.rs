@@ -733,3 +733,128 @@ async fn spec_env_cannot_set_the_variables_that_say_who_a_worker_is() {
     assert!(message.contains("spec.env"), "{message}");
     assert!(message.contains("set by the operator"), "{message}");
 }
+
+/// A sleep fleet `name` in `namespace` with uid `uid`, on `topic`/`subscription`.
+fn owned_fleet(
+    namespace: &str,
+    uid: &str,
+    topic: &str,
+    subscription: &str,
+    create: bool,
+) -> PipelineWorker {
+    let mut fleet = PipelineWorkerBuilder::sleep("fleet").queue(topic, subscription);
+    if !create {
+        fleet = fleet.existing_queue();
+    }
+    let mut fleet = fleet.namespace(namespace).build();
+    fleet.metadata.uid = Some(uid.into());
+    fleet
+}
+
+#[tokio::test]
+async fn the_queue_carries_its_owners_labels_and_create_false_is_refused_another_owners_queue() {
+    use drover_queue::ownership::{LABEL_NAMESPACE, LABEL_UID, Owner};
+    use drover_queue::{PubSubEndpoint, QueueAdmin, QueueProblem};
+
+    const PROJECT: &str = "drover-trust";
+    let env = drover_e2e::shared().await;
+    let endpoint = PubSubEndpoint::emulator(env.pubsub.host_port());
+    let admin = QueueAdmin::connect(&endpoint).await.expect("admin clients");
+    let (topic, subscription) = ("owned-topic", "owned-sub");
+    let owner = owned_fleet("team-a", "uid-a", topic, subscription, true);
+    let owner_lives = |o: &Owner| o.uid == "uid-a";
+    admin
+        .ensure_owned(&owner, PROJECT, &owner_lives)
+        .await
+        .expect("Pub/Sub answers")
+        .expect("the owner's queue is in place");
+    let names = drover_queue::QueueNames::of(&owner, PROJECT);
+    let labels = endpoint
+        .subscription_admin()
+        .await
+        .expect("client")
+        .get_subscription()
+        .set_subscription(&names.subscription)
+        .send()
+        .await
+        .expect("the subscription")
+        .labels;
+    assert_eq!(
+        labels.get(LABEL_NAMESPACE).map(String::as_str),
+        Some("team-a"),
+        "{labels:?}"
+    );
+    assert_eq!(
+        labels.get(LABEL_UID).map(String::as_str),
+        Some("uid-a"),
+        "{labels:?}"
+    );
+    let topic_labels = endpoint
+        .topic_admin()
+        .await
+        .expect("client")
+        .get_topic()
+        .set_topic(&names.topic)
+        .send()
+        .await
+        .expect("the topic")
+        .labels;
+    assert_eq!(
+        topic_labels.get(LABEL_UID).map(String::as_str),
+        Some("uid-a")
+    );
+
+    for create in [false, true] {
+        let other = owned_fleet("team-b", "uid-b", topic, subscription, create);
+        let problem = admin
+            .ensure_owned(&other, PROJECT, &owner_lives)
+            .await
+            .expect("Pub/Sub answers")
+            .expect_err("another fleet's queue is refused");
+        assert!(
+            matches!(problem, QueueProblem::OwnedElsewhere { .. }),
+            "create {create}: {problem:?}"
+        );
+        assert_eq!(problem.reason(), "QueueOwnedElsewhere");
+        assert!(problem.to_string().contains("team-a/fleet"), "{problem}");
+    }
+    // The owner is gone: with create: false the queue is used as it is, and
+    // with create: true the new fleet labels it its own.
+    let nobody_lives = |_: &Owner| false;
+    let heir = owned_fleet("team-b", "uid-b", topic, subscription, false);
+    admin
+        .ensure_owned(&heir, PROJECT, &nobody_lives)
+        .await
+        .expect("Pub/Sub answers")
+        .expect("a queue whose owner is gone may be used");
+    let heir = owned_fleet("team-b", "uid-b", topic, subscription, true);
+    admin
+        .ensure_owned(&heir, PROJECT, &nobody_lives)
+        .await
+        .expect("Pub/Sub answers")
+        .expect("and taken over");
+    let labels = endpoint
+        .subscription_admin()
+        .await
+        .expect("client")
+        .get_subscription()
+        .set_subscription(&names.subscription)
+        .send()
+        .await
+        .expect("the subscription")
+        .labels;
+    assert_eq!(
+        labels.get(LABEL_UID).map(String::as_str),
+        Some("uid-b"),
+        "{labels:?}"
+    );
+    // Now the first fleet, back again, is the one refused.
+    let problem = admin
+        .ensure_owned(&owner, PROJECT, &|o: &Owner| o.uid == "uid-b")
+        .await
+        .expect("Pub/Sub answers");
+    assert!(
+        matches!(problem, Err(QueueProblem::OwnedElsewhere { .. })),
+        "{problem:?}"
+    );
+}
