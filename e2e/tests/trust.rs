@@ -371,12 +371,12 @@ async fn the_worker_cannot_read_secrets_or_list_fleets_and_the_operator_reads_no
     let ns = t.namespace.as_str();
     let worker = format!("system:serviceaccount:{ns}:least-worker");
     let operator = "system:serviceaccount:drover-system:drover";
-    // The operator binds its Secret check here once the fleet exists.
+    // The operator binds its Secret check and the worker's Role once the fleet exists.
     wait::until(
-        "the operator's Secret check binding",
+        "the operator's Secret check binding and the worker's Role",
         Duration::from_secs(20),
         || async {
-            if may(
+            let operator_checks = may(
                 &t.client,
                 operator,
                 Some(ns),
@@ -384,9 +384,17 @@ async fn the_worker_cannot_read_secrets_or_list_fleets_and_the_operator_reads_no
                 "",
                 "secrets",
                 Some("llm"),
-            )
-            .await
-            {
+            );
+            let worker_reads = may(
+                &t.client,
+                &worker,
+                Some(ns),
+                "get",
+                drover_crds::GROUP,
+                "pipelineworkers",
+                Some("least"),
+            );
+            if operator_checks.await && worker_reads.await {
                 Ok(())
             } else {
                 Err("not yet".to_owned())
