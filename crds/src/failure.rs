@@ -75,6 +75,11 @@ failure_reasons! {
     InvalidStorageUrl,
     /// An input object does not exist.
     ObjectNotFound,
+    /// An input object is larger than the fleet's `assembly.storage.maxObjectBytes`.
+    ObjectTooLarge,
+    /// An input URL or the model API resolved (or redirected) to an address
+    /// the fleet does not allow: loopback, link-local or cluster-internal.
+    AddressRefused,
     /// Object storage refused the worker's credentials.
     StorageAccessDenied,
     /// Object storage could not be reached.

@@ -54,6 +54,9 @@ pub enum DegradedReason {
     /// Another PipelineWorker pulls from the same subscription, so each
     /// fleet would receive the other's Jobs.
     SubscriptionShared,
+    /// The topic or subscription carries the labels of another live
+    /// fleet: this one gets no workers until it names a queue of its own.
+    QueueOwnedElsewhere,
     /// A worker image cannot be pulled.
     ImagePullBackOff,
     /// A worker container keeps crashing.
@@ -69,13 +72,14 @@ pub enum DegradedReason {
 
 impl DegradedReason {
     /// Every reason, for exhaustive tests and lookups.
-    pub const ALL: [DegradedReason; 11] = [
+    pub const ALL: [DegradedReason; 12] = [
         DegradedReason::SecretNotFound,
         DegradedReason::TopicNotFound,
         DegradedReason::SubscriptionNotFound,
         DegradedReason::DeadLetterTopicNotFound,
         DegradedReason::SubscriptionTopicMismatch,
         DegradedReason::SubscriptionShared,
+        DegradedReason::QueueOwnedElsewhere,
         DegradedReason::ImagePullBackOff,
         DegradedReason::CrashLoopBackOff,
         DegradedReason::CreateContainerConfigError,
@@ -92,6 +96,7 @@ impl DegradedReason {
             DegradedReason::DeadLetterTopicNotFound => "DeadLetterTopicNotFound",
             DegradedReason::SubscriptionTopicMismatch => "SubscriptionTopicMismatch",
             DegradedReason::SubscriptionShared => "SubscriptionShared",
+            DegradedReason::QueueOwnedElsewhere => "QueueOwnedElsewhere",
             DegradedReason::ImagePullBackOff => "ImagePullBackOff",
             DegradedReason::CrashLoopBackOff => "CrashLoopBackOff",
             DegradedReason::CreateContainerConfigError => "CreateContainerConfigError",

@@ -4,6 +4,7 @@
 
 pub mod bounds;
 pub mod claim_clock;
+pub mod egress;
 pub mod failure;
 pub mod fleet_conditions;
 pub mod input;
@@ -12,6 +13,9 @@ pub mod job_state;
 pub mod job_transition;
 pub mod message;
 pub mod pipeline_worker;
+pub mod reach;
+pub mod redact;
+pub mod storage_allowlist;
 
 pub use failure::FailureReason;
 pub use job::{Job, JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};

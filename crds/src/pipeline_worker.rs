@@ -100,8 +100,13 @@ pub struct PipelineWorkerSpec {
 
     /// Extra environment variables for the worker container. The worker reads
     /// its settings from this object, not from env; use this for things such
-    /// as proxy settings or credentials a library reads from env.
+    /// as proxy settings or credentials a library reads from env. The names the
+    /// operator sets itself (`DROVER_*`, `PUBSUB_*`, and the storage and model
+    /// credential variables) are refused: they say who a worker is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(e, !e.name.startsWith('DROVER_') && !e.name.startsWith('PUBSUB_'))")
+        .message("DROVER_* and PUBSUB_* variables are set by the operator (they say who a worker is and where it pulls from); spec.env may not set them"))]
     pub env: Option<Vec<EnvVar>>,
 
     /// Extra environment sources (ConfigMaps, Secrets) for the worker container.
@@ -133,6 +138,13 @@ pub struct PipelineWorkerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+
+    /// Private addresses this fleet's workers may still reach on a Job's
+    /// behalf (Job input URLs, the model API). Unset: none, so loopback,
+    /// link-local (the cloud metadata server) and the cluster's Pod and
+    /// Service ranges are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressSpec>,
 
     /// Settings of the consensus pipeline; required when `pipeline` is `consensus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -490,6 +502,10 @@ pub struct AssemblySpec {
     #[schemars(range(min = -9.0, max = 0.0))]
     pub true_peak_ceiling_dbtp: f64,
 
+    /// Where Jobs may read their audio and write their episodes.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
     /// Credentials for `s3://` URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Storage>,
@@ -509,6 +525,58 @@ fn default_loudness() -> f64 {
 
 fn default_true_peak() -> f64 {
     -1.0
+}
+
+/// The storage a fleet's Jobs may use.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// URL prefixes every input and output URL of a Job must lie under, for
+    /// example `s3://media/`, `gs://brand/jingles/` or `https://cdn.example/`
+    /// (presigned query strings are kept). A prefix ends at a path segment:
+    /// `s3://media` allows `s3://media/a.wav`, not `s3://media-old/a.wav`.
+    /// `file://` prefixes must lie under `file:///tmp/`, the one volume a
+    /// worker mounts for data. Empty (the default): Jobs may use no storage.
+    #[serde(default)]
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, p.matches('^(s3|gs)://[a-z0-9][^/]*') || p.matches('^https?://[^/@?#]+') || p.startsWith('file:///tmp/'))")
+        .message("each prefix must be an s3://, gs:// or https:// URL naming a bucket or host, or a file:///tmp/ path"))]
+    pub allowed_prefixes: Vec<String>,
+
+    /// Largest input object a worker fetches, in bytes; a larger one fails
+    /// the Job (ObjectTooLarge) before it fills the worker's disk or memory.
+    /// Default 2147483648 (2 GiB).
+    #[serde(default = "default_max_object_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_object_bytes: i64,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            allowed_prefixes: Vec::new(),
+            max_object_bytes: default_max_object_bytes(),
+        }
+    }
+}
+
+fn default_max_object_bytes() -> i64 {
+    2 << 30
+}
+
+/// Exceptions to the outbound guard.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSpec {
+    /// IP ranges (`127.0.0.1/32`, `10.8.0.0/16`, `fd00::/8`) workers may reach
+    /// although they are loopback, link-local or cluster-internal: a model
+    /// server in the pod or an in-cluster mirror. Every other private address
+    /// stays refused, on the address a name resolves to, redirects included.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))")
+        .message("each entry must be an IP range such as 127.0.0.1/32 or fd00::/8"))]
+    pub allowed_cidrs: Vec<String>,
 }
 
 /// S3 (or S3-compatible) storage access.

@@ -153,6 +153,7 @@ async fn a_worker_pod_assembles_an_episode_in_every_format_at_the_loudness_it_re
     let url = |p: &Path| format!("file://{}", p.display());
 
     let fleet = PipelineWorkerBuilder::assembly("episodes")
+        .allowed_prefixes(&[&format!("{}/", url(&media))])
         .queue(&format!("{ns}-episodes"), &format!("{ns}-episodes-sub"))
         .ack_deadline_seconds(30)
         .replicas(1, 1)

@@ -59,6 +59,8 @@ async fn a_consensus_job_succeeds_through_a_worker_pod_with_the_key_from_its_sec
         .await
         .expect("the Secret is created");
     let fleet = PipelineWorkerBuilder::consensus("reviewers", &llm.base_url(), "scripted")
+        // The scripted model listens on loopback: the fleet allows exactly it.
+        .egress_allowed(&["127.0.0.1/32"])
         .queue(&format!("{ns}-jobs"), &format!("{ns}-jobs-sub"))
         .ack_deadline_seconds(10)
         .replicas(1, 1)

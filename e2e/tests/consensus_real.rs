@@ -98,6 +98,10 @@ async fn the_consensus_sample_succeeds_on_a_real_local_model_through_a_worker_po
         consensus.personas.iter().map(|p| p.name.clone()).collect()
     };
     assert_eq!(personas.len(), 3, "the sample has three personas");
+    // The local model listens on loopback: the fleet allows exactly it.
+    fleet.spec.egress = Some(drover_crds::pipeline_worker::EgressSpec {
+        allowed_cidrs: vec!["127.0.0.1/32".into()],
+    });
     fleet.spec.queue.topic = t.unique("reviewers");
     fleet.spec.queue.subscription = t.unique("reviewers-sub");
     fleet.metadata.namespace = None;

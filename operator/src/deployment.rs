@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -31,6 +32,10 @@ const SHUTDOWN_MARGIN_SECONDS: i64 = 30;
 /// Of the grace, what a draining worker keeps for handing back what did not
 /// finish and flushing its acks; the rest it lets running Jobs finish.
 const HAND_BACK_SECONDS: i64 = 10;
+
+/// Most a worker pod's `/tmp` (scratch for fetched inputs and decoded
+/// audio) may hold; past it the kubelet evicts the pod.
+pub const SCRATCH_SIZE_LIMIT: &str = "8Gi";
 
 /// The non-root user of the distroless-style worker image.
 const WORKER_UID: i64 = 65532;
@@ -117,7 +122,11 @@ pub fn worker_deployment(
                     }),
                     volumes: Some(vec![Volume {
                         name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        // A hostile or huge input fails its Job, never the node's disk.
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            size_limit: Some(Quantity(SCRATCH_SIZE_LIMIT.into())),
+                            ..EmptyDirVolumeSource::default()
+                        }),
                         ..Volume::default()
                     }]),
                     containers: vec![container],
@@ -151,6 +160,13 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
     if let Some(host) = &config.pubsub_emulator_host {
         env.push(value_env("PUBSUB_EMULATOR_HOST", host));
     }
+    // The worker judges resolved addresses by the operator's own ranges.
+    let cidrs: Vec<String> = config
+        .cluster_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    env.push(value_env("DROVER_CLUSTER_CIDRS", &cidrs.join(",")));
     // The pod's own grace, less the hand-back time: the worker cannot read
     // its termination grace period any other way.
     env.push(value_env(
@@ -162,8 +178,26 @@ fn worker_env(pw: &PipelineWorker, config: &OperatorConfig) -> Vec<EnvVar> {
             .into_iter()
             .map(|secret| secret_env(secret.env_var, secret.selector)),
     );
-    env.extend(pw.spec.env.iter().flatten().cloned());
+    // The fleet's own variables come last but never replace one the
+    // operator set: those say who the worker is and where it reports.
+    let user_env: Vec<EnvVar> = pw
+        .spec
+        .env
+        .iter()
+        .flatten()
+        .filter(|e| !is_reserved_env(&e.name, &env))
+        .cloned()
+        .collect();
+    env.extend(user_env);
     env
+}
+
+/// Whether `spec.env` may not set `name`: every variable the operator sets,
+/// and the prefixes it keeps for itself.
+pub fn is_reserved_env(name: &str, operator_env: &[EnvVar]) -> bool {
+    name.starts_with("DROVER_")
+        || name.starts_with("PUBSUB_")
+        || operator_env.iter().any(|e| e.name == name)
 }
 
 /// A Secret key a fleet's pods read, and the env var it arrives in.
@@ -341,6 +375,32 @@ mod tests {
     }
 
     #[test]
+    fn spec_env_cannot_replace_the_identity_the_operator_sets() {
+        let mut pw = sample();
+        pw.spec.env = Some(vec![
+            value_env("DROVER_NAMESPACE", "someone-else"),
+            value_env("DROVER_WORKER_NAME", "their-fleet"),
+            value_env("PUBSUB_EMULATOR_HOST", "evil:8085"),
+            value_env("DROVER_CLUSTER_CIDRS", ""),
+            value_env("HTTPS_PROXY", "http://proxy:3128"),
+        ]);
+        let d = worker_deployment(&pw, &config(), 1);
+        let env = pod_spec(&d).containers[0].env.clone().unwrap();
+        let named = |name: &str| env.iter().filter(|e| e.name == name).count();
+        for name in [
+            "DROVER_NAMESPACE",
+            "DROVER_WORKER_NAME",
+            "DROVER_CLUSTER_CIDRS",
+        ] {
+            assert_eq!(named(name), 1, "{name}");
+        }
+        assert_eq!(named("PUBSUB_EMULATOR_HOST"), 0);
+        let worker = env.iter().find(|e| e.name == "DROVER_WORKER_NAME").unwrap();
+        assert_eq!(worker.value.as_deref(), Some("sleeper"));
+        assert_eq!(named("HTTPS_PROXY"), 1, "other variables pass");
+    }
+
+    #[test]
     fn worker_gets_only_its_identity_from_env() {
         let d = worker_deployment(&sample(), &config(), 1);
         let names: Vec<_> = pod_spec(&d).containers[0]
@@ -358,6 +418,8 @@ mod tests {
                 "DROVER_POD_IP",
                 "DROVER_HTTP_ADDR",
                 "PUBSUB_PROJECT_ID",
+                // The operator's cluster ranges, for the outbound guard.
+                "DROVER_CLUSTER_CIDRS",
                 // A fact of the pod (its grace), not a fleet setting.
                 "DROVER_DRAIN_SECONDS",
             ]

@@ -40,6 +40,7 @@ use kube::{Client, Resource, ResourceExt};
 use crate::config::OperatorConfig;
 use crate::health;
 use crate::job_policy::{JobSettings, NextStep, QUEUE_READY_POLL, next_step};
+use crate::job_reach;
 use crate::job_retries::{JobRetries, Published};
 use crate::leader::LeaderGate;
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, PublishLabels};
@@ -247,7 +248,9 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             return Ok(Action::await_change());
         }
     }
-    match next_step(job, fleet.as_deref(), claim_seen, now) {
+    let step = job_reach::refusal(job, fleet.as_deref(), &ctx.config.cluster_cidrs)
+        .unwrap_or_else(|| next_step(job, fleet.as_deref(), claim_seen, now));
+    match step {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
         NextStep::AwaitQueue { reason, message } => {

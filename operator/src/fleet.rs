@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use drover_crds::fleet_conditions::{DegradedReason, FleetCondition};
 use drover_crds::pipeline_worker::PipelineWorkerStatus;
 use drover_crds::{Job, PipelineWorker};
+use drover_queue::ownership::Owner;
 use drover_queue::{QueueAdmin, QueueError};
 use futures::StreamExt;
 use futures::channel::mpsc;
@@ -354,7 +355,8 @@ async fn apply_plan(
     ctx.memory(&key, |m| m.last_sync = Some(Instant::now()));
 
     if sync.apply_children {
-        apply_supporting_objects(pw, &ctx.client, namespace).await?;
+        apply_supporting_objects(pw, &ctx.client, namespace, ctx.config.secret_check.as_ref())
+            .await?;
         ctx.memory(&key, |m| {
             m.plan.applied_generation = pw.meta().generation;
             m.children_applied = Some(Instant::now());
@@ -416,7 +418,19 @@ async fn apply_supporting_objects(
     pw: &PipelineWorker,
     client: &Client,
     namespace: &str,
+    secret_check: Option<&rbac::SecretCheck>,
 ) -> Result<(), Error> {
+    // Only where a fleet references Secrets may the operator read them.
+    if let Some(check) = secret_check
+        && !pipeline_secrets(pw).is_empty()
+    {
+        apply(
+            &Api::namespaced(client.clone(), namespace),
+            "RoleBinding",
+            &rbac::secret_check_binding(pw, check),
+        )
+        .await?;
+    }
     if pw.spec.service_account_name.is_none() {
         let accounts = Api::namespaced(client.clone(), namespace);
         apply(&accounts, "ServiceAccount", &rbac::service_account(pw)).await?;
@@ -472,7 +486,19 @@ async fn check_queue_and_secrets(
     if !due {
         return Ok(());
     }
-    let queue_problem = match ctx.queue.ensure(pw, &ctx.config.pubsub_project).await? {
+    // An owner is live while a PipelineWorker with its uid exists.
+    let fleets = ctx.fleets.clone();
+    let is_live = move |owner: &Owner| {
+        fleets.state().iter().any(|f| {
+            f.metadata.uid.as_deref() == Some(owner.uid.as_str())
+                && f.metadata.namespace.as_deref() == Some(owner.namespace.as_str())
+        })
+    };
+    let queue_problem = match ctx
+        .queue
+        .ensure_owned(pw, &ctx.config.pubsub_project, &is_live)
+        .await?
+    {
         Ok(_) => None,
         Err(problem) => Some(Problem {
             reason: problem.reason(),
@@ -481,19 +507,24 @@ async fn check_queue_and_secrets(
     };
     let missing_secrets = missing_secrets(pw, &ctx.client, namespace).await?;
     ctx.memory(key, |m| {
-        m.checked = Some((Instant::now(), generation));
+        // Secrets the operator may not read yet (its binding is applied in
+        // this sync) are looked up again at the next reconcile.
+        m.checked = missing_secrets
+            .is_some()
+            .then(|| (Instant::now(), generation));
         m.queue_problem = queue_problem;
-        m.missing_secrets = missing_secrets;
+        m.missing_secrets = missing_secrets.unwrap_or_default();
     });
     Ok(())
 }
 
-/// `name/key` of every referenced Secret key that does not exist.
+/// `name/key` of every referenced Secret key that does not exist; `None`
+/// when the operator may not read Secrets here (no binding, or not yet).
 async fn missing_secrets(
     pw: &PipelineWorker,
     client: &Client,
     namespace: &str,
-) -> Result<Vec<String>, Error> {
+) -> Result<Option<Vec<String>>, Error> {
     let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
     let mut missing = Vec::new();
     for secret in pipeline_secrets(pw) {
@@ -501,13 +532,16 @@ async fn missing_secrets(
         if reference.optional == Some(true) {
             continue;
         }
-        let found = secrets
-            .get_opt(&reference.name)
-            .await
-            .map_err(|source| Error::Secret {
-                name: reference.name.clone(),
-                source,
-            })?;
+        let found = match secrets.get_opt(&reference.name).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 403 => return Ok(None),
+            Err(source) => {
+                return Err(Error::Secret {
+                    name: reference.name.clone(),
+                    source,
+                });
+            }
+        };
         let has_key = found.is_some_and(|s| {
             s.data
                 .as_ref()
@@ -520,7 +554,7 @@ async fn missing_secrets(
             missing.push(format!("{}/{}", reference.name, reference.key));
         }
     }
-    Ok(missing)
+    Ok(Some(missing))
 }
 
 fn fleet_pods(ctx: &Context, namespace: &str, name: &str) -> Vec<Pod> {

@@ -209,6 +209,7 @@ pub fn subscription_sharers<'a>(
     let mut sharers: Vec<String> = fleets
         .into_iter()
         .filter(|other| key(other) != key(pw) && other.metadata.deletion_timestamp.is_none())
+        .filter(|other| !refused_its_queue(other))
         .filter(|other| QueueNames::of(other, default_project).subscription == subscription)
         .map(|other| {
             format!(
@@ -243,6 +244,20 @@ pub fn slow_check_due(
     }
 }
 
+fn owned_elsewhere(problem: Option<&Problem>) -> bool {
+    problem.is_some_and(|p| p.reason == DegradedReason::QueueOwnedElsewhere)
+}
+
+/// Whether `fleet` was refused its queue (its status says so): it shares
+/// nothing with the owner, it only named the owner's queue.
+fn refused_its_queue(fleet: &PipelineWorker) -> bool {
+    fleet.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "QueueReady" && c.reason == DegradedReason::QueueOwnedElsewhere.as_str()
+        })
+    })
+}
+
 /// Decides one reconcile of a fleet from what it observed at `now`.
 pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
     let pw = observed.fleet;
@@ -254,6 +269,8 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
     let policy = scaling_policy(pw);
     let mut history = memory.history.clone();
     let desired = match pw.spec.scaling.mode {
+        // A fleet refused its queue gets no workers: they would pull another's Jobs.
+        _ if owned_elsewhere(observed.queue_problem.as_ref()) => 0,
         ScalingMode::Manual => pw.spec.scaling.replicas.unwrap_or(current).max(0),
         ScalingMode::Auto => {
             if memory.last_desired.is_none() {
@@ -859,6 +876,55 @@ mod tests {
             message: "subscription s does not exist".into(),
         });
         assert_eq!(plan(&observed, at(0)).wake, SLOW_CHECK_BROKEN);
+    }
+
+    #[test]
+    fn a_fleet_refused_its_queue_gets_no_workers_whatever_its_backlog() {
+        let mut pw = fleet();
+        pw.spec.scaling.min_replicas = 2;
+        pw.spec.scaling.max_replicas = 5;
+        let mut observed = observe(&pw, 9);
+        observed.queue_problem = Some(Problem {
+            reason: DegradedReason::QueueOwnedElsewhere,
+            message: "subscription s belongs to PipelineWorker team-a/a".into(),
+        });
+        let planned = plan(&observed, at(0));
+        assert_eq!(planned.desired_replicas, 0);
+        let status = planned.sync.expect("a status write").status;
+        let queue = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "QueueReady")
+            .unwrap();
+        assert_eq!(
+            (queue.status.as_str(), queue.reason.as_str()),
+            ("False", "QueueOwnedElsewhere")
+        );
+    }
+
+    #[test]
+    fn a_fleet_refused_its_queue_shares_nothing_with_the_owner() {
+        let owner = fleet();
+        let mut intruder = fleet();
+        intruder.metadata.namespace = Some("team-b".into());
+        let sharers = |other: &PipelineWorker| subscription_sharers(&owner, [other], "p");
+        assert_eq!(
+            sharers(&intruder).len(),
+            1,
+            "sharing is reported until one is refused"
+        );
+        intruder.status = Some(PipelineWorkerStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "QueueReady".into(),
+                status: "False".into(),
+                reason: "QueueOwnedElsewhere".into(),
+                message: String::new(),
+                last_transition_time: Time(at(0)),
+                observed_generation: None,
+            }],
+            ..PipelineWorkerStatus::default()
+        });
+        assert!(sharers(&intruder).is_empty());
     }
 
     #[test]

@@ -137,10 +137,15 @@ fn container_detail(container: &ContainerStatus, reason: &str) -> Option<String>
     Some(detail)
 }
 
-/// What the fleet is degraded by, if anything: missing Secrets first, then a
-/// shared subscription, then the queue, then the pods (the first is usually
-/// the cause of the others).
+/// What the fleet is degraded by, if anything: a queue owned by another
+/// fleet (it explains everything else), missing Secrets, a shared
+/// subscription, the queue, then the pods (the first is usually the cause
+/// of the others).
 pub fn degraded_problem(observed: &Observation) -> Option<Problem> {
+    let owned_elsewhere = observed
+        .queue_problem
+        .clone()
+        .filter(|p| p.reason == DegradedReason::QueueOwnedElsewhere);
     let shared_problem = (!observed.shared_with.is_empty()).then(|| Problem {
         reason: DegradedReason::SubscriptionShared,
         message: format!(
@@ -155,7 +160,8 @@ pub fn degraded_problem(observed: &Observation) -> Option<Problem> {
             observed.missing_secrets.join(", ")
         ),
     });
-    secret_problem
+    owned_elsewhere
+        .or(secret_problem)
         .or(shared_problem)
         .or_else(|| observed.queue_problem.clone())
         .or_else(|| pod_problem(&observed.pods))

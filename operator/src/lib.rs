@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod fleet_plan;
 pub mod health;
 pub mod job_policy;
+pub mod job_reach;
 pub mod job_retries;
 pub mod labels;
 pub mod leader;

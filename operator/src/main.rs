@@ -12,11 +12,13 @@ use clap::Parser;
 use drover_operator::config::OperatorConfig;
 use drover_operator::leader::{Leadership, LeaseSettings, default_identity};
 use drover_operator::metrics::Metrics;
+use drover_operator::rbac::SecretCheck;
 use drover_operator::{dispatch, fleet, watches};
 use drover_queue::{PubSubEndpoint, PubSubQueue, QueueAdmin, SendGuard};
 use drover_runtime::http::{self, Health};
 use drover_runtime::signals::StopSignals;
 use drover_runtime::start::{kube_client, run_binary};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
@@ -54,9 +56,53 @@ struct Args {
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
 
+    /// The cluster's Pod and Service ranges, comma-separated: Jobs may not
+    /// make workers reach them (nor loopback or link-local addresses) unless
+    /// their fleet allows a range in `spec.egress.allowedCidrs`. The default
+    /// covers every private range clusters allocate them from.
+    #[arg(long, env = "DROVER_CLUSTER_CIDRS", default_value = drover_crds::egress::DEFAULT_CLUSTER_CIDRS)]
+    cluster_cidrs: String,
+
+    /// ClusterRole (shipped unbound by the chart) that grants `get` on
+    /// Secrets; the operator binds itself to it in each namespace whose
+    /// fleets reference Secrets, to report SecretNotFound. Empty: it reads
+    /// no Secrets at all.
+    #[arg(
+        long,
+        env = "DROVER_SECRET_CHECK_ROLE",
+        default_value = "drover-secret-check"
+    )]
+    secret_check_role: String,
+
     /// This replica's identity in the Lease (its pod name).
     #[arg(long, env = "DROVER_POD_NAME")]
     identity: Option<String>,
+}
+
+/// Who this operator is, as the apiserver sees it (a SelfSubjectReview,
+/// which every authenticated identity may make), for the bindings that let
+/// it check a fleet's Secrets.
+async fn secret_check(
+    client: &kube::Client,
+    cluster_role: &str,
+) -> anyhow::Result<Option<SecretCheck>> {
+    if cluster_role.is_empty() {
+        return Ok(None);
+    }
+    let reviews: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = reviews
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+        .context("cannot ask the apiserver who this operator is (SelfSubjectReview)")?;
+    let username = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .context("the SelfSubjectReview named no user")?;
+    Ok(Some(SecretCheck::for_user(cluster_role, &username)))
 }
 
 #[tokio::main]
@@ -74,6 +120,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pubsub_project: args.pubsub_project.clone(),
         pubsub_emulator_host: endpoint.emulator_host.clone(),
         identity: identity.clone(),
+        cluster_cidrs: drover_crds::egress::parse_list(&args.cluster_cidrs)
+            .context("--cluster-cidrs")?,
+        secret_check: secret_check(&client, &args.secret_check_role).await?,
     };
     let queue = QueueAdmin::connect(&endpoint)
         .await

@@ -34,15 +34,15 @@ pub fn role(pw: &PipelineWorker) -> Role {
     Role {
         metadata: labels::child_meta(pw),
         rules: Some(vec![
+            // Its own fleet only: the worker lists and watches it with a
+            // `metadata.name` field selector, which resourceNames admits; a
+            // list of all fleets is refused.
             rule(
                 &[drover_crds::GROUP],
                 &["pipelineworkers"],
                 Some(vec![own_name]),
-                &["get", "watch"],
+                &["get", "list", "watch"],
             ),
-            // `list` cannot be limited by name; watching one object by name
-            // needs list+watch with a field selector, which resourceNames allows.
-            rule(&[drover_crds::GROUP], &["pipelineworkers"], None, &["list"]),
             rule(
                 &[drover_crds::GROUP],
                 &["jobs"],
@@ -62,6 +62,66 @@ pub fn role(pw: &PipelineWorker) -> Role {
                 &["create", "patch"],
             ),
         ]),
+    }
+}
+
+/// How the operator reads the Secrets a fleet references (SecretNotFound)
+/// without a cluster-wide grant: it binds itself, in each fleet's namespace
+/// only, to a ClusterRole the chart ships unbound.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretCheck {
+    /// The ClusterRole that grants `get` on Secrets.
+    pub cluster_role: String,
+    /// The operator itself, as the binding's subject.
+    pub subject: Subject,
+}
+
+impl SecretCheck {
+    /// The subject a username names: a ServiceAccount for
+    /// `system:serviceaccount:NS:NAME`, otherwise that user.
+    pub fn for_user(cluster_role: &str, username: &str) -> Self {
+        let subject = match username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            Some((namespace, name)) => Subject {
+                kind: "ServiceAccount".into(),
+                name: name.into(),
+                namespace: Some(namespace.into()),
+                api_group: None,
+            },
+            None => Subject {
+                kind: "User".into(),
+                name: username.into(),
+                namespace: None,
+                api_group: Some("rbac.authorization.k8s.io".into()),
+            },
+        };
+        Self {
+            cluster_role: cluster_role.into(),
+            subject,
+        }
+    }
+}
+
+/// Name of the RoleBinding that lets the operator check a fleet's Secrets.
+pub fn secret_check_name(pw: &PipelineWorker) -> String {
+    format!("{}-secret-check", labels::child_name(pw))
+}
+
+/// Lets the operator read Secrets in the fleet's namespace, and only
+/// while the fleet exists (the fleet owns the binding).
+pub fn secret_check_binding(pw: &PipelineWorker, check: &SecretCheck) -> RoleBinding {
+    let mut metadata = labels::child_meta(pw);
+    metadata.name = Some(secret_check_name(pw));
+    RoleBinding {
+        metadata,
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: check.cluster_role.clone(),
+        },
+        subjects: Some(vec![check.subject.clone()]),
     }
 }
 
@@ -118,6 +178,57 @@ mod tests {
                 .any(|v| v == "update" || v == "patch" || v == "delete")
         );
         assert!(verbs_on(&role, "jobs/status").contains(&"patch".to_owned()));
+    }
+
+    #[test]
+    fn the_worker_reads_only_its_own_fleet() {
+        let role = role(&sample());
+        let fleet_rules: Vec<&PolicyRule> = role
+            .rules
+            .iter()
+            .flatten()
+            .filter(|r| r.resources.iter().flatten().any(|x| x == "pipelineworkers"))
+            .collect();
+        assert!(!fleet_rules.is_empty());
+        for rule in fleet_rules {
+            assert_eq!(
+                rule.resource_names,
+                Some(vec!["sleeper".to_owned()]),
+                "{rule:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_secret_check_binds_the_operator_in_the_fleet_namespace_only() {
+        let check = SecretCheck::for_user(
+            "drover-secret-check",
+            "system:serviceaccount:drover-system:drover",
+        );
+        let binding = secret_check_binding(&sample(), &check);
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some("sleeper-worker-secret-check")
+        );
+        assert_eq!(
+            (
+                binding.role_ref.kind.as_str(),
+                binding.role_ref.name.as_str()
+            ),
+            ("ClusterRole", "drover-secret-check")
+        );
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (
+                subject.kind.as_str(),
+                subject.name.as_str(),
+                subject.namespace.as_deref()
+            ),
+            ("ServiceAccount", "drover", Some("drover-system"))
+        );
+        let user = SecretCheck::for_user("r", "admin").subject;
+        assert_eq!((user.kind.as_str(), user.name.as_str()), ("User", "admin"));
     }
 
     #[test]

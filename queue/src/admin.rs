@@ -20,6 +20,7 @@ use google_cloud_pubsub::model::{DeadLetterPolicy, RetryPolicy};
 
 use crate::endpoint::PubSubEndpoint;
 use crate::names::QueueNames;
+use crate::ownership::{self, Claim, Owner};
 
 /// Pub/Sub's own limit on the subscription retry back-off.
 const MAX_PUBSUB_BACKOFF: Duration = Duration::from_secs(600);
@@ -48,6 +49,10 @@ pub enum QueueProblem {
     SubscriptionNotFound(String),
     #[error("dead-letter topic {0} does not exist (queue.create is false)")]
     DeadLetterTopicNotFound(String),
+    #[error(
+        "{resource} belongs to {owner}: a fleet never takes another's queue; name a topic and subscription of your own"
+    )]
+    OwnedElsewhere { resource: String, owner: String },
     #[error("subscription {subscription} reads topic {actual}, not {expected}")]
     SubscriptionTopicMismatch {
         subscription: String,
@@ -67,6 +72,7 @@ impl QueueProblem {
             QueueProblem::SubscriptionTopicMismatch { .. } => {
                 DegradedReason::SubscriptionTopicMismatch
             }
+            QueueProblem::OwnedElsewhere { .. } => DegradedReason::QueueOwnedElsewhere,
         }
     }
 }
@@ -101,45 +107,109 @@ impl QueueAdmin {
     }
 
     /// Brings the queue of `pw` into place; `Ok(Err(problem))` is a state to
-    /// report, `Err` a failure to retry.
+    /// report, `Err` a failure to retry. A queue labelled for another fleet
+    /// is always refused (see [`QueueAdmin::ensure_owned`]).
     pub async fn ensure(
         &self,
         pw: &PipelineWorker,
         default_project: &str,
     ) -> Result<Result<QueueNames, QueueProblem>, QueueError> {
+        self.ensure_owned(pw, default_project, &|_| true).await
+    }
+
+    /// As [`QueueAdmin::ensure`], and what the operator creates carries
+    /// labels naming `pw`; a topic or subscription labelled for another
+    /// owner that `is_live` says exists is refused (`OwnedElsewhere`), one
+    /// unlabelled or left by a gone owner is labelled for `pw` when
+    /// `queue.create` is true.
+    pub async fn ensure_owned(
+        &self,
+        pw: &PipelineWorker,
+        default_project: &str,
+        is_live: &(dyn Fn(&Owner) -> bool + Sync),
+    ) -> Result<Result<QueueNames, QueueProblem>, QueueError> {
         let names = QueueNames::of(pw, default_project);
         let create = pw.spec.queue.create;
+        let me = Owner::of(pw);
+        let owner = me.as_ref().map(|me| (me, is_live));
 
-        if !self.ensure_topic(&names.topic, create).await? {
-            return Ok(Err(QueueProblem::TopicNotFound(names.topic)));
-        }
-        if let Some(dead_letter) = &names.dead_letter_topic
-            && !self.ensure_topic(dead_letter, create).await?
+        match self
+            .ensure_topic(&names.topic, create, owner, Judge::Ownership)
+            .await?
         {
-            return Ok(Err(QueueProblem::DeadLetterTopicNotFound(
-                dead_letter.clone(),
-            )));
+            TopicState::Missing => return Ok(Err(QueueProblem::TopicNotFound(names.topic))),
+            TopicState::OwnedBy(other) => {
+                return Ok(Err(QueueProblem::OwnedElsewhere {
+                    resource: format!("topic {}", names.topic),
+                    owner: other.to_string(),
+                }));
+            }
+            TopicState::Ready => {}
         }
-        match self.ensure_subscription(pw, &names, create).await? {
+        if let Some(dead_letter) = &names.dead_letter_topic {
+            // Fleets may share a dead-letter topic: labelled when made, never judged.
+            if self
+                .ensure_topic(dead_letter, create, owner, Judge::LabelWhenMade)
+                .await?
+                == TopicState::Missing
+            {
+                return Ok(Err(QueueProblem::DeadLetterTopicNotFound(
+                    dead_letter.clone(),
+                )));
+            }
+        }
+        match self.ensure_subscription(pw, &names, create, owner).await? {
             Some(problem) => Ok(Err(problem)),
             None => Ok(Ok(names)),
         }
     }
 
-    /// Whether the topic exists afterwards.
-    async fn ensure_topic(&self, topic: &str, create: bool) -> Result<bool, QueueError> {
+    async fn ensure_topic(
+        &self,
+        topic: &str,
+        create: bool,
+        owner: Option<OwnerCheck<'_>>,
+        judge: Judge,
+    ) -> Result<TopicState, QueueError> {
         match self.topics.get_topic().set_topic(topic).send().await {
-            Ok(_) => return Ok(true),
+            Ok(existing) => {
+                let Some((me, is_live)) = owner.filter(|_| judge == Judge::Ownership) else {
+                    return Ok(TopicState::Ready);
+                };
+                return match ownership::judge(&existing.labels, me, is_live) {
+                    Claim::Ours => Ok(TopicState::Ready),
+                    Claim::Elsewhere(other) => Ok(TopicState::OwnedBy(other)),
+                    Claim::Free if !create => Ok(TopicState::Ready),
+                    Claim::Free => {
+                        let labelled = existing.set_labels(me.labels());
+                        self.topics
+                            .update_topic()
+                            .set_topic(labelled)
+                            .set_update_mask(labels_mask())
+                            .send()
+                            .await
+                            .map_err(|source| rpc("label topic", topic, source))?;
+                        Ok(TopicState::Ready)
+                    }
+                };
+            }
             Err(e) if is(&e, Code::NotFound) => {}
             Err(source) => return Err(rpc("get topic", topic, source)),
         }
         if !create {
-            return Ok(false);
+            return Ok(TopicState::Missing);
         }
-        match self.topics.create_topic().set_name(topic).send().await {
-            // Another operator replica or a person may have been quicker.
-            Ok(_) => Ok(true),
-            Err(e) if is(&e, Code::AlreadyExists) => Ok(true),
+        let mut request = self.topics.create_topic().set_name(topic);
+        if let Some((me, _)) = owner {
+            request = request.set_labels(me.labels());
+        }
+        match request.send().await {
+            Ok(_) => Ok(TopicState::Ready),
+            // Another operator replica or a person may have been quicker:
+            // judge what is there now.
+            Err(e) if is(&e, Code::AlreadyExists) => {
+                Box::pin(self.ensure_topic(topic, false, owner, judge)).await
+            }
             Err(source) => Err(rpc("create topic", topic, source)),
         }
     }
@@ -149,6 +219,7 @@ impl QueueAdmin {
         pw: &PipelineWorker,
         names: &QueueNames,
         create: bool,
+        owner: Option<OwnerCheck<'_>>,
     ) -> Result<Option<QueueProblem>, QueueError> {
         let name = &names.subscription;
         match self
@@ -158,14 +229,37 @@ impl QueueAdmin {
             .send()
             .await
         {
-            Ok(existing) if existing.topic != names.topic => {
-                return Ok(Some(QueueProblem::SubscriptionTopicMismatch {
-                    subscription: name.clone(),
-                    expected: names.topic.clone(),
-                    actual: existing.topic,
-                }));
+            Ok(existing) => {
+                if let Some((me, is_live)) = owner {
+                    match ownership::judge(&existing.labels, me, is_live) {
+                        Claim::Elsewhere(other) => {
+                            return Ok(Some(QueueProblem::OwnedElsewhere {
+                                resource: format!("subscription {name}"),
+                                owner: other.to_string(),
+                            }));
+                        }
+                        Claim::Free if create && existing.topic == names.topic => {
+                            let labelled = existing.clone().set_labels(me.labels());
+                            self.subscriptions
+                                .update_subscription()
+                                .set_subscription(labelled)
+                                .set_update_mask(labels_mask())
+                                .send()
+                                .await
+                                .map_err(|source| rpc("label subscription", name, source))?;
+                        }
+                        Claim::Free | Claim::Ours => {}
+                    }
+                }
+                if existing.topic != names.topic {
+                    return Ok(Some(QueueProblem::SubscriptionTopicMismatch {
+                        subscription: name.clone(),
+                        expected: names.topic.clone(),
+                        actual: existing.topic,
+                    }));
+                }
+                return Ok(None);
             }
-            Ok(_) => return Ok(None),
             Err(e) if is(&e, Code::NotFound) => {}
             Err(source) => return Err(rpc("get subscription", name, source)),
         }
@@ -178,7 +272,7 @@ impl QueueAdmin {
         let retry_policy = RetryPolicy::new()
             .set_minimum_backoff(wkt_duration(backoff(retry.initial_backoff_seconds)))
             .set_maximum_backoff(wkt_duration(backoff(retry.max_backoff_seconds)));
-        let mut create = self
+        let mut request = self
             .subscriptions
             .create_subscription()
             .set_name(name)
@@ -186,15 +280,44 @@ impl QueueAdmin {
             .set_ack_deadline_seconds(pw.spec.queue.ack_deadline_seconds)
             .set_retry_policy(retry_policy);
         if let Some(policy) = dead_letter_policy(names) {
-            create = create.set_dead_letter_policy(policy);
+            request = request.set_dead_letter_policy(policy);
         }
-        let created = create.send().await;
-        match created {
+        if let Some((me, _)) = owner {
+            request = request.set_labels(me.labels());
+        }
+        match request.send().await {
             Ok(_) => Ok(None),
-            Err(e) if is(&e, Code::AlreadyExists) => Ok(None),
+            // Made meanwhile, perhaps by another fleet: judge what is there.
+            Err(e) if is(&e, Code::AlreadyExists) => {
+                Box::pin(self.ensure_subscription(pw, names, false, owner)).await
+            }
             Err(source) => Err(rpc("create subscription", name, source)),
         }
     }
+}
+
+/// Whose queue this is, and how to tell whether another owner still exists.
+type OwnerCheck<'a> = (&'a Owner, &'a (dyn Fn(&Owner) -> bool + Sync));
+
+/// Whether an existing topic's owner labels are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judge {
+    /// The fleet's own topic: refused when another fleet owns it.
+    Ownership,
+    /// A dead-letter topic, which fleets may share: only labelled when made.
+    LabelWhenMade,
+}
+
+/// What a topic check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TopicState {
+    Ready,
+    Missing,
+    OwnedBy(Owner),
+}
+
+fn labels_mask() -> google_cloud_wkt::FieldMask {
+    google_cloud_wkt::FieldMask::default().set_paths(["labels"])
 }
 
 fn wkt_duration(d: Duration) -> google_cloud_wkt::Duration {

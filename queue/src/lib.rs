@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod endpoint;
 pub mod names;
+pub mod ownership;
 pub mod publish;
 pub mod send_guard;
 

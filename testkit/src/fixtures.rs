@@ -3,7 +3,7 @@
 //! test does not name keeps the default a user would get, because the builder
 //! starts from the same serde defaults as the API.
 
-use drover_crds::pipeline_worker::{AssemblySpec, ConsensusSpec, Persona, ScalingMode};
+use drover_crds::pipeline_worker::{AssemblySpec, ConsensusSpec, EgressSpec, Persona, ScalingMode};
 use drover_crds::{Job, JobSpec, Pipeline, PipelineWorker, PipelineWorkerSpec};
 use k8s_openapi::api::core::v1::SecretKeySelector;
 use serde_json::{Value, json};
@@ -212,6 +212,22 @@ impl PipelineWorkerBuilder {
             assembly.default_loudness_lufs = loudness_lufs;
             assembly.true_peak_ceiling_dbtp = true_peak_dbtp;
         }
+        self
+    }
+
+    /// The storage URL prefixes the fleet's Jobs may use (an assembly fleet only).
+    pub fn allowed_prefixes(mut self, prefixes: &[&str]) -> Self {
+        if let Some(assembly) = self.pw.spec.assembly.as_mut() {
+            assembly.storage.allowed_prefixes = prefixes.iter().map(|p| (*p).to_owned()).collect();
+        }
+        self
+    }
+
+    /// Private IP ranges the fleet's workers may reach anyway (a local model server).
+    pub fn egress_allowed(mut self, cidrs: &[&str]) -> Self {
+        self.pw.spec.egress = Some(EgressSpec {
+            allowed_cidrs: cidrs.iter().map(|c| (*c).to_owned()).collect(),
+        });
         self
     }
 

@@ -3,6 +3,7 @@
 //! and reports every step to the Job's status.
 
 pub mod claims;
+pub mod egress;
 pub mod fleet_config;
 pub mod foreign;
 pub mod http;

@@ -45,6 +45,11 @@ struct Args {
     #[arg(long, env = "PUBSUB_PROJECT_ID", default_value = "drover-local")]
     pubsub_project: String,
 
+    /// The cluster's Pod and Service ranges (set by the operator): Jobs and
+    /// the model API may not reach them unless the fleet allows a range.
+    #[arg(long, env = "DROVER_CLUSTER_CIDRS", default_value = drover_crds::egress::DEFAULT_CLUSTER_CIDRS)]
+    cluster_cidrs: String,
+
     /// Seconds in-flight Jobs may run on after SIGTERM before they are handed back.
     #[arg(long, env = "DROVER_DRAIN_SECONDS", default_value_t = 25)]
     drain_seconds: u64,
@@ -57,6 +62,9 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut signals = StopSignals::install()?;
+    drover_worker::egress::set_cluster_ranges(
+        drover_crds::egress::parse_list(&args.cluster_cidrs).context("--cluster-cidrs")?,
+    );
     let client = kube_client().await?;
     let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &args.namespace);
     let fleet = watch_fleet(fleets, &args.worker_name);

@@ -122,7 +122,11 @@ fn fleet(sample_rate: i32) -> PipelineWorkerSpec {
         "pipeline": "assembly",
         "queue": {"topic": "t", "subscription": "s"},
         "timeouts": {"stepSeconds": 600},
-        "assembly": {"sampleRate": sample_rate, "truePeakCeilingDbtp": -1.0},
+        "assembly": {
+            "sampleRate": sample_rate, "truePeakCeilingDbtp": -1.0,
+            // Every test's media lives in its own directory under /tmp.
+            "storage": {"allowedPrefixes": [format!("file://{}/", std::env::temp_dir().display())]},
+        },
     }))
     .unwrap()
 }

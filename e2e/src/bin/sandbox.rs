@@ -251,6 +251,11 @@ fn point_consensus_samples_at_llm(samples: &mut [manifests::Manifest], llm: &Llm
                 {
                     settings.remove("apiKeySecretRef");
                 }
+                // A model on this machine is on loopback, which the outbound
+                // guard refuses unless the fleet allows it by name.
+                if let Some(range) = loopback_range(base_url) {
+                    m.object.data["spec"]["egress"] = serde_json::json!({"allowedCidrs": [range]});
+                }
                 say(&format!(
                     "      consensus fleet {} uses {base_url}, model {}, {}",
                     name(m),
@@ -386,6 +391,23 @@ fn reset_state_dir(dir: &Path) -> Result<(), String> {
 /// Progress goes to stderr, unbuffered, so it shows while a build runs.
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "sandbox: {line}");
+}
+
+/// The one-address range of a loopback model URL, for the fleet's allowance.
+fn loopback_range(base_url: &str) -> Option<String> {
+    let authority = base_url.split_once("://")?.1.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        other => other.parse().ok()?,
+    };
+    ip.is_loopback().then(|| match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}/32"),
+        std::net::IpAddr::V6(v6) => format!("{v6}/128"),
+    })
 }
 
 /// Where config/samples/job-assembly.yaml reads its audio and writes its

@@ -35,6 +35,7 @@ use self::resample::Resampler;
 use self::spill::{Spill, SpillWriter, scratch_failure};
 use self::storage::Location;
 use super::{Context, Failure};
+use crate::egress;
 
 /// The steps, in order: `decode` also resamples and measures each input,
 /// `mix` measures the mix, `encode` encodes and measures what it encoded.
@@ -195,15 +196,22 @@ impl Drop for Scratch {
 /// Where a long step says how far it got: a fraction from 0 to 1.
 pub type Report<'a> = &'a (dyn Fn(f64) + Sync);
 
-pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
-    let input = AssemblyInput::deserialize(input).map_err(|e| Failure {
+pub async fn run(raw: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
+    let input = AssemblyInput::deserialize(raw).map_err(|e| Failure {
         reason: FailureReason::InvalidInput,
         message: format!("spec.input is not valid assembly input: {e}"),
         retryable: false,
     })?;
     let settings = ctx.fleet.assembly.as_ref();
+    // The operator checked this before queueing; the fleet may have changed since.
+    drover_crds::reach::check(ctx.fleet, raw, &egress::cluster_ranges()).map_err(|e| Failure {
+        reason: FailureReason::InvalidInput,
+        message: e.to_string(),
+        retryable: false,
+    })?;
+    let policy = egress::policy(ctx.fleet);
     let plan = Plan::new(&input, settings)?;
-    let output = Location::parse(&input.output_url, settings)?;
+    let output = Location::parse(&input.output_url, settings, &policy)?;
     let mut wanted = vec![(Role::Main, input.main_url.as_str())];
     for (role, url) in [
         (Role::Intro, &input.template.intro_url),
@@ -216,7 +224,7 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     }
     let locations = wanted
         .into_iter()
-        .map(|(role, url)| Ok((role, Location::parse(url, settings)?)))
+        .map(|(role, url)| Ok((role, Location::parse(url, settings, &policy)?)))
         .collect::<Result<Vec<_>, Failure>>()?;
     let attempt = &ctx.attempt;
     let scratch = Scratch::new(
@@ -275,7 +283,7 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
     let measured = episode.delivered.measured;
     Ok(json!({
         "episodeId": input.episode_id,
-        "outputUrl": output.url(),
+        "outputUrl": output.shown_url(),
         "format": plan.format.as_str(),
         "sampleRate": episode.rate,
         "channels": episode.channels,
@@ -313,7 +321,7 @@ async fn fetch(locations: Vec<(Role, Location)>, dir: &Path) -> Result<Vec<Sourc
             .await?;
         Ok(Source {
             role,
-            name: location.url().to_owned(),
+            name: location.shown_url().to_owned(),
             extension,
             path,
         })

@@ -8,29 +8,43 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use drover_crds::FailureReason;
+use drover_crds::egress::AddressPolicy;
 use drover_crds::pipeline_worker::AssemblySpec;
+use drover_crds::redact;
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::gcp::GoogleCloudStorageBuilder;
-use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use url::Url;
 
 use super::spill::scratch_failure;
 
+use crate::egress;
 use crate::pipelines::Failure;
 
 /// One object: where it lives and how to reach it.
 pub struct Location {
     url: String,
-    store: Arc<dyn ObjectStore>,
+    /// The URL as messages show it: no userinfo, no query (presigned
+    /// URLs carry their signature there).
+    shown: String,
+    backend: Backend,
     path: Path,
     writable: bool,
     /// The file itself, for `file://` URLs: read in place, never copied.
     local: Option<PathBuf>,
+    /// Largest object fetched (`assembly.storage.maxObjectBytes`).
+    max_bytes: u64,
+}
+
+/// How an object is reached: object storage, or a guarded HTTP fetch for
+/// `https://` (whose query string goes along untouched).
+enum Backend {
+    Store(Arc<dyn ObjectStore>),
+    Web(reqwest::Client),
 }
 
 /// Outputs up to this size go up in one request; larger ones in parts.
@@ -40,7 +54,7 @@ const PART_BYTES: usize = 8 << 20;
 
 impl std::fmt::Debug for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(&self.shown)
     }
 }
 
@@ -48,12 +62,17 @@ impl Location {
     /// Resolves `url` with the fleet's storage settings. Credentials come
     /// from the pod's environment (`AWS_ACCESS_KEY_ID`,
     /// `AWS_SECRET_ACCESS_KEY`, `GOOGLE_SERVICE_ACCOUNT_KEY`), which the
-    /// operator fills from the fleet's secret refs.
-    pub fn parse(url: &str, settings: Option<&AssemblySpec>) -> Result<Self, Failure> {
+    /// operator fills from the fleet's secret refs. `https://` objects are
+    /// fetched only from addresses `policy` allows.
+    pub fn parse(
+        url: &str,
+        settings: Option<&AssemblySpec>,
+        policy: &AddressPolicy,
+    ) -> Result<Self, Failure> {
         let parsed = Url::parse(url).map_err(|e| invalid(url, &e.to_string()))?;
         let path = Path::from_url_path(parsed.path()).map_err(|e| invalid(url, &e.to_string()))?;
-        let (store, writable): (Arc<dyn ObjectStore>, bool) = match parsed.scheme() {
-            "file" => (Arc::new(LocalFileSystem::new()), true),
+        let (backend, writable) = match parsed.scheme() {
+            "file" => (Backend::Store(Arc::new(LocalFileSystem::new())), true),
             "s3" => {
                 let mut builder = AmazonS3Builder::from_env().with_url(url);
                 if let Some(s3) = settings.and_then(|s| s.s3.as_ref()) {
@@ -65,25 +84,19 @@ impl Location {
                     }
                 }
                 let store = builder.build().map_err(|e| invalid(url, &e.to_string()))?;
-                (Arc::new(store), true)
+                (Backend::Store(Arc::new(store)), true)
             }
             "gs" => {
                 let store = GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
                     .build()
                     .map_err(|e| invalid(url, &e.to_string()))?;
-                (Arc::new(store), true)
+                (Backend::Store(Arc::new(store)), true)
             }
             "https" | "http" => {
-                let origin = parsed.origin().ascii_serialization();
-                let store = HttpBuilder::new()
-                    .with_url(origin)
-                    .with_client_options(
-                        ClientOptions::new().with_allow_http(parsed.scheme() == "http"),
-                    )
-                    .build()
-                    .map_err(|e| invalid(url, &e.to_string()))?;
-                (Arc::new(store), false)
+                egress::check_url(url, policy).map_err(address_refused)?;
+                let client = egress::client(policy).map_err(|e| invalid(url, &e))?;
+                (Backend::Web(client), false)
             }
             other => {
                 return Err(invalid(
@@ -94,17 +107,22 @@ impl Location {
         };
         Ok(Self {
             url: url.to_owned(),
-            store,
+            shown: drover_crds::redact::url(url),
+            backend,
             path,
             writable,
             local: (parsed.scheme() == "file")
                 .then(|| parsed.to_file_path().ok())
                 .flatten(),
+            max_bytes: settings.map_or(DEFAULT_MAX_OBJECT_BYTES, |s| {
+                u64::try_from(s.storage.max_object_bytes).unwrap_or(1)
+            }),
         })
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The URL as it may be shown: no userinfo, no query.
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     /// The file name at the end of the URL, for a decoder's format hint.
@@ -114,46 +132,156 @@ impl Location {
 
     /// Reads the whole object.
     pub async fn get(&self) -> Result<Bytes, Failure> {
-        let result = self
-            .store
-            .get(&self.path)
-            .await
-            .map_err(|e| storage_failure(&self.url, "read", e))?;
-        result
-            .bytes()
-            .await
-            .map_err(|e| storage_failure(&self.url, "read", e))
+        match &self.backend {
+            Backend::Store(store) => {
+                let result = store
+                    .get(&self.path)
+                    .await
+                    .map_err(|e| storage_failure(&self.shown, "read", e))?;
+                self.check_size(result.meta.size)?;
+                result
+                    .bytes()
+                    .await
+                    .map_err(|e| storage_failure(&self.shown, "read", e))
+            }
+            Backend::Web(_) => {
+                let response = self.request().await?;
+                let body = egress::read_bounded(response, self.max_bytes)
+                    .await
+                    .map_err(|e| self.web_failure(&e))?
+                    .map_err(|_| self.too_large())?;
+                Ok(Bytes::from(body))
+            }
+        }
     }
 
     /// The object as a local file: a `file://` URL's own file (checked to
     /// exist), or anything else streamed to `scratch`.
     pub async fn fetch(&self, scratch: &FsPath) -> Result<PathBuf, Failure> {
-        if let Some(local) = &self.local {
-            self.store
-                .head(&self.path)
+        let mut file = match (&self.backend, &self.local) {
+            (Backend::Store(store), Some(local)) => {
+                let meta = store
+                    .head(&self.path)
+                    .await
+                    .map_err(|e| storage_failure(&self.shown, "read", e))?;
+                self.check_size(meta.size)?;
+                return Ok(local.clone());
+            }
+            _ => tokio::fs::File::create(scratch)
                 .await
-                .map_err(|e| storage_failure(&self.url, "read", e))?;
-            return Ok(local.clone());
-        }
-        let result = self
-            .store
-            .get(&self.path)
-            .await
-            .map_err(|e| storage_failure(&self.url, "read", e))?;
-        let mut file = tokio::fs::File::create(scratch)
-            .await
-            .map_err(|e| scratch_failure(scratch, e))?;
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| storage_failure(&self.url, "read", e))?;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| scratch_failure(scratch, e))?;
+                .map_err(|e| scratch_failure(scratch, e))?,
+        };
+        let mut written: u64 = 0;
+        match &self.backend {
+            Backend::Store(store) => {
+                let result = store
+                    .get(&self.path)
+                    .await
+                    .map_err(|e| storage_failure(&self.shown, "read", e))?;
+                self.check_size(result.meta.size)?;
+                let mut stream = result.into_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| storage_failure(&self.shown, "read", e))?;
+                    written += chunk.len() as u64;
+                    self.check_size(written)?;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| scratch_failure(scratch, e))?;
+                }
+            }
+            Backend::Web(_) => {
+                let mut response = self.request().await?;
+                if response
+                    .content_length()
+                    .is_some_and(|n| n > self.max_bytes)
+                {
+                    return Err(self.too_large());
+                }
+                while let Some(chunk) = response.chunk().await.map_err(|e| self.web_failure(&e))? {
+                    written += chunk.len() as u64;
+                    self.check_size(written)?;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| scratch_failure(scratch, e))?;
+                }
+            }
         }
         file.flush()
             .await
             .map_err(|e| scratch_failure(scratch, e))?;
         Ok(scratch.to_owned())
+    }
+
+    /// A guarded GET of a web object, its status mapped to a failure.
+    async fn request(&self) -> Result<reqwest::Response, Failure> {
+        let Backend::Web(client) = &self.backend else {
+            return Err(invalid(&self.shown, "not a web object"));
+        };
+        let response = client
+            .get(&self.url)
+            .send()
+            .await
+            .map_err(|e| self.web_failure(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let shown = &self.shown;
+        Err(match status.as_u16() {
+            404 | 410 => Failure {
+                reason: FailureReason::ObjectNotFound,
+                message: format!("{shown} does not exist (HTTP {status})"),
+                retryable: false,
+            },
+            401 | 403 => Failure {
+                reason: FailureReason::StorageAccessDenied,
+                message: format!("cannot read {shown}: HTTP {status}"),
+                retryable: false,
+            },
+            408 | 429 | 500..=599 => Failure {
+                reason: FailureReason::StorageUnavailable,
+                message: format!("cannot read {shown}: HTTP {status}"),
+                retryable: true,
+            },
+            _ => Failure {
+                reason: FailureReason::InvalidStorageUrl,
+                message: format!("cannot read {shown}: HTTP {status}"),
+                retryable: false,
+            },
+        })
+    }
+
+    fn web_failure(&self, error: &reqwest::Error) -> Failure {
+        if let Some(why) = egress::refusal_in(error) {
+            return address_refused(format!("{}: {why}", self.shown));
+        }
+        Failure {
+            reason: FailureReason::StorageUnavailable,
+            message: format!(
+                "cannot read {}: {}",
+                self.shown,
+                drover_crds::redact::urls_in(&error_chain(error))
+            ),
+            retryable: true,
+        }
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), Failure> {
+        if size > self.max_bytes {
+            return Err(self.too_large());
+        }
+        Ok(())
+    }
+
+    fn too_large(&self) -> Failure {
+        Failure {
+            reason: FailureReason::ObjectTooLarge,
+            message: format!(
+                "{} is larger than {} bytes (assembly.storage.maxObjectBytes)",
+                self.shown, self.max_bytes
+            ),
+            retryable: false,
+        }
     }
 
     /// Uploads a local file, replacing what was there: one request for a
@@ -170,11 +298,11 @@ impl Location {
                 .map_err(|e| scratch_failure(file, e))?;
             return self.put(Bytes::from(bytes)).await;
         }
-        let upload = self
-            .store
+        let store = self.store()?;
+        let upload = store
             .put_multipart(&self.path)
             .await
-            .map_err(|e| storage_failure(&self.url, "write", e))?;
+            .map_err(|e| storage_failure(&self.shown, "write", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut input = tokio::fs::File::open(file)
             .await
@@ -192,48 +320,86 @@ impl Location {
             writer
                 .wait_for_capacity(2)
                 .await
-                .map_err(|e| storage_failure(&self.url, "write", e))?;
+                .map_err(|e| storage_failure(&self.shown, "write", e))?;
             writer.write(&buffer[..read]);
         }
         writer
             .finish()
             .await
             .map(|_| ())
-            .map_err(|e| storage_failure(&self.url, "write", e))
+            .map_err(|e| storage_failure(&self.shown, "write", e))
+    }
+
+    fn store(&self) -> Result<&Arc<dyn ObjectStore>, Failure> {
+        match &self.backend {
+            Backend::Store(store) => Ok(store),
+            Backend::Web(_) => Err(self.not_writable()),
+        }
+    }
+
+    fn not_writable(&self) -> Failure {
+        Failure {
+            reason: FailureReason::OutputNotWritable,
+            message: format!(
+                "{} cannot be written: https:// URLs are read-only; use file://, s3:// or gs://",
+                self.shown
+            ),
+            retryable: false,
+        }
     }
 
     fn check_writable(&self) -> Result<(), Failure> {
         if self.writable {
             return Ok(());
         }
-        Err(Failure {
-            reason: FailureReason::OutputNotWritable,
-            message: format!(
-                "{} cannot be written: https:// URLs are read-only; use file://, s3:// or gs://",
-                self.url
-            ),
-            retryable: false,
-        })
+        Err(self.not_writable())
     }
 
     /// Writes the whole object, replacing what was there: a retried attempt
     /// writes the same episode again.
     pub async fn put(&self, bytes: Bytes) -> Result<(), Failure> {
         self.check_writable()?;
-        self.store
+        self.store()?
             .put(&self.path, PutPayload::from(bytes))
             .await
             .map(|_| ())
-            .map_err(|e| storage_failure(&self.url, "write", e))
+            .map_err(|e| storage_failure(&self.shown, "write", e))
     }
 }
+
+/// Objects fetched when a fleet sets no bound: 2 GiB.
+const DEFAULT_MAX_OBJECT_BYTES: u64 = 2 << 30;
 
 fn invalid(url: &str, why: &str) -> Failure {
     Failure {
         reason: FailureReason::InvalidStorageUrl,
-        message: format!("cannot use {url}: {why}"),
+        message: format!(
+            "cannot use {}: {}",
+            drover_crds::redact::url(url),
+            drover_crds::redact::urls_in(why)
+        ),
         retryable: false,
     }
+}
+
+fn address_refused(why: String) -> Failure {
+    Failure {
+        reason: FailureReason::AddressRefused,
+        message: why,
+        retryable: false,
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    message
 }
 
 /// Missing objects and refused credentials need a person; anything else
@@ -248,17 +414,26 @@ fn storage_failure(url: &str, verb: &str, error: object_store::Error) -> Failure
         },
         E::PermissionDenied { .. } | E::Unauthenticated { .. } => Failure {
             reason: FailureReason::StorageAccessDenied,
-            message: format!("cannot {verb} {url}: {error}"),
+            message: format!(
+                "cannot {verb} {url}: {}",
+                redact::urls_in(&error.to_string())
+            ),
             retryable: false,
         },
         E::InvalidPath { .. } | E::NotSupported { .. } | E::NotImplemented { .. } => Failure {
             reason: FailureReason::InvalidStorageUrl,
-            message: format!("cannot {verb} {url}: {error}"),
+            message: format!(
+                "cannot {verb} {url}: {}",
+                redact::urls_in(&error.to_string())
+            ),
             retryable: false,
         },
         other => Failure {
             reason: FailureReason::StorageUnavailable,
-            message: format!("cannot {verb} {url}: {other}"),
+            message: format!(
+                "cannot {verb} {url}: {}",
+                redact::urls_in(&other.to_string())
+            ),
             retryable: true,
         },
     }
@@ -271,7 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_is_a_permanent_failure_naming_the_url() {
         let url = format!("file:///nonexistent-drover-{}/main.wav", std::process::id());
-        let failure = Location::parse(&url, None)
+        let failure = Location::parse(&url, None, &AddressPolicy::default())
             .unwrap()
             .get()
             .await
@@ -287,7 +462,7 @@ mod tests {
     async fn files_round_trip_and_parent_directories_are_made() {
         let dir = std::env::temp_dir().join(format!("drover-storage-{}", std::process::id()));
         let url = format!("file://{}/out/episode.wav", dir.display());
-        let location = Location::parse(&url, None).unwrap();
+        let location = Location::parse(&url, None, &AddressPolicy::default()).unwrap();
         location.put(Bytes::from_static(b"RIFF")).await.unwrap();
         assert_eq!(location.get().await.unwrap(), Bytes::from_static(b"RIFF"));
         assert_eq!(location.extension(), Some("wav"));
@@ -304,7 +479,7 @@ mod tests {
             .collect();
         std::fs::write(&local, &bytes).unwrap();
         let url = format!("file://{}/out/episode.flac", dir.display());
-        let location = Location::parse(&url, None).unwrap();
+        let location = Location::parse(&url, None, &AddressPolicy::default()).unwrap();
         location.put_file(&local).await.unwrap();
         let fetched = location.fetch(&dir.join("unused")).await.unwrap();
         assert_eq!(fetched, dir.join("out/episode.flac"));
@@ -318,14 +493,20 @@ mod tests {
 
     #[tokio::test]
     async fn https_is_read_only() {
-        let location = Location::parse("https://media.example.invalid/a/b.mp3", None).unwrap();
+        let location = Location::parse(
+            "https://media.example.invalid/a/b.mp3",
+            None,
+            &AddressPolicy::default(),
+        )
+        .unwrap();
         let failure = location.put(Bytes::new()).await.unwrap_err();
         assert_eq!(failure.reason, FailureReason::OutputNotWritable);
     }
 
     #[test]
     fn unknown_schemes_are_refused() {
-        let failure = Location::parse("ftp://host/a.wav", None).unwrap_err();
+        let failure =
+            Location::parse("ftp://host/a.wav", None, &AddressPolicy::default()).unwrap_err();
         assert_eq!(
             (failure.reason, failure.retryable),
             (FailureReason::InvalidStorageUrl, false)

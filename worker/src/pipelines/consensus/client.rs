@@ -9,10 +9,13 @@ use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use drover_crds::egress::AddressPolicy;
 use drover_crds::pipeline_worker::ConsensusSpec;
+use drover_crds::redact;
 use serde::{Deserialize, Serialize};
 
 use super::schema::{JsonSchema, Shape};
+use crate::egress;
 
 /// Who said a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +122,10 @@ impl CallError {
     }
 }
 
+/// The longest model answer read: a chat completion is a few KiB, and a
+/// server that sends more must not fill the worker's memory.
+pub const MAX_ANSWER_BYTES: u64 = 4 << 20;
+
 /// The longest piece of an error body quoted in a message.
 const ERROR_BODY_CHARS: usize = 300;
 
@@ -126,6 +133,8 @@ const ERROR_BODY_CHARS: usize = 300;
 pub struct ChatClient {
     http: reqwest::Client,
     url: String,
+    /// The URL as messages and logs show it (no userinfo, no query).
+    shown: String,
     model: String,
     temperature: f64,
     timeout: Duration,
@@ -139,7 +148,7 @@ pub struct ChatClient {
 impl std::fmt::Debug for ChatClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatClient")
-            .field("url", &self.url)
+            .field("url", &self.shown)
             .field("model", &self.model)
             .field("timeout", &self.timeout)
             .field("api_key", &self.api_key.as_ref().map(|_| "<set>"))
@@ -149,10 +158,17 @@ impl std::fmt::Debug for ChatClient {
 
 impl ChatClient {
     /// A client for `spec`; `api_key` is sent as a bearer token when set.
-    pub fn new(spec: &ConsensusSpec, api_key: Option<String>) -> Result<Self, String> {
+    /// Connections go only where `policy` allows (see [`crate::egress`]).
+    pub fn new(
+        spec: &ConsensusSpec,
+        api_key: Option<String>,
+        policy: &AddressPolicy,
+    ) -> Result<Self, String> {
+        let url = format!("{}/chat/completions", spec.base_url.trim_end_matches('/'));
         Ok(Self {
-            http: shared_http()?,
-            url: format!("{}/chat/completions", spec.base_url.trim_end_matches('/')),
+            http: egress::client(policy)?,
+            shown: drover_crds::redact::url(&url),
+            url,
             model: spec.model.clone(),
             temperature: spec.temperature,
             timeout: Duration::from_secs(spec.request_timeout_seconds.max(1).unsigned_abs()),
@@ -199,7 +215,7 @@ impl ChatClient {
                 if self.refusals.remember(&endpoint) {
                     tracing::warn!(
                         step,
-                        url = %self.url,
+                        url = %self.shown,
                         model = %self.model,
                         refusal = %message,
                         "the model server takes no JSON Schema response_format; this fleet uses JSON mode from now on"
@@ -251,7 +267,15 @@ impl ChatClient {
         let response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(|e| self.transport(&e))?;
+        let body = egress::read_bounded(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| self.transport(&e))?
+            .map_err(|too_large| CallError::Permanent {
+                message: format!("the answer of {} was cut off: {too_large}", self.shown),
+            })?;
+        // A server may echo the request (a hostile one, or a proxy's error
+        // page): the key never goes on into a message, a status or a log.
+        let text = self.scrub(&String::from_utf8_lossy(&body));
         if !status.is_success() {
             if asked_schema && refuses_schemas(status.as_u16(), &text) {
                 return Err(CallError::SchemaRefused {
@@ -263,7 +287,7 @@ impl ChatClient {
         let parsed: ChatResponse = serde_json::from_str(&text).map_err(|e| {
             CallError::retryable(format!(
                 "HTTP {status} from {} is not a chat completion ({e}): {}",
-                self.url,
+                self.shown,
                 excerpt(&text)
             ))
         })?;
@@ -276,28 +300,50 @@ impl ChatClient {
         Ok((status.as_u16(), content))
     }
 
+    /// `text` with every occurrence of the API key replaced.
+    fn scrub(&self, text: &str) -> String {
+        match self.api_key.as_deref() {
+            Some(key) if !key.is_empty() => text.replace(key, "<redacted>"),
+            _ => text.to_owned(),
+        }
+    }
+
     fn transport(&self, error: &reqwest::Error) -> CallError {
+        if let Some(why) = egress::refusal_in(error) {
+            // The guard refuses the same address every time.
+            return CallError::Permanent {
+                message: format!("{} is not reachable from this fleet: {why}", self.shown),
+            };
+        }
         if error.is_builder() {
             // A request that cannot be built (a base URL that does not parse, a
             // key that is not a valid header value) fails the same way again.
             return CallError::Permanent {
                 message: format!(
                     "cannot build a request to {}: {}",
-                    self.url,
-                    source_chain(error)
+                    self.shown,
+                    redact::urls_in(&source_chain(error))
                 ),
             };
         }
         let message = if error.is_timeout() {
             format!(
                 "no answer from {} within {} ms",
-                self.url,
+                self.shown,
                 self.timeout.as_millis()
             )
         } else if error.is_connect() {
-            format!("cannot connect to {}: {}", self.url, source_chain(error))
+            format!(
+                "cannot connect to {}: {}",
+                self.shown,
+                redact::urls_in(&source_chain(error))
+            )
         } else {
-            format!("request to {} failed: {}", self.url, source_chain(error))
+            format!(
+                "request to {} failed: {}",
+                self.shown,
+                redact::urls_in(&source_chain(error))
+            )
         };
         CallError::retryable(message)
     }
@@ -385,19 +431,6 @@ fn source_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// One connection pool per process: building a client loads the system's
-/// root certificates, which is not worth repeating per Job.
-fn shared_http() -> Result<reqwest::Client, String> {
-    static HTTP: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(client) = HTTP.get() {
-        return Ok(client.clone());
-    }
-    let client = reqwest::Client::builder()
-        .build()
-        .map_err(|e| format!("cannot set up the HTTP client: {}", source_chain(&e)))?;
-    Ok(HTTP.get_or_init(|| client).clone())
 }
 
 #[cfg(test)]
@@ -508,7 +541,8 @@ mod tests {
             "baseUrl": "http://llm/v1/", "model": "m", "personas": [{"name": "a", "prompt": "p"}],
         }))
         .unwrap();
-        let client = ChatClient::new(&spec, Some("sk-secret".into())).unwrap();
+        let client =
+            ChatClient::new(&spec, Some("sk-secret".into()), &AddressPolicy::default()).unwrap();
         let debug = format!("{client:?}");
         assert!(!debug.contains("sk-secret"), "{debug}");
         assert!(debug.contains("http://llm/v1/chat/completions"), "{debug}");

@@ -31,6 +31,7 @@ use self::client::{CallError, ChatClient, ChatMessage};
 use self::retry::RetryPolicy;
 use self::schema::Shape;
 use super::{Context, Failure};
+use crate::egress;
 use crate::progress::Progress;
 
 pub const EXPAND: &str = "expand";
@@ -78,7 +79,13 @@ async fn run_with_key(
             retryable: false,
         });
     };
-    let client = ChatClient::new(spec, api_key).map_err(|message| Failure {
+    let policy = egress::policy(ctx.fleet);
+    egress::check_url(&spec.base_url, &policy).map_err(|why| Failure {
+        reason: FailureReason::AddressRefused,
+        message: format!("spec.consensus.baseUrl {why}"),
+        retryable: false,
+    })?;
+    let client = ChatClient::new(spec, api_key, &policy).map_err(|message| Failure {
         reason: FailureReason::HttpClientUnavailable,
         message,
         retryable: true,

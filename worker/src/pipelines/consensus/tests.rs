@@ -34,7 +34,11 @@ fn fleet(llm: &ScriptedLlm, personas: &[&str], extra: Value) -> PipelineWorkerSp
     if let (Value::Object(consensus), Value::Object(extra)) = (&mut consensus, extra) {
         consensus.extend(extra);
     }
-    testing::fleet(json!({"pipeline": "consensus", "consensus": consensus}))
+    // The scripted server listens on loopback, which a fleet must allow.
+    testing::fleet(json!({
+        "pipeline": "consensus", "consensus": consensus,
+        "egress": {"allowedCidrs": ["127.0.0.1/32"]},
+    }))
 }
 
 fn is_expand(call: &Call) -> bool {
@@ -426,6 +430,34 @@ async fn a_refused_key_fails_the_job_for_good_and_the_stopped_siblings_say_why()
         );
     }
     assert_eq!(ran.step("aggregate").phase, StepPhase::Pending);
+}
+
+#[tokio::test]
+async fn a_server_that_echoes_the_key_never_gets_it_into_the_failure() {
+    let echo = Reply::Status(401, format!(r#"{{"error": "bad key Bearer {KEY}"}}"#));
+    let llm = ScriptedLlm::start(move |_| echo.clone()).await.unwrap();
+    let fleet = fleet(&llm, &["skeptic"], json!({}));
+    let failure = run_fleet(&fleet, &input()).await.failure().clone();
+    assert!(!failure.message.contains(KEY), "{}", failure.message);
+    assert!(
+        failure.message.contains("<redacted>"),
+        "{}",
+        failure.message
+    );
+}
+
+#[tokio::test]
+async fn a_model_api_on_loopback_is_refused_unless_the_fleet_allows_it() {
+    let llm = ScriptedLlm::start(well_behaved).await.unwrap();
+    let mut fleet = fleet(&llm, &["skeptic"], json!({}));
+    fleet.egress = None;
+    let failure = run_fleet(&fleet, &input()).await.failure().clone();
+    assert_eq!(
+        (failure.reason, failure.retryable),
+        (FailureReason::AddressRefused, false)
+    );
+    assert!(failure.message.contains("loopback"), "{}", failure.message);
+    assert!(llm.seen().is_empty(), "the server was called");
 }
 
 #[tokio::test]
