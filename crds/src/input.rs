@@ -23,6 +23,18 @@ pub struct SleepInput {
     /// so a test can count effects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub effects_dir: Option<String>,
+    /// Memory the step holds (written, so it is resident) while it sleeps,
+    /// in MiB: shows what a fleet's memory limit does to a Job. At most
+    /// `MAX_HOLD_MIB`.
+    #[serde(default, rename = "holdMiB", skip_serializing_if = "is_zero")]
+    pub hold_mib: u32,
+}
+
+/// The most memory a sleep step may be told to hold.
+pub const MAX_HOLD_MIB: u32 = 4096;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn default_true() -> bool {
@@ -147,6 +159,12 @@ pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), Inv
                 return Err(invalid(format!(
                     "durationMillis {} is more than a day",
                     sleep.duration_millis
+                )));
+            }
+            if sleep.hold_mib > MAX_HOLD_MIB {
+                return Err(invalid(format!(
+                    "holdMiB {} is more than {MAX_HOLD_MIB}",
+                    sleep.hold_mib
                 )));
             }
             if let Some(bad) = sleep.fail_on_attempts.iter().find(|a| **a < 1) {

@@ -1,6 +1,7 @@
 //! The diagnostic `sleep` pipeline: one step that sleeps for the input's
 //! duration, can be told to fail on given attempts, and leaves one file per
-//! completed run in `effectsDir`, so load and fault tests can count effects.
+//! completed run in `effectsDir`, so load and fault tests can count effects;
+//! it can hold memory while it sleeps (`holdMiB`), for memory-limit tests.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +23,11 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
 }
 
 async fn sleep_once(input: &SleepInput, attempt: &Attempt) -> Result<Value, Failure> {
+    // Every byte written, so the pages are resident and count against the
+    // container's memory limit (zeroed memory may never be touched).
+    let held = vec![1_u8; input.hold_mib as usize * 1024 * 1024];
     tokio::time::sleep(Duration::from_millis(input.duration_millis)).await;
+    drop(std::hint::black_box(held));
     if input.fail_on_attempts.contains(&attempt.attempt) {
         return Err(Failure {
             reason: FailureReason::Told,
@@ -104,6 +109,17 @@ mod tests {
         assert_eq!(again.reason, FailureReason::EffectNotRecorded);
         assert!(dir.join("ns_job_1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn holds_the_memory_it_is_told_to_while_it_sleeps() {
+        let out = run_attempt(&json!({"durationMillis": 1, "holdMiB": 8}), 1)
+            .await
+            .unwrap();
+        assert_eq!(out["sleptMillis"], 1);
+        let too_much =
+            json!({"durationMillis": 1, "holdMiB": drover_crds::input::MAX_HOLD_MIB + 1});
+        assert!(drover_crds::input::validate(drover_crds::Pipeline::Sleep, &too_much).is_err());
     }
 
     #[tokio::test]
