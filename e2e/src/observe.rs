@@ -79,6 +79,62 @@ pub fn helm() -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot get helm: {}", crate::error_chain(&e)))
 }
 
+/// What a user's shell holds after `source .drover-sandbox/env`, to run the
+/// README's blocks exactly as written against a test cluster.
+#[derive(Clone, Debug)]
+pub struct ReadmeShell {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub helm: PathBuf,
+    /// `PUBSUB_EMULATOR_HOST` as the operator's pods must reach it.
+    pub pubsub_emulator_host: String,
+    /// `HOME` for helm's and kubectl's caches.
+    pub home: PathBuf,
+}
+
+impl ReadmeShell {
+    /// Runs the README block `name` under `bash -euo pipefail`, traced, from
+    /// the workspace root with only this environment; returns the transcript,
+    /// or the transcript and the exit status when the block failed.
+    pub async fn run(&self, name: &str) -> Result<String, String> {
+        let script = readme_block(name)?;
+        std::fs::create_dir_all(&self.home).map_err(|e| format!("{}: {e}", self.home.display()))?;
+        let started = std::time::Instant::now();
+        let output = tokio::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &format!("set -x\n{script}")])
+            .current_dir(workspace_root())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECTL", &self.kubectl)
+            .env("HELM", &self.helm)
+            .env("PUBSUB_EMULATOR_HOST", &self.pubsub_emulator_host)
+            .env("PUBSUB_PROJECT_ID", crate::drover::PUBSUB_PROJECT)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run bash: {e}"))?;
+        let transcript = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!(
+            "README {name} block ran in {:.1} s:\n{transcript}",
+            started.elapsed().as_secs_f64()
+        );
+        if output.status.success() {
+            Ok(transcript)
+        } else {
+            Err(format!(
+                "{transcript}\n(the block exited with {})",
+                output.status
+            ))
+        }
+    }
+}
+
 /// The shell commands of the README's fenced block that follows the line
 /// `<!-- test: NAME -->`: what the README tells a user to type is what the
 /// tests run.

@@ -12,8 +12,9 @@ use crate::ports;
 use crate::process::{DEFAULT_GRACE, ManagedProcess, ProcessError};
 
 /// The line the emulator prints once it is serving (see e2e/testenv/cmd/pubsub-emulator).
-const READY_LINE: &str = "pubsub-emulator listening on";
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// What the emulator prints once it serves.
+pub(crate) const READY_LINE: &str = "pubsub-emulator listening on";
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PubSubEmulatorError {

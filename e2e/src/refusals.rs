@@ -67,22 +67,36 @@ impl LogSince {
     }
 }
 
-/// Every container log of the pods of `namespace` under a process kubelet's
-/// `pods_dir`, whole (a pod's logs are its own from its first line).
+/// Every container log of the pods of `namespace` under `pods_dir` (a
+/// process kubelet's `pods/`, or a real kubelet's `/var/log/pods`, where each
+/// container has a directory of its own), whole: a pod's logs are its own
+/// from their first line.
 pub fn pod_logs(pods_dir: &Path, namespace: &str) -> Vec<LogSince> {
     let prefix = format!("{namespace}_");
     let Ok(entries) = std::fs::read_dir(pods_dir) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter(|pod| pod.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|pod| std::fs::read_dir(pod.path()).ok())
-        .flat_map(|files| files.flatten())
-        .map(|file| file.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "log"))
-        .map(|path| LogSince::whole(&path))
-        .collect()
+    let mut logs = Vec::new();
+    for pod in entries.flatten() {
+        if pod.file_name().to_string_lossy().starts_with(&prefix) {
+            collect_logs(&pod.path(), 2, &mut logs);
+        }
+    }
+    logs
+}
+
+fn collect_logs(dir: &Path, depth: usize, into: &mut Vec<LogSince>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && depth > 0 {
+            collect_logs(&path, depth - 1, into);
+        } else if path.extension().is_some_and(|e| e == "log") {
+            into.push(LogSince::whole(&path));
+        }
+    }
 }
 
 /// Panics with every refusal in `logs`, unless there is none.

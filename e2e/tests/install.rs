@@ -342,35 +342,14 @@ async fn run_readme_block(
     kubelet: &drover_e2e::kubelet::ProcessKubelet,
     name: &str,
 ) -> String {
-    let script = observe::readme_block(name).unwrap_or_else(|e| panic!("{e}"));
-    let home = env.control_plane.state_dir().join("readme-home");
-    std::fs::create_dir_all(&home).expect("home");
-    let started = std::time::Instant::now();
-    let output = tokio::process::Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &format!("set -x\n{script}")])
-        .current_dir(workspace_root())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("KUBECONFIG", env.control_plane.kubeconfig_path())
-        .env("KUBECTL", &env.binaries.kubectl)
-        .env("HELM", helm)
-        .env("PUBSUB_EMULATOR_HOST", env.pubsub.host_port())
-        .env("PUBSUB_PROJECT_ID", drover_e2e::drover::PUBSUB_PROJECT)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("bash runs");
-    let transcript = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!(
-        "README {name} block ran in {:.1} s:\n{transcript}",
-        started.elapsed().as_secs_f64()
-    );
-    if !output.status.success() {
+    let shell = observe::ReadmeShell {
+        kubeconfig: env.control_plane.kubeconfig_path().to_path_buf(),
+        kubectl: env.binaries.kubectl.clone(),
+        helm: helm.to_path_buf(),
+        pubsub_emulator_host: env.pubsub.host_port(),
+        home: env.control_plane.state_dir().join("readme-home"),
+    };
+    shell.run(name).await.unwrap_or_else(|failure| {
         let logs: String = kubelet
             .running_pods()
             .iter()
@@ -383,10 +362,6 @@ async fn run_readme_block(
                 )
             })
             .collect();
-        panic!(
-            "the README's {name} block failed ({}):\n{transcript}\npods still running:{logs}",
-            output.status
-        );
-    }
-    transcript
+        panic!("the README's {name} block failed:\n{failure}\npods still running:{logs}")
+    })
 }

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use drover_e2e::node::{NODE_NAME, NODE_PREFIX, Node, namespaces::NODE_IP};
-use drover_e2e::{ManagedProcess, ensure_built, error_chain, ports, wait};
+use drover_e2e::{ensure_built, error_chain, wait};
 use drover_queue::{PubSubEndpoint, QueueAdmin};
 use futures::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node as NodeObject, Pod, ServiceAccount};
@@ -111,19 +111,11 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
 
     // The worker pulls from an emulator inside the node's network namespace
     // (nothing it does leaves that namespace); the test reaches it over loopback.
-    let [emulator_port] = ports::free_loopback_ports(1).expect("a free port")[..] else {
-        panic!("no free port");
-    };
-    let mut emulator = node.net_command(&bins.pubsub_emulator);
-    emulator
-        .arg("--listen")
-        .arg(format!("0.0.0.0:{emulator_port}"));
-    let emulator =
-        ManagedProcess::spawn("pubsub-emulator", emulator, &state_dir.join("pubsub.log"))
-            .expect("the Pub/Sub emulator");
-    let emulator_forward = node
-        .forward_loopback_port(emulator_port)
-        .expect("forward the emulator's port");
+    let emulator = node
+        .start_pubsub_emulator(&bins.pubsub_emulator)
+        .await
+        .unwrap_or_else(|e| panic!("the Pub/Sub emulator: {}", error_chain(&e)));
+    let emulator_port = emulator.port;
 
     node.control_plane()
         .install_crds(&drover_e2e::crds_dir())
@@ -259,7 +251,6 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
         deleted.elapsed().as_secs_f64()
     ));
 
-    drop(emulator_forward);
     drop(emulator);
     drop(client);
     let teardown = node

@@ -1,9 +1,13 @@
 //! What a fleet's conditions say, as a pure function of what the operator
 //! observed: the queue, the Secrets the pods read, and the pods themselves.
 
+use drover_crds::bounds::truncate;
 use drover_crds::fleet_conditions::{ConditionReason, DegradedReason, FleetCondition};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The most of a container's last words a condition message quotes.
+const TERMINATION_LINE_BYTES: usize = 300;
 
 /// A problem a person has to fix, with the condition reason it shows as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,10 +131,13 @@ fn container_detail(container: &ContainerStatus, reason: &str) -> Option<String>
                 .as_deref()
                 .map(|r| format!(", {r}"))
                 .unwrap_or_default(),
+            // A termination message taken from the logs holds many lines:
+            // the last says most.
             ended
                 .message
                 .as_deref()
-                .map(|m| format!(": {}", m.trim()))
+                .and_then(|m| m.trim().lines().last())
+                .map(|line| format!(": {}", truncate(line.trim(), TERMINATION_LINE_BYTES)))
                 .unwrap_or_default()
         ));
     }

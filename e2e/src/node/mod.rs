@@ -57,6 +57,25 @@ const KUBELET_GRACE: Duration = Duration::from_secs(5);
 const PROCESSES_GONE_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 40;
 
+/// A Pub/Sub emulator inside the node's network namespace; stops on drop.
+pub struct NodeEmulator {
+    pub process: ManagedProcess,
+    pub port: u16,
+    _forward: namespaces::Forwarder,
+}
+
+impl NodeEmulator {
+    /// `PUBSUB_EMULATOR_HOST` for pods on the node.
+    pub fn pod_host(&self) -> String {
+        format!("{}:{}", namespaces::NODE_IP, self.port)
+    }
+
+    /// `PUBSUB_EMULATOR_HOST` for the test process.
+    pub fn local_host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{context} {}", path.display())]
@@ -356,6 +375,44 @@ impl Node {
     /// node's network namespace, until the returned value is dropped.
     pub fn forward_loopback_port(&self, port: u16) -> io::Result<namespaces::Forwarder> {
         self.parts().namespaces.forward_loopback_port(port)
+    }
+
+    /// A Pub/Sub emulator in the node's network namespace on a free port:
+    /// pods reach it at `NODE_IP:port`, the test at `127.0.0.1:port`.
+    pub async fn start_pubsub_emulator(&self, bin: &Path) -> Result<NodeEmulator, NodeError> {
+        let port = crate::ports::free_loopback_ports(1)
+            .ok()
+            .and_then(|ports| ports.first().copied())
+            .ok_or_else(|| NodeError::Io {
+                context: "cannot find a free port for the emulator in",
+                path: self.state_dir().to_path_buf(),
+                source: io::Error::other("no free loopback port"),
+            })?;
+        let mut command = self.net_command(bin);
+        command.arg("--listen").arg(format!("0.0.0.0:{port}"));
+        let process = ManagedProcess::spawn(
+            "pubsub-emulator",
+            command,
+            &self.state_dir().join("pubsub.log"),
+        )?;
+        process
+            .wait_for_line(
+                crate::pubsub_emulator::READY_LINE,
+                crate::pubsub_emulator::START_TIMEOUT,
+            )
+            .await?;
+        let forward = self
+            .forward_loopback_port(port)
+            .map_err(|source| NodeError::Io {
+                context: "cannot forward the emulator's port into",
+                path: self.state_dir().to_path_buf(),
+                source,
+            })?;
+        Ok(NodeEmulator {
+            process,
+            port,
+            _forward: forward,
+        })
     }
 
     /// Loads the operator's and the worker's images, from this build's
