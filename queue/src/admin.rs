@@ -120,6 +120,11 @@ impl QueueAdmin {
                 dead_letter.clone(),
             )));
         }
+        if let Some(dead_letter) = &names.dead_letter_topic
+            && create
+        {
+            self.ensure_dead_letter_subscription(dead_letter).await?;
+        }
         match self.ensure_subscription(pw, &names, create).await? {
             Some(problem) => Ok(Err(problem)),
             None => Ok(Ok(names)),
@@ -141,6 +146,26 @@ impl QueueAdmin {
             Ok(_) => Ok(true),
             Err(e) if is(&e, Code::AlreadyExists) => Ok(true),
             Err(source) => Err(rpc("create topic", topic, source)),
+        }
+    }
+
+    /// The dead-letter topic's own subscription, which `kubectl drover dlq`
+    /// reads; without one, Pub/Sub keeps nothing sent to that topic.
+    async fn ensure_dead_letter_subscription(&self, topic: &str) -> Result<(), QueueError> {
+        let Some(name) = crate::dead_letters::subscription_of(topic) else {
+            return Ok(());
+        };
+        let created = self
+            .subscriptions
+            .create_subscription()
+            .set_name(&name)
+            .set_topic(topic)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if is(&e, Code::AlreadyExists) => Ok(()),
+            Err(source) => Err(rpc("create subscription", &name, source)),
         }
     }
 
