@@ -93,7 +93,7 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
     if status.phase.is_terminal() {
         push(
             status.finished_at.as_ref().map(|t| t.0),
-            format!("finished: {}", render::outcome(job).replace('\n', " ")),
+            format!("finished: {}", finished(job)),
         );
     }
     for event in events {
@@ -121,6 +121,16 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
     // Stable: what happened at one instant keeps the order above.
     entries.sort_by_key(|e| e.at);
     entries
+}
+
+/// The outcome in one line: a result is left to `Outcome:`.
+fn finished(job: &Job) -> String {
+    let status = job.status.clone().unwrap_or_default();
+    match (status.phase, &status.result_ref) {
+        (JobPhase::Succeeded, Some(url)) => format!("Succeeded, result at {url}"),
+        (JobPhase::Succeeded, None) => "Succeeded".into(),
+        _ => render::outcome(job),
+    }
 }
 
 /// The Events of `all` that are about `job`: by uid, or by kind and name
