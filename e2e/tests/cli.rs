@@ -282,3 +282,92 @@ async fn dlq_replay_retries_a_dead_lettered_job_and_republishes_a_foreign_messag
     let empty = json_out(&f.cli(&["dlq", "list", "-w", "sleeper", "-o", "json"]).await);
     assert_eq!(empty, json!([]), "what was replayed is acked");
 }
+
+/// The `fields.event` of each JSON line.
+fn events_of(lines: &str) -> Vec<String> {
+    lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["fields"]["event"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn logs_show_only_the_chosen_jobs_lines_of_the_chosen_attempt() {
+    let f = Fixture::new("cli-logs").await;
+    // Two Jobs at once on the fleet's pods; `twice` fails its first attempt.
+    f.create(
+        "twice",
+        json!({"durationMillis": 300, "failOnAttempts": [1]}),
+    )
+    .await;
+    f.create("other", json!({"durationMillis": 300})).await;
+    for name in ["twice", "other"] {
+        let status = wait::job_finished(&f.jobs(), name, MINUTE).await;
+        assert_eq!(status.phase, JobPhase::Succeeded, "{name}: {status:?}");
+    }
+    let ns = f.test.namespace.clone();
+    let belongs_to = |line: &Value, job: &str, attempt: i64| {
+        let scopes = [&line["fields"], &line["span"]];
+        scopes.iter().any(|s| s["job"] == job)
+            && scopes
+                .iter()
+                .all(|s| s["attempt"].is_null() || s["attempt"] == attempt)
+            && scopes
+                .iter()
+                .all(|s| s["namespace"].is_null() || s["namespace"] == ns.as_str())
+    };
+
+    // The current attempt (2) by default: its whole life, and nothing else.
+    let current = stdout(&f.cli(&["logs", "twice", "--raw"]).await);
+    let events = events_of(&current);
+    for wanted in [
+        "job_started",
+        "step_started",
+        "step_completed",
+        "job_completed",
+    ] {
+        assert!(
+            events.iter().any(|e| e == wanted),
+            "no {wanted}: {events:?}"
+        );
+    }
+    for line in current.lines() {
+        let line: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            belongs_to(&line, "twice", 2),
+            "a line of another Job or attempt: {line}"
+        );
+    }
+    // Attempt 1: the failure, and only that attempt's lines.
+    let first = stdout(&f.cli(&["logs", "twice", "--attempt", "1", "--raw"]).await);
+    assert!(
+        events_of(&first)
+            .iter()
+            .any(|e| e == "job_failed" || e == "step_failed"),
+        "{first}"
+    );
+    for line in first.lines() {
+        let line: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(belongs_to(&line, "twice", 1), "{line}");
+    }
+    // The other Job's own lines are there, in the same pods' logs.
+    let other = stdout(&f.cli(&["logs", "other", "--raw"]).await);
+    assert!(
+        events_of(&other).iter().any(|e| e == "job_completed"),
+        "{other}"
+    );
+    assert!(!other.contains("\"twice\""), "{other}");
+
+    // Following a running Job ends when it finishes, with its last lines.
+    f.create("slow", json!({"durationMillis": 3000})).await;
+    wait::job_in_phase(&f.jobs(), "slow", JobPhase::Running, MINUTE).await;
+    let followed = f.cli(&["logs", "slow", "-f"]).await;
+    assert!(followed.status.success(), "{followed:?}");
+    let text = stdout(&followed);
+    assert!(text.contains("job_completed"), "{text}");
+    assert!(
+        !text.contains("twice") && !text.contains(" other"),
+        "{text}"
+    );
+}
