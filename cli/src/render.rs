@@ -10,8 +10,11 @@ use kube::ResourceExt;
 
 /// `[#####.....]` for `percent` of `width` cells.
 pub fn bar(percent: i32, width: usize) -> String {
-    let filled = (usize::try_from(percent.clamp(0, 100)).unwrap_or(0) * width).div_ceil(100);
-    let filled = filled.min(width);
+    let percent = usize::try_from(percent.clamp(0, 100)).unwrap_or(0);
+    // Full only when done; any progress at all shows one cell.
+    let filled = (percent * width / 100)
+        .max(usize::from(percent > 0))
+        .min(width);
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
@@ -61,7 +64,12 @@ pub fn step_phase(phase: StepPhase) -> &'static str {
 
 /// The words after a step's bar: phase, attempt, elapsed, last message.
 pub fn step_detail(step: &StepStatus, attempt: i32, now: Timestamp) -> String {
-    let elapsed = step_elapsed(step, now).map(duration).unwrap_or_default();
+    // Step times are whole seconds: a step done within one reads "<1s".
+    let elapsed = match step_elapsed(step, now) {
+        Some(d) if d.is_zero() && step.finished_at.is_some() => "<1s".to_owned(),
+        Some(d) => duration(d),
+        None => String::new(),
+    };
     let mut detail = format!(
         "{:<9} attempt {attempt:<2} {elapsed:>7}",
         step_phase(step.phase)
@@ -256,6 +264,7 @@ mod tests {
         assert_eq!(bar(250, 4), "[####]");
         assert_eq!(bar(-5, 4), "[....]");
         assert_eq!(bar(1, 10), "[#.........]", "any progress shows");
+        assert_eq!(bar(99, 10), "[#########.]", "full only when done");
     }
 
     #[test]
@@ -284,6 +293,8 @@ mod tests {
         let mut done = step(StepPhase::Succeeded, 100, None);
         done.finished_at = Some(ago(60));
         assert!(step_line(&done, 1, now()).ends_with("Succeeded attempt 1     5.0s"));
+        done.finished_at = done.started_at.clone();
+        assert!(step_line(&done, 1, now()).ends_with("Succeeded attempt 1      <1s"));
     }
 
     fn job(status: serde_json::Value) -> Job {
