@@ -48,6 +48,18 @@ pub enum Command {
     Fleet(FleetArgs),
 }
 
+/// How `dlq list` prints.
+#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DlqOutput {
+    /// A table for a person.
+    #[default]
+    Text,
+    /// Every message, for scripts.
+    Json,
+    /// Only the ids, one a line (for `dlq replay`).
+    Name,
+}
+
 /// How a result is printed.
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Output {
@@ -147,7 +159,7 @@ pub struct DlqArgs {
     #[arg(long, default_value_t = 2)]
     pub quiet_seconds: u64,
     #[arg(short = 'o', long, value_enum, default_value_t)]
-    pub output: Output,
+    pub output: DlqOutput,
 }
 
 #[derive(Args, Debug)]
@@ -157,7 +169,7 @@ pub struct ReplayArgs {
     /// Replay every message.
     #[arg(long, conflicts_with = "ids")]
     pub all: bool,
-    /// Message ids (from `dlq list`).
+    /// Message ids (from `dlq list`); the read waits up to 20 s for each.
     pub ids: Vec<String>,
 }
 

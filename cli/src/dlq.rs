@@ -15,7 +15,7 @@ use google_cloud_pubsub::model::Message;
 use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 
-use crate::args::{DlqArgs, Output, ReplayArgs};
+use crate::args::{DlqArgs, DlqOutput, ReplayArgs};
 use crate::cluster::Target;
 use crate::commands::retry_job;
 use crate::render;
@@ -100,12 +100,21 @@ async fn queue_of(target: &Target, args: &DlqArgs) -> anyhow::Result<Queue> {
     })
 }
 
-async fn read(queue: &Queue, args: &DlqArgs) -> anyhow::Result<dead_letters::Held> {
+/// How long a read waits for the messages it was asked for by id: a message
+/// that another read just handed back may be out of sight until the ack
+/// deadline of the stream it was on ([`dead_letters::LEASE_SECONDS`]).
+const WAIT_FOR_IDS: Duration = Duration::from_secs(20);
+
+async fn read(queue: &Queue, args: &DlqArgs, ids: &[String]) -> anyhow::Result<dead_letters::Held> {
     dead_letters::hold(
         &queue.endpoint,
         &queue.subscription,
-        Duration::from_secs(args.quiet_seconds.max(1)),
-        MAX_READ,
+        dead_letters::Until {
+            quiet: Duration::from_secs(args.quiet_seconds.max(1)),
+            ids: ids.to_vec(),
+            ids_within: WAIT_FOR_IDS,
+            max: MAX_READ,
+        },
     )
     .await
     .with_context(|| format!("reading {}", queue.subscription))
@@ -113,7 +122,7 @@ async fn read(queue: &Queue, args: &DlqArgs) -> anyhow::Result<dead_letters::Hel
 
 pub async fn list(target: &Target, args: &DlqArgs) -> anyhow::Result<ExitCode> {
     let queue = queue_of(target, args).await?;
-    let held = read(&queue, args).await?;
+    let held = read(&queue, args, &[]).await?;
     let now = Timestamp::now();
     let rows: Vec<Vec<String>> = held
         .letters
@@ -130,11 +139,15 @@ pub async fn list(target: &Target, args: &DlqArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect();
+    let held_ids: Vec<String> = held.letters.iter().map(|l| l.id.clone()).collect();
     held.finish(&[]).await;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
-        Output::Text if rows.is_empty() => println!("No dead letters in {}.", queue.subscription),
-        Output::Text => println!(
+        DlqOutput::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        DlqOutput::Name => held_ids.iter().for_each(|id| println!("{id}")),
+        DlqOutput::Text if rows.is_empty() => {
+            println!("No dead letters in {}.", queue.subscription)
+        }
+        DlqOutput::Text => println!(
             "{}",
             render::table(&["ID", "WHAT", "REASON", "AGE", "MESSAGE"], &rows)
         ),
@@ -147,7 +160,7 @@ pub async fn replay(target: &Target, args: &ReplayArgs) -> anyhow::Result<ExitCo
         bail!("name the message ids to replay (from `dlq list`), or --all");
     }
     let queue = queue_of(target, &args.dlq).await?;
-    let held = read(&queue, &args.dlq).await?;
+    let held = read(&queue, &args.dlq, &args.ids).await?;
     let jobs: Api<Job> = target.api();
     let publisher = queue
         .endpoint

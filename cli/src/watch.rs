@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_crds::{Job, StepStatus};
+use drover_crds::{Job, JobPhase, StepStatus};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_openapi::jiff::Timestamp;
@@ -55,6 +55,12 @@ pub async fn until_finished(jobs: &Api<Job>, name: &str, live: bool) -> anyhow::
     last.context("the watch ended before the Job was seen")
 }
 
+/// A Job waiting for its next attempt still shows the last one's steps
+/// until a worker claims it: those are not the new attempt's.
+fn steps_are_current(phase: JobPhase) -> bool {
+    !matches!(phase, JobPhase::Pending | JobPhase::Queued)
+}
+
 trait View {
     fn show(&mut self, job: &Job, now: Timestamp);
     fn finish(&mut self);
@@ -91,6 +97,9 @@ impl View for Live {
     fn show(&mut self, job: &Job, now: Timestamp) {
         self.header.set_message(render::job_line(job, now));
         let status = job.status.clone().unwrap_or_default();
+        if !steps_are_current(status.phase) {
+            return;
+        }
         for step in &status.steps {
             let bar = self.steps.entry(step.name.clone()).or_insert_with(|| {
                 let bar = self.bars.add(ProgressBar::new(100));
@@ -144,6 +153,9 @@ impl View for Plain {
             Self::say(&render::job_line(job, now));
             self.job = Some(key);
         }
+        if !steps_are_current(status.phase) {
+            return;
+        }
         for step in &status.steps {
             let key = step_key(step, status.attempt);
             if self.steps.get(&step.name) != Some(&key) {
@@ -154,4 +166,27 @@ impl View for Plain {
     }
 
     fn finish(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_steps_of_a_job_waiting_for_its_next_attempt_are_not_shown_as_its_own() {
+        let shown: Vec<JobPhase> = JobPhase::ALL
+            .into_iter()
+            .filter(|p| steps_are_current(*p))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                JobPhase::Running,
+                JobPhase::Backoff,
+                JobPhase::Succeeded,
+                JobPhase::Failed,
+                JobPhase::Cancelled
+            ]
+        );
+    }
 }

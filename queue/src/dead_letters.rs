@@ -3,6 +3,10 @@
 //! worker could adopt), and the short hold that lets it list messages
 //! without consuming them and ack only the ones it replayed.
 //!
+//! A message another read just handed back may be out of sight for up to
+//! [`LEASE_SECONDS`]: Pub/Sub can redeliver it to that read's stream as it
+//! closes. A read that names the ids it wants waits for them.
+//!
 //! The subscription has the dead-letter topic's own name (topics and
 //! subscriptions are separate namespaces in Pub/Sub), so a person finds it
 //! without reading any configuration.
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::Message;
 use google_cloud_pubsub::subscriber::handler::Handler;
-use google_cloud_pubsub::subscriber::{MessageStream, ShutdownToken};
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
 
 use crate::endpoint::PubSubEndpoint;
 
@@ -76,24 +80,50 @@ pub struct Held {
     handlers: BTreeMap<String, Vec<Handler>>,
     shutdown: ShutdownToken,
     // Kept open so the client keeps extending the held messages' leases.
-    _stream: MessageStream,
+    stream: MessageStream,
 }
 
-/// Pulls from `subscription` until no new message came for `quiet` (or
-/// `max` were read) and holds them all.
+/// How long a message read stays leased if it is not handed back in time
+/// (the stream's ack deadline): a copy that Pub/Sub redelivers to a stream
+/// as it closes is out of sight that long.
+pub const LEASE_SECONDS: u64 = 10;
+
+/// When a read is complete.
+#[derive(Clone, Debug)]
+pub struct Until {
+    /// No new message came for this long ...
+    pub quiet: Duration,
+    /// ... and every one of these ids was read, or `ids_within` passed.
+    pub ids: Vec<String>,
+    pub ids_within: Duration,
+    /// Or this many were read.
+    pub max: usize,
+}
+
+/// Pulls from `subscription` until `until` holds, and holds what it read.
 pub async fn hold(
     endpoint: &PubSubEndpoint,
     subscription: &str,
-    quiet: Duration,
-    max: usize,
+    until: Until,
 ) -> Result<Held, DeadLetterError> {
     let subscriber = endpoint.subscriber().await?;
-    let mut stream = subscriber.subscribe(subscription).build();
+    let mut stream = subscriber
+        .subscribe(subscription)
+        .set_max_lease_extension(Duration::from_secs(LEASE_SECONDS))
+        .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+        .build();
     let shutdown = stream.shutdown_token();
-    let mut letters = Vec::new();
+    let mut letters: Vec<DeadLetter> = Vec::new();
     let mut handlers: BTreeMap<String, Vec<Handler>> = BTreeMap::new();
-    while letters.len() < max {
-        let next = match tokio::time::timeout(quiet, stream.next()).await {
+    let started = tokio::time::Instant::now();
+    while letters.len() < until.max {
+        let missing = until.ids.iter().any(|id| !handlers.contains_key(id));
+        let wait = if missing && started.elapsed() < until.ids_within {
+            until.ids_within - started.elapsed()
+        } else {
+            until.quiet
+        };
+        let next = match tokio::time::timeout(wait, stream.next()).await {
             Err(_quiet) => break,
             Ok(None) => break,
             Ok(Some(next)) => next,
@@ -113,7 +143,7 @@ pub async fn hold(
         letters,
         handlers,
         shutdown,
-        _stream: stream,
+        stream,
     })
 }
 
@@ -132,20 +162,39 @@ fn letter(message: &Message) -> DeadLetter {
 
 impl Held {
     /// Acks the messages of `acked` and hands every other one back, then
-    /// waits until the acks and nacks are sent.
+    /// waits until that is sent. A message handed back is redelivered at
+    /// once, and a copy sent to this stream would be out of sight until its
+    /// lease ran out: so the stream is closed first, and the rest handed
+    /// back only once the server has let it go.
     pub async fn finish(mut self, acked: &[String]) {
+        let mut handed_back = Vec::new();
         for (id, handlers) in std::mem::take(&mut self.handlers) {
             for handler in handlers {
                 if acked.contains(&id) {
                     handler.ack();
                 } else {
-                    handler.nack();
+                    handed_back.push(handler);
                 }
             }
         }
-        self.shutdown.shutdown().await;
+        let token = self.shutdown.clone();
+        let mut shutdown = std::pin::pin!(token.shutdown());
+        // The first poll stops the stream; the rest waits for the acks.
+        tokio::select! {
+            biased;
+            () = &mut shutdown => {}
+            () = std::future::ready(()) => {}
+        }
+        // A stopped stream closes its connection on its next read.
+        let _closed = self.stream.next().await;
+        tokio::time::sleep(CLOSE_SETTLE).await;
+        handed_back.into_iter().for_each(Handler::nack);
+        shutdown.await;
     }
 }
+
+/// Time for the server to drop a closed stream before messages are handed back.
+const CLOSE_SETTLE: Duration = Duration::from_millis(300);
 
 #[cfg(test)]
 mod tests {
