@@ -190,7 +190,9 @@ pub async fn describe(target: &Target, name: &str) -> anyhow::Result<ExitCode> {
         print(&format!("Waiting:   {waiting}"));
     }
     print("Timeline:");
-    let entries = timeline::build(&job, &timeline::about(&job, &all));
+    let lines = job_log_lines(target, &job, None).await;
+    let history = timeline::history(lines.iter().map(|(_, line)| line.as_str()));
+    let entries = timeline::build(&job, &timeline::about(&job, &all), &history);
     for line in timeline::render(&entries).lines() {
         print(&format!("  {line}"));
     }
@@ -280,6 +282,45 @@ pub async fn resubmit(target: &Target, args: &RerunArgs) -> anyhow::Result<ExitC
     create_and_follow(target, job, args.watch).await
 }
 
+/// The lines of `job`'s `attempt` (every attempt with `None`) in its
+/// fleet's worker pods' logs, as `(pod, line)`; a pod whose log cannot be
+/// read is skipped with a note on stderr.
+async fn job_log_lines(target: &Target, job: &Job, attempt: Option<i32>) -> Vec<(String, String)> {
+    let pods: Api<Pod> = target.api();
+    let selector = format!("{WORKER_LABEL}={}", job.spec.worker);
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            eprintln!("cannot list the worker pods: {error}");
+            return Vec::new();
+        }
+    };
+    let name = job.name_any();
+    let namespace = job.namespace().unwrap_or_else(|| target.namespace.clone());
+    let wanted = Wanted {
+        job: &name,
+        namespace: &namespace,
+        attempt,
+    };
+    let mut lines = Vec::new();
+    for pod in &list {
+        let pod_name = pod.name_any();
+        let params = LogParams {
+            container: Some(WORKER_CONTAINER.into()),
+            ..LogParams::default()
+        };
+        match pods.logs(&pod_name, &params).await {
+            Ok(text) => lines.extend(
+                text.lines()
+                    .filter(|line| logs::belongs(line, &wanted))
+                    .map(|line| (pod_name.clone(), line.to_owned())),
+            ),
+            Err(error) => eprintln!("{pod_name}: cannot read its log: {error}"),
+        }
+    }
+    lines
+}
+
 pub async fn logs(target: &Target, args: &LogsArgs) -> anyhow::Result<ExitCode> {
     let jobs: Api<Job> = target.api();
     let job = jobs
@@ -297,12 +338,6 @@ pub async fn logs(target: &Target, args: &LogsArgs) -> anyhow::Result<ExitCode> 
         namespace: &namespace,
         attempt,
     };
-    let pods: Api<Pod> = target.api();
-    let selector = format!("{WORKER_LABEL}={}", job.spec.worker);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .context("listing the worker pods")?;
     let show = |pod: &str, line: &str| {
         if logs::belongs(line, &wanted) {
             if args.raw {
@@ -313,19 +348,17 @@ pub async fn logs(target: &Target, args: &LogsArgs) -> anyhow::Result<ExitCode> 
         }
     };
     if !args.follow {
-        for pod in &list.items {
-            let name = pod.name_any();
-            let params = LogParams {
-                container: Some(WORKER_CONTAINER.into()),
-                ..LogParams::default()
-            };
-            match pods.logs(&name, &params).await {
-                Ok(text) => text.lines().for_each(|line| show(&name, line)),
-                Err(error) => eprintln!("{name}: cannot read its log: {error}"),
-            }
+        for (pod, line) in job_log_lines(target, &job, attempt).await {
+            show(&pod, &line);
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let pods: Api<Pod> = target.api();
+    let selector = format!("{WORKER_LABEL}={}", job.spec.worker);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .context("listing the worker pods")?;
     let mut streams = Vec::new();
     for pod in &list.items {
         let name = pod.name_any();

@@ -1,12 +1,17 @@
 //! `describe`: one Job's life in time order, built from what its status
 //! says (queued, started on which pod, each step, the last failure, the next
-//! retry, the outcome), its conditions, and the Events about it (the
-//! operator's failures, retries, dead letters).
+//! retry, the outcome), its conditions, the Events about it (the operator's
+//! failures, retries, dead letters), and, since status keeps only the last
+//! attempt, every attempt's own lines in the worker pods' logs (which pod
+//! ran it, its steps, how it ended).
+
+use std::collections::BTreeSet;
 
 use drover_crds::{Job, JobPhase};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use serde_json::Value;
 
 use crate::render;
 
@@ -15,39 +20,190 @@ use crate::render;
 pub struct Entry {
     pub at: Timestamp,
     pub what: String,
+    source: Source,
 }
 
-/// Everything known about `job` and `events` (already those about it), oldest first.
-pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    let mut push = |at: Option<Timestamp>, what: String| {
+/// Where an entry comes from, which says how precise its time is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    /// The Job's creation: always first.
+    Created,
+    /// Job status, in whole seconds: `finishing` for its outcome and conditions.
+    Status { attempt: i32, finishing: bool },
+    /// A worker's log line, to the microsecond.
+    Log { attempt: i32 },
+    /// An Event, to the microsecond.
+    Event,
+}
+
+impl Source {
+    /// Whether a precise entry from `self` came before a status entry from
+    /// `status` that shares its second.
+    fn precedes(self, status: Source) -> bool {
+        let Source::Status { attempt, finishing } = status else {
+            return false;
+        };
+        match self {
+            Source::Log { attempt: a } => a < attempt || (finishing && a == attempt),
+            // The operator's Events of an outcome come after it is written;
+            // those before a new attempt (Retried) come before it.
+            Source::Event => !finishing,
+            Source::Created | Source::Status { .. } => false,
+        }
+    }
+}
+
+/// Status times are whole seconds: each is moved to just after what it
+/// must follow within its second (the logs and Events of that second).
+fn place(entries: &mut [Entry]) {
+    let second = std::time::Duration::from_secs(1);
+    let precise: Vec<(Timestamp, Source)> = entries
+        .iter()
+        .filter(|e| matches!(e.source, Source::Log { .. } | Source::Event))
+        .map(|e| (e.at, e.source))
+        .collect();
+    for entry in entries
+        .iter_mut()
+        .filter(|e| matches!(e.source, Source::Status { .. }))
+    {
+        let end = entry.at.checked_add(second).unwrap_or(entry.at);
+        if let Some(latest) = precise
+            .iter()
+            .filter(|(at, source)| *at >= entry.at && *at < end && source.precedes(entry.source))
+            .map(|(at, _)| *at)
+            .max()
+        {
+            // Just after it, so it sorts after it.
+            entry.at = latest
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_micros(1))
+                .unwrap_or(latest);
+        }
+    }
+}
+
+/// What the worker logs say about each attempt of a Job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub entries: Vec<Entry>,
+    /// The attempts whose start the logs show.
+    pub attempts: BTreeSet<i32>,
+}
+
+/// The history in `lines` (log lines already known to be the Job's).
+pub fn history<'a>(lines: impl IntoIterator<Item = &'a str>) -> History {
+    let mut history = History::default();
+    for line in lines {
+        let Ok(line) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let fields = &line["fields"];
+        let text = |key: &str| fields[key].as_str().unwrap_or_default().to_owned();
+        let attempt = fields["attempt"]
+            .as_i64()
+            .or_else(|| line["span"]["attempt"].as_i64())
+            .and_then(|a| i32::try_from(a).ok());
+        let at = line["timestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let (Some(attempt), Some(at)) = (attempt, at) else {
+            continue;
+        };
+        let took = fields["took_ms"]
+            .as_u64()
+            .map(|ms| {
+                format!(
+                    " in {}",
+                    render::duration(std::time::Duration::from_millis(ms))
+                )
+            })
+            .unwrap_or_default();
+        let what = match fields["event"].as_str() {
+            Some("job_started") => {
+                history.attempts.insert(attempt);
+                format!("attempt {attempt} started on pod {}", text("pod"))
+            }
+            Some("step_completed") => format!(
+                "  step {} Succeeded{took} (attempt {attempt})",
+                text("step")
+            ),
+            Some("step_failed") => format!(
+                "  step {} Failed (attempt {attempt}): {} ({})",
+                text("step"),
+                text("message"),
+                text("reason")
+            ),
+            Some("job_completed") => format!("attempt {attempt} succeeded{took}"),
+            Some("job_failed") => format!(
+                "attempt {attempt} failed{}: {} ({})",
+                if fields["retryable"].as_bool() == Some(true) {
+                    ", retryable"
+                } else {
+                    ""
+                },
+                text("message"),
+                text("reason")
+            ),
+            Some("job_cancelled") => format!("attempt {attempt} stopped on cancel"),
+            _ => continue,
+        };
+        history.entries.push(Entry {
+            at,
+            what,
+            source: Source::Log { attempt },
+        });
+    }
+    history
+}
+
+/// Everything known about `job`, the `events` about it and its `history`
+/// from the logs, oldest first.
+pub fn build(job: &Job, events: &[Event], history: &History) -> Vec<Entry> {
+    let mut entries = history.entries.clone();
+    let status = job.status.clone().unwrap_or_default();
+    let attempt = status.attempt;
+    let (running, finishing) = (
+        Source::Status {
+            attempt,
+            finishing: false,
+        },
+        Source::Status {
+            attempt,
+            finishing: true,
+        },
+    );
+    let mut push = |at: Option<Timestamp>, what: String, source: Source| {
         if let Some(at) = at {
-            entries.push(Entry { at, what });
+            entries.push(Entry { at, what, source });
         }
     };
     push(
         job.creation_timestamp().map(|t| t.0),
         format!("created for worker {}", job.spec.worker),
+        Source::Created,
     );
-    let status = job.status.clone().unwrap_or_default();
-    let attempt = status.attempt;
     push(
         status.queued_at.as_ref().map(|t| t.0),
         format!(
             "attempt {attempt} queued (message {})",
             status.message_id.as_deref().unwrap_or("?")
         ),
+        running,
     );
     let pod = status
         .claim
         .as_ref()
         .map(|c| format!(" on pod {}", c.pod))
         .unwrap_or_default();
-    push(
-        status.started_at.as_ref().map(|t| t.0),
-        format!("attempt {attempt} started{pod}"),
-    );
-    for step in &status.steps {
+    // The logs tell the current attempt's start and steps better, when they have them.
+    let logged = history.attempts.contains(&attempt);
+    if !logged {
+        push(
+            status.started_at.as_ref().map(|t| t.0),
+            format!("attempt {attempt} started{pod}"),
+            running,
+        );
+    }
+    for step in status.steps.iter().filter(|_| !logged) {
         let message = step
             .message
             .as_deref()
@@ -56,6 +212,7 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
         push(
             step.started_at.as_ref().map(|t| t.0),
             format!("  step {} started", step.name),
+            running,
         );
         push(
             step.finished_at.as_ref().map(|t| t.0),
@@ -68,6 +225,7 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
                     .unwrap_or_default(),
                 step.attempts
             ),
+            running,
         );
     }
     if status.phase == JobPhase::Backoff {
@@ -79,6 +237,7 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
         push(
             status.retry_at.as_ref().map(|t| t.0),
             format!("attempt {} due{why}", attempt + 1),
+            running,
         );
     }
     for condition in &status.conditions {
@@ -88,12 +247,14 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
                 "condition {}={} {}: {}",
                 condition.type_, condition.status, condition.reason, condition.message
             ),
+            finishing,
         );
     }
     if status.phase.is_terminal() {
         push(
             status.finished_at.as_ref().map(|t| t.0),
             format!("finished: {}", finished(job)),
+            finishing,
         );
     }
     for event in events {
@@ -116,8 +277,10 @@ pub fn build(job: &Job, events: &[Event]) -> Vec<Entry> {
                 event.reason.as_deref().unwrap_or(""),
                 event.note.as_deref().unwrap_or("")
             ),
+            Source::Event,
         );
     }
+    place(&mut entries);
     // Stable: what happened at one instant keeps the order above.
     entries.sort_by_key(|e| e.at);
     entries
@@ -199,7 +362,7 @@ mod tests {
     fn event(reason: &str, at: &str, uid: &str) -> Event {
         serde_json::from_value(json!({
             "metadata": {"name": format!("e-{reason}")},
-            "eventTime": at.replace('Z', ".000000Z"), "reason": reason, "note": "n", "type": "Warning",
+            "eventTime": if at.contains('.') { at.to_owned() } else { at.replace('Z', ".000000Z") }, "reason": reason, "note": "n", "type": "Warning",
             "regarding": {"kind": "Job", "name": "mix", "uid": uid, "apiVersion": "drover.dev/v1alpha1"},
             "reportingController": "drover", "reportingInstance": "op", "action": "Dispatch"
         }))
@@ -209,7 +372,10 @@ mod tests {
     #[test]
     fn a_failed_job_reads_from_creation_to_outcome_with_its_events_in_between() {
         let events = [event("MaxAttemptsExceeded", "2027-01-15T08:00:20Z", "u-1")];
-        let lines: Vec<String> = build(&job(), &events).into_iter().map(|e| e.what).collect();
+        let lines: Vec<String> = build(&job(), &events, &History::default())
+            .into_iter()
+            .map(|e| e.what)
+            .collect();
         assert_eq!(
             lines,
             [
@@ -223,9 +389,70 @@ mod tests {
                 "event Warning MaxAttemptsExceeded: n",
             ]
         );
-        let text = render(&build(&job(), &events));
+        let text = render(&build(&job(), &events, &History::default()));
         assert!(text.starts_with("08:00:00  +0ms"), "{text}");
         assert!(text.contains("08:00:20  +20.0s"), "{text}");
+    }
+
+    #[test]
+    fn every_attempt_in_the_logs_shows_its_pod_steps_and_end() {
+        let lines = [
+            r#"{"timestamp":"2027-01-15T08:00:02.5Z","fields":{"event":"job_started","job":"mix","attempt":1,"pod":"w-a"}}"#,
+            r#"{"timestamp":"2027-01-15T08:00:03Z","fields":{"event":"step_failed","step":"fetch","reason":"NotFound","message":"404"},"span":{"job":"mix","attempt":1}}"#,
+            r#"{"timestamp":"2027-01-15T08:00:03.1Z","fields":{"event":"job_failed","job":"mix","attempt":1,"reason":"StepFailed","retryable":true,"message":"fetch: 404"}}"#,
+            r#"{"timestamp":"2027-01-15T08:00:11.2Z","fields":{"event":"job_started","job":"mix","attempt":2,"pod":"w-b"}}"#,
+            r#"{"timestamp":"2027-01-15T08:00:11.3Z","fields":{"event":"claim_renewed","job":"mix","attempt":2}}"#,
+            "not json",
+        ];
+        let history = history(lines);
+        assert_eq!(history.attempts, BTreeSet::from([1, 2]));
+        let all: Vec<String> = build(&job(), &[], &history)
+            .into_iter()
+            .map(|e| e.what)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "created for worker assembly",
+                "attempt 1 started on pod w-a",
+                "  step fetch Failed (attempt 1): 404 (NotFound)",
+                "attempt 1 failed, retryable: fetch: 404 (StepFailed)",
+                "attempt 2 queued (message m-2)",
+                "attempt 2 started on pod w-b",
+                "condition Failed=True MaxAttemptsExceeded: all 2 attempts failed",
+                "finished: Failed: all 2 attempts failed (MaxAttemptsExceeded)",
+            ],
+            "the logged start of attempt 2 replaces the one from status"
+        );
+    }
+
+    #[test]
+    fn a_status_time_in_whole_seconds_goes_after_what_it_follows_in_its_second() {
+        // Attempt 2 failed at 08:00:20.4 (its log), the Job finished at
+        // 08:00:20 by its status (so after 20.4), and the operator's Event
+        // of it came at 20.6.
+        let lines = [
+            r#"{"timestamp":"2027-01-15T08:00:20.4Z","fields":{"event":"job_failed","job":"mix","attempt":2,"reason":"Told","retryable":true,"message":"no"}}"#,
+        ];
+        let events = [event(
+            "MaxAttemptsExceeded",
+            "2027-01-15T08:00:20.600000Z",
+            "u-1",
+        )];
+        let all: Vec<String> = build(&job(), &events, &history(lines))
+            .into_iter()
+            .map(|e| e.what)
+            .skip(5)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "attempt 2 failed, retryable: no (Told)",
+                "condition Failed=True MaxAttemptsExceeded: all 2 attempts failed",
+                "finished: Failed: all 2 attempts failed (MaxAttemptsExceeded)",
+                "event Warning MaxAttemptsExceeded: n",
+            ]
+        );
     }
 
     #[test]

@@ -164,12 +164,16 @@ async fn retry_of_a_failed_job_succeeds_on_the_next_attempt_and_keeps_its_histor
         ]
     );
 
-    // The history: the failure that was retried, the retry, the success.
+    // The history: each attempt from the worker pods' logs, the failure that
+    // was retried, the retry, the success.
     let described = stdout(&f.cli(&["describe", "flaky"]).await);
     for shown in [
+        "attempt 1 failed, retryable: the input asked attempt 1 to fail (Told)",
+        "attempt 2 failed, retryable: the input asked attempt 2 to fail (Told)",
         "MaxAttemptsExceeded",
         "Retried",
-        "attempt 3 started",
+        "attempt 3 started on pod sleeper-worker-",
+        "attempt 3 succeeded",
         "finished: Succeeded",
     ] {
         assert!(
