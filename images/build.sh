@@ -8,7 +8,8 @@
 # TAG defaults to the workspace version (the chart's appVersion). Archives go
 # to target/images/drover-{operator,worker}-TAG.oci.tar; load them with
 # `skopeo copy oci-archive:FILE docker://REGISTRY/drover-operator:TAG` or
-# `podman load -i FILE`.
+# `podman load -i FILE`. The kubectl plugin is no image: its binary goes to
+# target/images/kubectl-drover-TAG, for users' PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,12 +25,15 @@ command -v buildah >/dev/null || {
 }
 
 if [ "$profile" = release ]; then
-    cargo build --release --locked -p drover-operator -p drover-worker
+    cargo build --release --locked -p drover-operator -p drover-worker -p drover-cli
 else
-    cargo build --locked -p drover-operator -p drover-worker
+    cargo build --locked -p drover-operator -p drover-worker -p drover-cli
 fi
 
 mkdir -p target/images
+cp "target/$profile/kubectl-drover" "target/images/kubectl-drover-$tag"
+"target/images/kubectl-drover-$tag" --version
+echo "kubectl-drover -> target/images/kubectl-drover-$tag"
 for name in drover-operator drover-worker; do
     rootfs=$(mktemp -d)
     trap 'rm -rf "$rootfs"' EXIT

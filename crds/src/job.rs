@@ -35,8 +35,10 @@ use serde::{Deserialize, Serialize};
     .message("spec.worker is immutable: create a new Job to run on another worker"))]
 #[x_kube(validation = kube::core::Rule::new("self.input == oldSelf.input")
     .message("spec.input is immutable: create a new Job to run other input"))]
-#[x_kube(validation = kube::core::Rule::new("!oldSelf.cancel || self.cancel")
-    .message("spec.cancel cannot be undone once set"))]
+#[x_kube(validation = kube::core::Rule::new("!oldSelf.cancel || self.cancel || self.retries > oldSelf.retries")
+    .message("spec.cancel cannot be undone once set, except by a retry (raising spec.retries)"))]
+#[x_kube(validation = kube::core::Rule::new("self.retries >= oldSelf.retries")
+    .message("spec.retries only grows"))]
 #[serde(rename_all = "camelCase")]
 pub struct JobSpec {
     /// Name of the PipelineWorker (in this namespace) that runs this Job.
@@ -72,6 +74,14 @@ pub struct JobSpec {
     /// stopped by its worker. Cannot be undone.
     #[serde(default)]
     pub cancel: bool,
+
+    /// Raise by one to run a Failed or Cancelled Job again with a fresh
+    /// attempt budget (`kubectl drover retry`); its attempt numbers go on and
+    /// its Events stay. Raising it also lets `cancel` go back to false.
+    /// Default 0.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub retries: i32,
 }
 
 impl Job {
@@ -120,7 +130,8 @@ impl JobPhase {
         JobPhase::Cancelled,
     ];
 
-    /// Succeeded, Failed and Cancelled never change again.
+    /// Succeeded, Failed and Cancelled: nothing runs any more. Only a retry
+    /// someone asks for (`spec.retries`) moves a Failed or Cancelled Job again.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -197,6 +208,15 @@ pub struct JobStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub releases: i32,
 
+    /// The `spec.retries` the operator has acted on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: i32,
+
+    /// Attempts spent before the last retry: the attempt budget
+    /// (`maxAttempts`) counts from here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: i32,
+
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -204,6 +224,18 @@ pub struct JobStatus {
 
 fn is_zero(n: &i32) -> bool {
     *n == 0
+}
+
+impl JobStatus {
+    /// Attempts counted against the budget: those since the last retry.
+    pub fn attempts_used(&self) -> i32 {
+        self.attempt.saturating_sub(self.attempt_base)
+    }
+
+    /// Whether `spec_retries` asks for a retry this status has not had yet.
+    pub fn retry_requested(&self, spec_retries: i32) -> bool {
+        spec_retries > self.retries
+    }
 }
 
 /// A worker's hold on a running Job.

@@ -63,11 +63,14 @@ pub enum Transition {
     CancelRunning,
     /// Worker: shutting down before the Job finished; hand it back.
     Release,
+    /// Operator: someone asked (`spec.retries`) to run a Failed or
+    /// Cancelled Job again with a fresh attempt budget.
+    Retry,
 }
 
 impl Transition {
     /// Every transition, for exhaustive tests and documentation.
-    pub const ALL: [Transition; 15] = [
+    pub const ALL: [Transition; 16] = [
         Transition::Publish,
         Transition::Reject,
         Transition::ScheduleRetry,
@@ -83,6 +86,7 @@ impl Transition {
         Transition::FailPermanent,
         Transition::CancelRunning,
         Transition::Release,
+        Transition::Retry,
     ];
 
     /// Who makes this transition.
@@ -90,7 +94,7 @@ impl Transition {
         use Transition::*;
         match self {
             Publish | Reject | ScheduleRetry | Requeue | Republish | WorkerLost | GiveUp
-            | CancelIdle => Actor::Operator,
+            | CancelIdle | Retry => Actor::Operator,
             Claim | Progress | Succeed | FailRetryable | FailPermanent | CancelRunning
             | Release => Actor::Worker,
         }
@@ -114,6 +118,7 @@ impl Transition {
             | Transition::FailPermanent
             | Transition::CancelRunning
             | Transition::Release => &[Running],
+            Transition::Retry => &[Failed, Cancelled],
         }
     }
 
@@ -124,9 +129,10 @@ impl Transition {
             Transition::Publish | Transition::Requeue | Transition::Republish => Queued,
             Transition::Release => Queued,
             Transition::Reject | Transition::GiveUp | Transition::FailPermanent => Failed,
-            Transition::ScheduleRetry | Transition::WorkerLost | Transition::FailRetryable => {
-                Backoff
-            }
+            Transition::ScheduleRetry
+            | Transition::WorkerLost
+            | Transition::FailRetryable
+            | Transition::Retry => Backoff,
             Transition::CancelIdle | Transition::CancelRunning => Cancelled,
             Transition::Claim | Transition::Progress => Running,
             Transition::Succeed => Succeeded,
@@ -148,9 +154,10 @@ impl Transition {
     }
 }
 
-/// Checks that `actor` may move a Job from `from` to `to`.
+/// Checks that `actor` may move a Job from `from` to `to`. A finished Job
+/// moves only by an asked-for retry ([`Transition::Retry`]).
 pub fn check_transition(actor: Actor, from: JobPhase, to: JobPhase) -> Result<(), TransitionError> {
-    if from.is_terminal() {
+    if from.is_terminal() && !is_retry(actor, from, to) {
         return Err(TransitionError::FromTerminal { from, to });
     }
     let allowed = Transition::ALL
@@ -161,6 +168,12 @@ pub fn check_transition(actor: Actor, from: JobPhase, to: JobPhase) -> Result<()
     } else {
         Err(TransitionError::NotAllowed { actor, from, to })
     }
+}
+
+/// The one move out of a finished phase: the operator's retry.
+fn is_retry(actor: Actor, from: JobPhase, to: JobPhase) -> bool {
+    let retry = Transition::Retry;
+    actor == retry.actor() && to == retry.to() && retry.from().contains(&from)
 }
 
 /// What a worker does with a message it pulled.
@@ -344,6 +357,8 @@ mod tests {
         (Actor::Worker, Running, Failed),
         (Actor::Worker, Running, Cancelled),
         (Actor::Worker, Running, Queued),
+        (Actor::Operator, Failed, Backoff),
+        (Actor::Operator, Cancelled, Backoff),
     ];
 
     #[test]
@@ -375,10 +390,13 @@ mod tests {
     }
 
     #[test]
-    fn finished_jobs_never_move() {
+    fn finished_jobs_move_only_by_the_operators_retry() {
         for from in [Succeeded, Failed, Cancelled] {
             for to in JobPhase::ALL {
                 for actor in [Actor::Operator, Actor::Worker] {
+                    if ALLOWED.contains(&(actor, from, to)) {
+                        continue;
+                    }
                     assert_eq!(
                         check_transition(actor, from, to),
                         Err(TransitionError::FromTerminal { from, to })
@@ -386,6 +404,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_succeeded_job_is_never_retried_and_a_worker_never_retries() {
+        assert!(Transition::Retry.check_from(Succeeded).is_err());
+        assert!(check_transition(Actor::Worker, Failed, Backoff).is_err());
+        assert!(Transition::Retry.check_from(Failed).is_ok());
+        assert!(Transition::Retry.check_from(Cancelled).is_ok());
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct JobStatusPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<Time>,
+    pub finished_at: Option<Option<Time>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<Option<Time>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +53,10 @@ pub struct JobStatusPatch {
     pub error: Option<Option<JobError>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub releases: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt_base: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<Option<i64>>,
 }
@@ -300,7 +304,7 @@ impl JobTransition {
             Transition::Succeed,
             from,
             JobStatusPatch {
-                finished_at: Some(Time(now)),
+                finished_at: Some(Some(Time(now))),
                 progress: Some(100),
                 result: Some(Some(result)),
                 error: Some(None),
@@ -344,7 +348,7 @@ impl JobTransition {
             );
         }
         let status = JobStatusPatch {
-            finished_at: Some(Time(now)),
+            finished_at: Some(Some(Time(now))),
             claim: Some(None),
             steps: Some(bounded_steps(steps)),
             conditions: Some(vec![condition(
@@ -392,6 +396,40 @@ impl JobTransition {
     }
 }
 
+// --- a retry someone asked for ---
+
+impl JobTransition {
+    /// Runs a Failed or Cancelled Job again: it waits in Backoff, due at
+    /// once, with a fresh attempt budget counted from its last `attempt`
+    /// (the numbers go on, so no old attempt's message runs again). Its last
+    /// error and steps stay for `describe`; the outcome conditions go, so
+    /// `kubectl wait` waits for the new outcome.
+    pub fn retry(
+        from: JobPhase,
+        attempt: i32,
+        current: &[Condition],
+        spec_retries: i32,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        Self::checked(
+            Transition::Retry,
+            from,
+            JobStatusPatch {
+                finished_at: Some(None),
+                retry_at: Some(Some(Time(now))),
+                claim: Some(None),
+                result: Some(None),
+                result_ref: Some(None),
+                releases: Some(0),
+                retries: Some(spec_retries),
+                attempt_base: Some(attempt),
+                conditions: Some(without(current, &[CONDITION_COMPLETE, CONDITION_FAILED])),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+}
+
 impl JobError {
     pub fn new(reason: FailureReason, message: String, retryable: bool) -> Self {
         Self {
@@ -406,7 +444,7 @@ fn failed(reason: FailureReason, message: String, now: Timestamp) -> JobStatusPa
     JobStatusPatch {
         claim: Some(None),
         retry_at: Some(None),
-        finished_at: Some(Time(now)),
+        finished_at: Some(Some(Time(now))),
         conditions: Some(vec![condition(
             CONDITION_FAILED,
             reason.as_str(),
@@ -421,7 +459,7 @@ fn failed(reason: FailureReason, message: String, now: Timestamp) -> JobStatusPa
 fn cancelled(now: Timestamp, steps: Option<Vec<StepStatus>>) -> JobStatusPatch {
     JobStatusPatch {
         claim: Some(None),
-        finished_at: Some(Time(now)),
+        finished_at: Some(Some(Time(now))),
         steps,
         conditions: Some(vec![condition(
             CONDITION_FAILED,
@@ -682,6 +720,7 @@ mod tests {
             JobTransition::fail(from, error(false), steps(), now()),
             JobTransition::cancel_running(from, steps(), now()),
             JobTransition::release(from, 0, now()),
+            JobTransition::retry(from, 3, &[], 1, now()),
         ]
     }
 
@@ -952,5 +991,34 @@ mod tests {
         let types: Vec<_> = after.conditions.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, [CONDITION_FAILED, CONDITION_DEAD_LETTER_FAILED]);
         assert_eq!(after.phase, Failed);
+    }
+
+    #[test]
+    fn a_retried_failed_job_is_due_at_once_with_a_fresh_budget_and_keeps_its_history() {
+        let failed = JobTransition::fail(Running, error(false), steps(), now()).unwrap();
+        let mut before = apply(&running(), &failed);
+        before.attempt = 3;
+        assert_eq!(before.phase, Failed);
+        let retried =
+            JobTransition::retry(Failed, before.attempt, &before.conditions, 1, now()).unwrap();
+        let after = apply(&before, &retried);
+        assert_eq!(after.phase, Backoff);
+        assert_eq!((after.attempt, after.attempt_base), (3, 3));
+        assert_eq!(after.attempts_used(), 0);
+        assert_eq!(after.retries, 1);
+        assert!(!after.retry_requested(1));
+        assert_eq!(after.retry_at, Some(Time(now())));
+        assert_eq!(after.finished_at, None);
+        assert!(after.conditions.is_empty(), "{:?}", after.conditions);
+        assert_eq!(after.error, before.error, "the last failure stays");
+        assert_eq!(after.steps, before.steps, "the last steps stay");
+    }
+
+    #[test]
+    fn only_a_failed_or_cancelled_job_is_retried() {
+        for from in JobPhase::ALL {
+            let built = JobTransition::retry(from, 1, &[], 1, now()).is_ok();
+            assert_eq!(built, matches!(from, Failed | Cancelled), "{from:?}");
+        }
     }
 }

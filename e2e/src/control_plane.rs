@@ -577,7 +577,10 @@ fn start_apiserver(
         .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
         .arg("--allow-privileged=true")
         // Nothing should be written next to the binary or in the working directory.
-        .arg(flag("--cert-dir", &state_dir.join("apiserver-certs")));
+        .arg(flag("--cert-dir", &state_dir.join("apiserver-certs")))
+        // Kubelets by their InternalIP (loopback here), never by a node name
+        // looked up in the machine's DNS.
+        .arg("--kubelet-preferred-address-types=InternalIP");
     if let Some(node) = node {
         // Later flags win: these replace the loopback-only ones above.
         cmd.args(node.apiserver_flags());

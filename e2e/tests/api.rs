@@ -232,6 +232,21 @@ async fn job_worker_and_cancel_cannot_be_changed_back() {
         err.to_string().contains("spec.cancel cannot be undone"),
         "{err}"
     );
+
+    // Only a retry lifts a cancel (`kubectl drover retry`), and retries only grow.
+    uncancelled.spec.retries = 1;
+    let retried = jobs
+        .replace("job", &PostParams::default(), &uncancelled)
+        .await
+        .expect("a retry lifts the cancel");
+    assert_eq!((retried.spec.cancel, retried.spec.retries), (false, 1));
+    let mut fewer = retried;
+    fewer.spec.retries = 0;
+    let err = jobs
+        .replace("job", &PostParams::default(), &fewer)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spec.retries only grows"), "{err}");
 }
 
 #[tokio::test]

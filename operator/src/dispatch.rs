@@ -333,6 +333,7 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             tracing::info!(event = "job_cancelled", job = %job.name_any(), namespace = %namespace, "cancelled");
             Ok(Action::await_change())
         }
+        NextStep::Retry => retry(job, ctx, &namespace, now).await,
         NextStep::Delete => {
             let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
             let params = DeleteParams {
@@ -584,6 +585,34 @@ async fn fail(
     record_event(ctx, job, reason.as_str(), &message).await;
     if let Some(note) = dead_letter_failed {
         record_event(ctx, job, CONDITION_DEAD_LETTER_FAILED, &note.message).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs a Failed or Cancelled Job again, as its `spec.retries` asks.
+async fn retry(job: &Job, ctx: &Context, namespace: &str, now: Timestamp) -> Result<Action, Error> {
+    let status = job.status.clone().unwrap_or_default();
+    let change = JobTransition::retry(
+        job.phase(),
+        status.attempt,
+        &status.conditions,
+        job.spec.retries,
+        now,
+    );
+    write(job, ctx, change).await?;
+    tracing::info!(event = "job_retried", job = %job.name_any(), namespace, after_attempt = status.attempt, "retry asked for; attempts start afresh");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Retried".into(),
+        note: Some(format!(
+            "retry {} asked for after attempt {} ({:?}); the attempt budget starts afresh",
+            job.spec.retries, status.attempt, status.phase
+        )),
+        action: "Dispatch".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::debug!(%error, "cannot record the event");
     }
     Ok(Action::await_change())
 }

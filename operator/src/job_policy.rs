@@ -51,6 +51,8 @@ pub enum NextStep {
     Cancel,
     /// The Job finished longer than its TTL ago.
     Delete,
+    /// `spec.retries` asks to run a Failed or Cancelled Job again.
+    Retry,
 }
 
 /// The settings that decide a Job's retries and deadlines: the fleet's,
@@ -115,6 +117,9 @@ pub fn next_step(
     let status = job.status.clone().unwrap_or_default();
     let settings = fleet.map(|f| JobSettings::of(job, f));
 
+    if retry_asked(job, &status) {
+        return NextStep::Retry;
+    }
     if status.phase.is_terminal() {
         let ttl = settings
             .as_ref()
@@ -206,7 +211,7 @@ pub fn next_step(
                 .filter(|(claim, seen)| seen.is_live(claim, now));
             let Some((claim, seen)) = live else {
                 return NextStep::WorkerLost {
-                    give_up: status.attempt >= settings.max_attempts,
+                    give_up: status.attempts_used() >= settings.max_attempts,
                 };
             };
             match after(seen.claimed_at, settings.timeout + DEADLINE_GRACE, now) {
@@ -223,7 +228,7 @@ pub fn next_step(
             }
         }
         JobPhase::Backoff => {
-            if status.attempt >= settings.max_attempts {
+            if status.attempts_used() >= settings.max_attempts {
                 let last = status
                     .error
                     .as_ref()
@@ -249,6 +254,14 @@ pub fn next_step(
         // Handled above; kept so a new phase cannot slip through.
         JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => NextStep::Wait(None),
     }
+}
+
+/// A Failed or Cancelled Job whose `spec.retries` is ahead of its status
+/// (and whose cancel, if any, was lifted with it) runs again.
+fn retry_asked(job: &Job, status: &drover_crds::JobStatus) -> bool {
+    matches!(status.phase, JobPhase::Failed | JobPhase::Cancelled)
+        && !job.spec.cancel
+        && status.retry_requested(job.spec.retries)
 }
 
 /// Whether the fleet's status says its topic and subscription exist.
@@ -600,6 +613,50 @@ mod tests {
     fn job_max_attempts_overrides_the_fleet() {
         let mut j = job(JobPhase::Backoff, 1);
         j.spec.max_attempts = Some(1);
+        assert!(matches!(
+            step(&j),
+            NextStep::Fail {
+                reason: FailureReason::MaxAttemptsExceeded,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_failed_or_cancelled_job_asked_to_retry_is_retried_and_a_succeeded_one_is_not() {
+        for phase in [JobPhase::Failed, JobPhase::Cancelled] {
+            let mut j = job(phase, 3);
+            j.status.as_mut().unwrap().finished_at = Some(ago(10_000));
+            j.spec.retries = 1;
+            assert_eq!(step(&j), NextStep::Retry, "{phase:?}");
+            j.status.as_mut().unwrap().retries = 1;
+            assert_eq!(
+                step(&j),
+                NextStep::Delete,
+                "{phase:?}: asked once, retried once"
+            );
+        }
+        let mut j = job(JobPhase::Succeeded, 1);
+        j.spec.retries = 1;
+        assert_ne!(step(&j), NextStep::Retry);
+        let mut j = job(JobPhase::Cancelled, 1);
+        (j.spec.retries, j.spec.cancel) = (1, true);
+        assert_ne!(step(&j), NextStep::Retry, "a cancel still set wins");
+    }
+
+    #[test]
+    fn a_retried_job_counts_its_attempts_from_the_retry() {
+        let mut j = job(JobPhase::Backoff, 3);
+        j.status.as_mut().unwrap().attempt_base = 3;
+        j.status.as_mut().unwrap().retry_at = Some(ago(0));
+        assert_eq!(
+            step(&j),
+            NextStep::Publish {
+                attempt: 4,
+                republish: false
+            }
+        );
+        j.status.as_mut().unwrap().attempt = 6;
         assert!(matches!(
             step(&j),
             NextStep::Fail {

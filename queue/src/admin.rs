@@ -157,6 +157,9 @@ impl QueueAdmin {
                     dead_letter.clone(),
                 )));
             }
+            if create {
+                self.ensure_dead_letter_subscription(dead_letter).await?;
+            }
         }
         match self.ensure_subscription(pw, &names, create, owner).await? {
             Some(problem) => Ok(Err(problem)),
@@ -211,6 +214,26 @@ impl QueueAdmin {
                 Box::pin(self.ensure_topic(topic, false, owner, judge)).await
             }
             Err(source) => Err(rpc("create topic", topic, source)),
+        }
+    }
+
+    /// The dead-letter topic's own subscription, which `kubectl drover dlq`
+    /// reads; without one, Pub/Sub keeps nothing sent to that topic.
+    async fn ensure_dead_letter_subscription(&self, topic: &str) -> Result<(), QueueError> {
+        let Some(name) = crate::dead_letters::subscription_of(topic) else {
+            return Ok(());
+        };
+        let created = self
+            .subscriptions
+            .create_subscription()
+            .set_name(&name)
+            .set_topic(topic)
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if is(&e, Code::AlreadyExists) => Ok(()),
+            Err(source) => Err(rpc("create subscription", &name, source)),
         }
     }
 

@@ -6,6 +6,7 @@
 //! Pub/Sub-specific in the worker.
 
 pub mod admin;
+pub mod dead_letters;
 pub mod endpoint;
 pub mod names;
 pub mod ownership;

@@ -12,7 +12,7 @@ pub struct DebianPackage {
 }
 
 /// What `cargo test --workspace` needs from Debian.
-pub const TEST_PACKAGES: [DebianPackage; 4] = [
+pub const TEST_PACKAGES: [DebianPackage; 5] = [
     DebianPackage {
         name: "prometheus",
         commands: &["prometheus", "promtool"],
@@ -32,6 +32,11 @@ pub const TEST_PACKAGES: [DebianPackage; 4] = [
         name: "faketime",
         commands: &["faketime"],
         needed_by: "the clock-skew test (libfaketime runs a worker 60 s ahead of the others)",
+    },
+    DebianPackage {
+        name: "tmux",
+        commands: &["tmux"],
+        needed_by: "the CLI's terminal test (kubectl-drover submit --watch in a tmux pane)",
     },
 ];
 
@@ -80,7 +85,7 @@ mod tests {
     fn everything_is_missing_on_a_fresh_machine() {
         assert_eq!(
             names(&missing(&TEST_PACKAGES, |_| false)),
-            ["prometheus", "ffmpeg", "espeak-ng", "faketime"]
+            ["prometheus", "ffmpeg", "espeak-ng", "faketime", "tmux"]
         );
     }
 

@@ -134,7 +134,7 @@ async fn run(args: Args) -> Result<(), String> {
     say(&format!("      wrote {}", env_file.display()));
 
     say(&format!(
-        "up in {:.1} s\n\n  In another shell:\n    source {}\n    $KUBECTL get drover -A\n    $KUBECTL apply -f config/samples/job-sleep.yaml\n    $KUBECTL get pjob -w\n    $KUBECTL get pw,deploy,pods\n\n  Logs: {}\n  Stop with Ctrl-C.",
+        "up in {:.1} s\n\n  In another shell:\n    source {}\n    $KUBECTL get drover -A\n    $KUBECTL apply -f config/samples/job-sleep.yaml\n    $KUBECTL get pjob -w\n    $KUBECTL get pw,deploy,pods\n    $KUBECTL drover submit -w sleeper --set durationMillis=2000 --watch\n\n  Logs: {}\n  Stop with Ctrl-C.",
         started.elapsed().as_secs_f64(),
         env_file.display(),
         state_dir.display()
@@ -329,18 +329,20 @@ fn build_drover_binaries() -> Result<(), String> {
         "drover-operator",
         "-p",
         "drover-worker",
+        "-p",
+        "drover-cli",
     ]);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
     let status = command
         .status()
-        .map_err(|e| format!("cannot run cargo to build the operator and worker: {e}"))?;
+        .map_err(|e| format!("cannot run cargo to build the operator, worker and CLI: {e}"))?;
     if status.success() {
         Ok(())
     } else {
         Err(format!(
-            "building drover-operator and drover-worker failed ({status})"
+            "building drover-operator, drover-worker and kubectl-drover failed ({status})"
         ))
     }
 }
@@ -355,17 +357,24 @@ enum Running {
 /// Shell lines that point another terminal at this sandbox.
 fn write_env_file(env: &TestEnv, helm: &Path, state_dir: &Path) -> Result<PathBuf, String> {
     let path = state_dir.join("env");
+    let cli = drover_e2e::drover::binary("kubectl-drover").map_err(|e| e.to_string())?;
+    let cli_dir = cli.parent().unwrap_or(Path::new("."));
     let text = format!(
         "# Written by the Drover sandbox; `source` it to reach the sandbox.\n\
          export KUBECONFIG={}\n\
          export PUBSUB_EMULATOR_HOST={}\n\
          export PUBSUB_PROJECT_ID={PROJECT_ID}\n\
          export KUBECTL={}\n\
-         export HELM={}\n",
+         export HELM={}\n\
+         # `kubectl drover ...` finds the plugin on PATH.\n\
+         export DROVER_CLI={}\n\
+         export PATH={}:\"$PATH\"\n",
         shell_quote(env.control_plane.kubeconfig_path()),
         env.pubsub.host_port(),
         shell_quote(&env.binaries.kubectl),
         shell_quote(helm),
+        shell_quote(&cli),
+        shell_quote(cli_dir),
     );
     std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path)

@@ -30,6 +30,7 @@ mod env;
 mod expansion;
 mod images;
 mod ips;
+mod log_server;
 mod node;
 mod pod_worker;
 mod probe;
@@ -167,6 +168,8 @@ pub enum KubeletError {
         #[source]
         source: kube::Error,
     },
+    #[error("cannot start the kubelet's log endpoint: {0}")]
+    LogServer(String),
     #[error("timed out after {timeout:?} waiting for {what}; the kubelet runs: {running}")]
     Timeout {
         what: String,
@@ -219,7 +222,8 @@ impl ProcessKubelet {
             path: pods_dir.clone(),
             source,
         })?;
-        let node = node::register(&client, &config.node_name).await?;
+        let log_server = log_server::LogServer::bind().await?;
+        let node = node::register(&client, &config.node_name, log_server.port()).await?;
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -234,6 +238,7 @@ impl ProcessKubelet {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(node.heartbeat());
+        tasks.spawn(log_server.serve(shared.clone()));
         tasks.spawn(scheduler::run(
             shared.clone(),
             client.clone(),
@@ -381,6 +386,15 @@ impl Shared {
         self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The output file of pod `namespace/name`, while the kubelet knows it.
+    fn log_path_of(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        self.registry()
+            .pods
+            .values()
+            .find(|r| r.namespace == namespace && r.name == name)
+            .map(|r| r.log_path.clone())
     }
 
     fn notify(&self) {

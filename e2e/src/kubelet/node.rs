@@ -10,7 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -46,10 +49,16 @@ pub(crate) struct NodeHandle {
     name: String,
     uid: String,
     registered_at: Timestamp,
+    /// Where the apiserver reaches this kubelet's log endpoint.
+    kubelet_port: u16,
 }
 
 /// Creates (or takes over) the Node, posts its Ready status and creates its Lease.
-pub(crate) async fn register(client: &Client, name: &str) -> Result<NodeHandle, KubeletError> {
+pub(crate) async fn register(
+    client: &Client,
+    name: &str,
+    kubelet_port: u16,
+) -> Result<NodeHandle, KubeletError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let labels = BTreeMap::from([
@@ -82,6 +91,7 @@ pub(crate) async fn register(client: &Client, name: &str) -> Result<NodeHandle, 
         name: name.to_owned(),
         uid,
         registered_at: Timestamp::now(),
+        kubelet_port,
     };
     handle
         .post_status()
@@ -205,6 +215,11 @@ impl NodeHandle {
                 },
             ]),
             node_info: Some(system_info()),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(self.kubelet_port),
+                }),
+            }),
             ..NodeStatus::default()
         };
         let body = Node {
