@@ -127,7 +127,8 @@ async fn episode(t: &DroverTest) -> Episode {
         .replicas(1, 1)
         .concurrency(2)
         .timeouts(600, 1800)
-        .assembly_output(44100, -16.0, -1.0);
+        .assembly_output(44100, -16.0, -1.0)
+        .allowed_prefixes(&[&format!("{}/", url(&media))]);
     t.apply_fleet(fleet.build()).await;
     let input = media.join("input.json");
     let body = json!({
