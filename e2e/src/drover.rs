@@ -66,7 +66,7 @@ pub struct OperatorOptions {
     /// The operator's own identity: its ServiceAccount's token, from
     /// [`crate::identity::operator_kubeconfig`]; never the admin's.
     pub kubeconfig: PathBuf,
-    /// `DROVER_FAILPOINTS` for this process (see `drover_runtime::failpoint`).
+    /// `DEBUG_FAILPOINTS` for this process (see `drover_runtime::failpoint`).
     pub failpoints: Option<String>,
 }
 

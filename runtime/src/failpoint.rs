@@ -2,7 +2,7 @@
 //! inside the one window it means to open: after a publish and before its
 //! Queued write, after a run's effect and before its outcome write.
 //!
-//! Armed by `DROVER_FAILPOINTS=<point>=<key>[,<point>=<key>…]`, where a key
+//! Armed by `DEBUG_FAILPOINTS=<point>=<key>[,<point>=<key>…]`, where a key
 //! names one attempt as `<job>/<attempt>`: keyed on the attempt rather than
 //! on a count, a point fires for exactly that attempt whichever process of a
 //! fleet reaches it, and a restarted process does not fire again for another
@@ -13,7 +13,9 @@
 //! release build [`pause`] is empty and the variable means nothing.
 
 /// The variable that arms the points.
-pub const ENV: &str = "DROVER_FAILPOINTS";
+// Not `DROVER_*`: a fleet's `spec.env` may not set those (they are the
+// operator's), and the chaos suite arms worker failpoints through it.
+pub const ENV: &str = "DEBUG_FAILPOINTS";
 
 /// A failpoint in the operator: a Job's message is published, its Queued
 /// write not yet sent.
