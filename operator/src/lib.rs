@@ -1,5 +1,6 @@
 //! The Drover operator: PipelineWorker fleets and Job dispatch.
 
+pub mod admission;
 pub mod backlog;
 pub mod config;
 pub mod deployment;
