@@ -10,7 +10,7 @@
 //! republish; a watch event that frees a slot marks its fleet, and
 //! [`AdmissionState::pass`] then names the Jobs to reconcile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use kube::runtime::watcher;
 use crate::admission::{
     self, CONDITION_ADMITTED, Candidate, Holder, Limits, Served, TokenBucket, Verdict, WaitReason,
 };
+use crate::backlog::BacklogCount;
 
 /// A fleet: its namespace and name.
 pub type FleetKey = (String, String);
@@ -65,6 +66,16 @@ pub fn priority_of(job: &Job, fleet: &PipelineWorker) -> i32 {
     job.spec.priority.unwrap_or(0).clamp(low, high)
 }
 
+/// What the fleet controller reads of a fleet's Jobs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetBacklog {
+    pub count: BacklogCount,
+    /// The earliest future retry among its Backoff Jobs.
+    pub next_retry: Option<Timestamp>,
+    /// Running Jobs per claiming pod.
+    pub running_by_pod: BTreeMap<String, u32>,
+}
+
 /// The answer to a Job that asks to be published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -87,6 +98,8 @@ struct Entry {
     retry_at: Option<Timestamp>,
     /// The reason of the Job's `Admitted=False` condition, if it shows one.
     shown: Option<String>,
+    /// The pod whose claim a Running Job holds.
+    pod: Option<String>,
     /// The relist that last listed it.
     listed: u64,
 }
@@ -117,6 +130,10 @@ impl Entry {
                     .find(|c| c.type_ == CONDITION_ADMITTED && c.status == "False")
                     .map(|c| c.reason.clone())
             }),
+            pod: status
+                .filter(|s| s.phase == JobPhase::Running)
+                .and_then(|s| s.claim.as_ref())
+                .map(|c| c.pod.clone()),
             listed,
         })
     }
@@ -501,6 +518,44 @@ impl AdmissionState {
         Pass { wake }
     }
 
+    /// The fleet's backlog as the scaler counts it (see `backlog::count`),
+    /// when its next Backoff retry falls due, and how many Running Jobs each
+    /// of its pods holds: from the fleet's own entries, no pass over every Job.
+    pub fn backlog(&self, key: &FleetKey, now: Timestamp) -> FleetBacklog {
+        let inner = self.lock();
+        let mut backlog = FleetBacklog::default();
+        let Some(state) = inner.fleets.get(key) else {
+            return backlog;
+        };
+        for entry in state.jobs.values() {
+            let count = &mut backlog.count;
+            match entry.phase {
+                JobPhase::Pending | JobPhase::Queued => {
+                    count.backlog.queued += 1;
+                    count.demand += 1;
+                }
+                JobPhase::Running => {
+                    count.backlog.running += 1;
+                    count.demand += 1;
+                    if let Some(pod) = &entry.pod {
+                        *backlog.running_by_pod.entry(pod.clone()).or_default() += 1;
+                    }
+                }
+                JobPhase::Backoff => {
+                    count.backlog.backoff += 1;
+                    match entry.retry_at {
+                        Some(at) if at > now => {
+                            backlog.next_retry = Some(backlog.next_retry.map_or(at, |n| n.min(at)));
+                        }
+                        _ => count.demand += 1,
+                    }
+                }
+                JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => {}
+            }
+        }
+        backlog
+    }
+
     /// Slots the fleet holds now (for tests and the benchmark's logs).
     pub fn holding(&self, key: &FleetKey) -> u32 {
         self.lock().fleets.get(key).map_or(0, FleetState::holding)
@@ -728,6 +783,39 @@ mod tests {
         assert_eq!(
             admission.may_republish(&queued, at(1), Duration::from_secs(30), at(6)),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn the_backlog_counts_waiting_jobs_too() {
+        let (admission, _freed) = state();
+        let fleet = fleet(1, 1);
+        let mut running = job("r", JobPhase::Running, 0);
+        running.status.as_mut().unwrap().claim = Some(drover_crds::job::Claim {
+            id: "c".into(),
+            pod: "pod-1".into(),
+            renew_time: Time(at(0)),
+            lease_seconds: 30,
+        });
+        let mut later = job("b", JobPhase::Backoff, 1);
+        later.status.as_mut().unwrap().retry_at = Some(Time(at(50)));
+        for j in [running, later, job("q", JobPhase::Queued, 2)] {
+            admission.observe_job(&watcher::Event::Apply(j), at(10));
+        }
+        for i in 0..5 {
+            let waiting = job(&format!("p{i}"), JobPhase::Pending, 3 + i);
+            admission.observe_job(&watcher::Event::Apply(waiting.clone()), at(10));
+            admission.try_admit(&waiting, &fleet, at(10));
+        }
+        let backlog = admission.backlog(&key(), at(10));
+        assert_eq!(backlog.count.backlog.queued, 6);
+        assert_eq!(backlog.count.backlog.running, 1);
+        assert_eq!(backlog.count.backlog.backoff, 1);
+        assert_eq!(backlog.count.demand, 7);
+        assert_eq!(backlog.next_retry, Some(at(50)));
+        assert_eq!(
+            backlog.running_by_pod,
+            BTreeMap::from([("pod-1".into(), 1)])
         );
     }
 

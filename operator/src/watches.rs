@@ -35,6 +35,8 @@ pub struct FleetWatches {
     pub jobs: Store<Job>,
     /// The Job watch; polling it fills `jobs` and feeds the Job controller.
     pub job_events: EventStream<Job>,
+    /// Per-fleet counts of the Jobs, kept from the same watch.
+    pub admission: Arc<AdmissionState>,
 }
 
 /// What the Job controller gets: the same caches, and every Job the watch
@@ -111,6 +113,7 @@ pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
             fleet_events,
             jobs,
             job_events,
+            admission: admission.clone(),
         },
         JobWatches {
             fleets,
