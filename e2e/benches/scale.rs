@@ -235,8 +235,7 @@ async fn create_jobs(jobs: &Api<Job>, from: usize, to: usize) -> Vec<(String, In
     while let Some(joined) = writers.join_next().await {
         joined.expect("a writer panicked");
     }
-    let sent = std::mem::take(&mut *sent.lock().expect("sent"));
-    sent
+    std::mem::take(&mut *sent.lock().expect("sent"))
 }
 
 /// What the bench's watch of the namespace has seen.
