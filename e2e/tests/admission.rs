@@ -147,10 +147,19 @@ async fn published(metrics_url: &str, kind: &str) -> f64 {
     let addr = metrics_url
         .trim_start_matches("http://")
         .trim_end_matches("/metrics");
-    let (code, text) = http_get(addr, "/metrics")
-        .await
-        .unwrap_or_else(|e| panic!("cannot scrape the operator: {e}"));
-    assert_eq!(code, 200, "{text}");
+    // The operator may still be starting when the first test asks.
+    let text = wait::until(
+        "the operator's metrics",
+        Duration::from_secs(30),
+        || async {
+            match http_get(addr, "/metrics").await {
+                Ok((200, text)) => Ok(text),
+                Ok((code, text)) => Err(format!("{code}: {text}")),
+                Err(e) => Err(e),
+            }
+        },
+    )
+    .await;
     let prefix = format!("drover_operator_jobs_published_total{{kind=\"{kind}\"}}");
     text.lines()
         .find(|l| l.starts_with(&prefix))
@@ -362,6 +371,15 @@ async fn a_lost_message_is_republished_once_the_fleet_was_idle_for_the_bound() {
         .expect("message");
     handler.ack();
     drop(stream);
+
+    // Past the bound with no worker: the Job waits in line, it is not lost.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let waited = published(&t.drover.operator_metrics, "republish").await;
+    assert_eq!(
+        waited - republished_before,
+        0.0,
+        "a Job waiting for a worker was republished"
+    );
 
     // An idle worker now: it never sees the message, which is gone.
     let idle = sleeper(&t, "lossy").concurrency(1).manual_replicas(1);
