@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::start_drover;
+use drover_e2e::drover::{OperatorOptions, start_operator};
 use drover_e2e::latency::{ms, quantile};
 use drover_e2e::{TestEnv, error_chain, wait};
 use futures::StreamExt;
@@ -29,7 +29,8 @@ use serde_json::json;
 
 const FLEETS: usize = 100;
 const SIZES: [usize; 2] = [10_000, 100_000];
-const WRITERS: usize = 32;
+/// Few enough that the apiserver of a small machine keeps up.
+const WRITERS: usize = 8;
 /// Longer than the unclaimed-republish bound of these fleets (3 x 10 s).
 const QUIET: Duration = Duration::from_secs(40);
 
@@ -47,10 +48,29 @@ async fn run() {
         .await
         .unwrap_or_else(|e| panic!("cannot start the test environment: {}", error_chain(&e)));
     let client = env.control_plane.client().await.expect("client");
-    let drover = start_drover(&env)
+    // No workers (every fleet is scaled to 0), so no kubelet; a long Lease,
+    // so a slow apiserver under 100,000 creates does not end the operator.
+    let port = drover_e2e::ports::free_loopback_ports(1)
+        .expect("a port")
+        .first()
+        .copied()
+        .expect("a port");
+    let kubeconfig = drover_e2e::identity::operator_kubeconfig(&env)
         .await
-        .unwrap_or_else(|e| panic!("cannot start Drover: {}", error_chain(&e)));
-    let pid = drover.operator.pid();
+        .unwrap_or_else(|e| panic!("no operator identity: {}", error_chain(&e)));
+    let operator = start_operator(
+        &env,
+        &OperatorOptions {
+            identity: "operator-0".into(),
+            lease_seconds: 60,
+            metrics_port: port,
+            kubeconfig,
+            failpoints: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("cannot start the operator: {}", error_chain(&e)));
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let pid = operator.pid();
     let ns = env
         .control_plane
         .create_namespace("scale")
@@ -72,17 +92,19 @@ async fn run() {
         let (events_before, cpu_before) = (seen.events(), cpu_seconds(pid));
         let sent = create_jobs(&jobs, created, size).await;
         created = size;
-        let decided = seen.all_decided(&sent, Duration::from_secs(1800)).await;
+        let decided = seen
+            .all_decided(&sent, &operator, Duration::from_secs(1800))
+            .await;
         let (events, cpu) = (seen.events() - events_before, cpu_seconds(pid) - cpu_before);
         let mut latencies: Vec<Duration> = sent
             .iter()
             .map(|(name, at)| decided[name].duration_since(*at))
             .collect();
         latencies.sort();
-        let republishes_before = publishes(&drover.operator_metrics, Some("republish")).await;
+        let republishes_before = publishes(&metrics, Some("republish")).await;
         tokio::time::sleep(QUIET).await;
-        let all_publishes = publishes(&drover.operator_metrics, None).await;
-        let republishes = publishes(&drover.operator_metrics, Some("republish")).await;
+        let all_publishes = publishes(&metrics, None).await;
+        let republishes = publishes(&metrics, Some("republish")).await;
         let published = seen.published();
         println!("{size} Pending Jobs over {FLEETS} fleets:");
         println!("  operator RSS: {:.1} MiB", rss_mib(pid));
@@ -103,7 +125,7 @@ async fn run() {
             QUIET.as_secs(),
         );
     }
-    drop(drover);
+    drop(operator);
     drop(env);
 }
 
@@ -300,9 +322,15 @@ impl Seen {
     async fn all_decided(
         &self,
         sent: &[(String, Instant)],
+        operator: &drover_e2e::process::ManagedProcess,
         within: Duration,
     ) -> HashMap<String, Instant> {
         wait::until("every Job decided", within, || async {
+            assert!(
+                operator.is_running(),
+                "the operator stopped: {}",
+                operator.log_tail(5)
+            );
             let inner = self.lock();
             let missing = sent
                 .iter()

@@ -162,9 +162,10 @@ impl Context {
 /// Below this many sightings nobody sweeps: the memory is a few KiB.
 const SIGHTINGS_SWEEP_FLOOR: usize = 1024;
 
-/// A Job waiting for capacity or a key is woken when a slot frees; this is
-/// only the fallback, and costs no write.
-const ADMISSION_RECHECK: Duration = Duration::from_secs(300);
+/// A Job waiting for capacity or a key is woken when a slot frees; as a
+/// fallback every fleet is passed over this often (no timer per waiting Job,
+/// and no write unless an answer changed).
+const ADMISSION_SWEEP: Duration = Duration::from_secs(30);
 
 /// What a publish clears from the Job: whatever kept it waiting.
 const CLEARED_ON_PUBLISH: [&str; 3] = [
@@ -226,15 +227,28 @@ pub async fn run(
 }
 
 /// Wakes the Jobs a freed slot admits (and those whose waiting reason
-/// changed), batching the fleets freed since the last look.
+/// changed), batching the fleets freed since the last look; every
+/// `ADMISSION_SWEEP` it looks at every fleet, so a lost wake costs a delay,
+/// never a Job.
 async fn wake_freed(
     mut freed: mpsc::UnboundedReceiver<FleetKey>,
     admission: Arc<AdmissionState>,
     fleets: Store<PipelineWorker>,
     wake: mpsc::UnboundedSender<ObjectRef<Job>>,
 ) {
-    while let Some(first) = freed.next().await {
-        let mut keys = HashSet::from([first]);
+    let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut keys = HashSet::new();
+        tokio::select! {
+            first = freed.next() => match first {
+                Some(key) => { keys.insert(key); }
+                None => return,
+            },
+            _ = sweep.tick() => {
+                keys.extend(fleets.state().iter().map(|f| (f.namespace().unwrap_or_default(), f.name_any())));
+            }
+        }
         while let Ok(key) = freed.try_recv() {
             keys.insert(key);
         }
@@ -586,8 +600,8 @@ fn queued_at(job: &Job, now: Timestamp) -> Timestamp {
 }
 
 /// A Job admission holds back: a Pending one shows why (once per reason),
-/// and each looks again when a slot frees, a token comes, or at the latest
-/// after `ADMISSION_RECHECK`.
+/// and each looks again when a slot frees or a token comes (or when the
+/// sweep of its fleet finds its answer changed).
 async fn wait_for_admission(
     job: &Job,
     ctx: &Context,
@@ -599,12 +613,14 @@ async fn wait_for_admission(
         && let Some(update) = waiting_condition(job, reason, limits, now)
     {
         write_conditions(job, ctx, &update).await?;
-        tracing::debug!(event = "admission_waiting", job = %job.name_any(), namespace = ?job.namespace(), reason = reason.as_str(), "not admitted yet");
+        tracing::trace!(event = "admission_waiting", job = %job.name_any(), namespace = ?job.namespace(), reason = reason.as_str(), "not admitted yet");
     }
-    Ok(Action::requeue(match reason {
-        WaitReason::RateLimited { retry_in } => retry_in.max(Duration::from_millis(10)),
-        _ => ADMISSION_RECHECK,
-    }))
+    Ok(match reason {
+        WaitReason::RateLimited { retry_in } => {
+            Action::requeue(retry_in.max(Duration::from_millis(10)))
+        }
+        WaitReason::FleetAtCapacity | WaitReason::KeyConcurrencyLimit => Action::await_change(),
+    })
 }
 
 /// `Admitted=False` with `reason` on the Job, or `None` when it shows it already.
