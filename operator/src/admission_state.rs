@@ -394,7 +394,15 @@ impl AdmissionState {
         let key = fleet_of(job);
         let mut inner = self.lock();
         let listed = inner.listing;
-        upsert(&mut inner, job, Entry::of(job, listed), now);
+        // The watch feeds this state before the cache the reconcile read
+        // from: an entry already here is at least as new as `job`.
+        let known = inner
+            .fleets
+            .get(&key)
+            .is_some_and(|state| state.jobs.contains_key(&uid));
+        if !known {
+            upsert(&mut inner, job, Entry::of(job, listed), now);
+        }
         let state = inner.fleets.entry(key).or_default();
         let limits = limits_of(fleet);
         let Some(attempt) = state.jobs.get(&uid).and_then(Entry::next_attempt) else {
