@@ -294,6 +294,9 @@ struct Inner {
     fleets: HashMap<FleetKey, FleetState>,
     /// Counts relists, so a relist can drop the Jobs it no longer lists.
     listing: u64,
+    /// By uid, the resourceVersion the operator's last status write was
+    /// made from, until the watch brings a newer one.
+    written: HashMap<String, String>,
 }
 
 /// Admission state of every fleet, shared by the watch that feeds it and the
@@ -333,6 +336,13 @@ impl AdmissionState {
         let mut freed = HashSet::new();
         {
             let mut inner = self.lock();
+            if let watcher::Event::Apply(job)
+            | watcher::Event::InitApply(job)
+            | watcher::Event::Delete(job) = event
+                && let Some(uid) = job.uid()
+            {
+                inner.written.remove(&uid);
+            }
             match event {
                 watcher::Event::Init => inner.listing += 1,
                 watcher::Event::InitApply(job) | watcher::Event::Apply(job) => {
@@ -366,6 +376,33 @@ impl AdmissionState {
         for key in freed {
             // The receiver lives as long as the Job controller.
             let _ = self.freed.unbounded_send(key);
+        }
+    }
+
+    /// Notes that a status write made from this version of `job` succeeded:
+    /// until the watch brings the new version, this one is out of date.
+    pub fn note_written(&self, job: &Job) {
+        if let (Some(uid), Some(version)) = (job.uid(), job.resource_version()) {
+            self.lock().written.insert(uid, version);
+        }
+    }
+
+    /// Whether the operator already wrote over this version of `job`: a
+    /// reconcile woken before the watch caught up must not act on it again
+    /// (it would publish twice, or write and be refused).
+    pub fn superseded(&self, job: &Job) -> bool {
+        let (Some(uid), Some(version)) = (job.uid(), job.resource_version()) else {
+            return false;
+        };
+        let mut inner = self.lock();
+        match inner.written.get(&uid) {
+            Some(written) if *written == version => true,
+            // The watch answered before the write did: forget the note.
+            Some(_) => {
+                inner.written.remove(&uid);
+                false
+            }
+            None => false,
         }
     }
 
@@ -825,6 +862,21 @@ mod tests {
             backlog.running_by_pod,
             BTreeMap::from([("pod-1".into(), 1)])
         );
+    }
+
+    #[test]
+    fn a_version_written_over_is_superseded_until_the_watch_brings_the_next() {
+        let (admission, _freed) = state();
+        let mut pending = job("p", JobPhase::Pending, 0);
+        pending.metadata.resource_version = Some("10".into());
+        admission.observe_job(&watcher::Event::Apply(pending.clone()), at(0));
+        assert!(!admission.superseded(&pending));
+        admission.note_written(&pending);
+        assert!(admission.superseded(&pending));
+        let mut queued = job("p", JobPhase::Queued, 0);
+        queued.metadata.resource_version = Some("11".into());
+        admission.observe_job(&watcher::Event::Apply(queued.clone()), at(1));
+        assert!(!admission.superseded(&pending) && !admission.superseded(&queued));
     }
 
     #[test]

@@ -303,7 +303,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
 
 async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     let namespace = job.namespace().ok_or(Error::MissingNamespace)?;
-    if job.meta().deletion_timestamp.is_some() {
+    if job.meta().deletion_timestamp.is_some() || ctx.admission.superseded(job) {
         return Ok(Action::await_change());
     }
     let fleet = ctx
@@ -833,8 +833,9 @@ async fn write(
     ctx.leading()?;
     job_status::write(&jobs, &name, &version, &change)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Status { job: name, source })
+        .map_err(|source| Error::Status { job: name, source })?;
+    ctx.admission.note_written(job);
+    Ok(())
 }
 
 /// Sends a conditions-only update, conditioned like a transition.
@@ -849,6 +850,7 @@ async fn write_conditions(
     ctx.leading()?;
     job_status::write_conditions(&jobs, &name, &version, update)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Status { job: name, source })
+        .map_err(|source| Error::Status { job: name, source })?;
+    ctx.admission.note_written(job);
+    Ok(())
 }
