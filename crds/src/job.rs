@@ -25,6 +25,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Attempt", type_ = "integer", json_path = ".status.attempt"),
     printcolumn(name = "Progress", type_ = "integer", json_path = ".status.progress"),
+    printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
+    printcolumn(
+        name = "Waiting",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Admitted\")].reason"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -82,6 +88,27 @@ pub struct JobSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub retries: i32,
+
+    // --- admission (see docs/architecture.md, "Admission") ---
+    /// Higher runs first among this worker's waiting Jobs. Default 0; the
+    /// worker may bound it (`limits.minPriority`, `limits.maxPriority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1000000, max = 1000000))]
+    pub priority: Option<i32>,
+
+    /// Who this Job is for (a tenant, a team): Jobs of the same priority
+    /// are shared out in turn between fairness keys, first come first
+    /// served inside one. Unset: all such Jobs share one key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub fairness_key: Option<String>,
+
+    /// What this Job uses that bounds how many may run at once (an API
+    /// account, a database): at most the worker's `limits.perKeyConcurrency`
+    /// Jobs with one key are out at a time. Unset: no such bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub concurrency_key: Option<String>,
 }
 
 impl Job {

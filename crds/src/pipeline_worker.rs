@@ -153,6 +153,45 @@ pub struct PipelineWorkerSpec {
     /// Settings of the assembly pipeline; defaults apply when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assembly: Option<AssemblySpec>,
+
+    // --- admission (see docs/architecture.md, "Admission") ---
+    /// Bounds on what the operator hands this fleet: per-key concurrency, a
+    /// rate, and the priorities its Jobs may claim. Unset: no bounds beyond
+    /// the fleet's capacity (`maxReplicas x concurrency` plus a prefetch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// What the operator admits to a fleet beyond its capacity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.minPriority) || !has(self.maxPriority) || self.minPriority <= self.maxPriority")
+    .message("minPriority must not be greater than maxPriority"))]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// At most this many Jobs with one `spec.concurrencyKey` are published
+    /// and unfinished at once; the others wait (`KeyConcurrencyLimit`).
+    /// Unset: no per-key bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub per_key_concurrency: Option<i32>,
+
+    /// At most this many Jobs are published per minute (a token bucket
+    /// holding one second's worth, for a downstream API's quota); the others
+    /// wait (`RateLimited`). Retries count, republishes of lost messages do
+    /// not. Unset: no rate bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub jobs_per_minute: Option<i32>,
+
+    /// Lowest `spec.priority` a Job counts with; a lower one is raised to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1000000, max = 1000000))]
+    pub min_priority: Option<i32>,
+
+    /// Highest `spec.priority` a Job counts with; a higher one is lowered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1000000, max = 1000000))]
+    pub max_priority: Option<i32>,
 }
 
 fn default_concurrency() -> i32 {

@@ -37,7 +37,8 @@ async fn every_job_succeeds_once_after_the_emulator_loses_every_message() {
             .ack_deadline_seconds(10)
             .concurrency(4)
             .manual_replicas(replicas)
-            .max_replicas(2)
+            // 3 x 4 slots: all 12 parked Jobs are admitted and published.
+            .max_replicas(3)
             .build();
         drover_e2e::drover::apply_fleet(&client, &ns, fleet)
     };

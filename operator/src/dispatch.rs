@@ -8,6 +8,13 @@
 //! in between, the write fails, and the next reconcile decides again from
 //! what the worker wrote.
 //!
+//! A first publish or a retry waits for admission (`admission_state`): a
+//! waiting Pending Job shows `Admitted=False` with the reason, written only
+//! when it changes, and a watch event that frees a slot wakes the Jobs that
+//! are admitted next. A Queued Job is published again only when its message
+//! is lost: its fleet had a ready worker with a free slot for the bound and
+//! nobody claimed it, or this operator brought the fleet's queue back.
+//!
 //! A Job whose reconcile fails is tried again with its own exponential
 //! backoff (`job_retries`); one that cannot be published says so on the Job
 //! (`PublishFailed`) and in an Event at the first failure, and a dead-letter
@@ -20,6 +27,7 @@ use std::time::{Duration, Instant};
 use drover_crds::bounds;
 use drover_crds::claim_clock::{ClaimSeen, ClaimSightings};
 use drover_crds::job_state::{Transition, TransitionError};
+use drover_crds::job_transition::JobStatusPatch;
 use drover_crds::job_transition::{
     CONDITION_DEAD_LETTER_FAILED, CONDITION_PUBLISH_FAILED, CONDITION_UNCLAIMED,
     JobConditionUpdate, JobNote, REASON_CANCELLED, REASON_DEAD_LETTER_PUBLISH_FAILED,
@@ -29,7 +37,9 @@ use drover_crds::{FailureReason, Job, JobMessage, JobPhase, JobTransition, Pipel
 use drover_queue::{JobQueue, OutgoingMessage, PubSubQueue, PublishError, QueueNames};
 use drover_runtime::{failpoint, job_status};
 use futures::StreamExt;
+use futures::channel::mpsc;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -37,6 +47,8 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
+use crate::admission::{CONDITION_ADMITTED, Limits, WaitReason};
+use crate::admission_state::{Admission, AdmissionState, FleetKey, fleet_of};
 use crate::config::OperatorConfig;
 use crate::health;
 use crate::job_policy::{JobSettings, NextStep, QUEUE_READY_POLL, next_step};
@@ -106,6 +118,10 @@ pub struct Context {
     /// Closed once this replica cannot prove it still leads: nothing is
     /// published or written then.
     gate: LeaderGate,
+    /// Which waiting Jobs each fleet publishes now.
+    admission: Arc<AdmissionState>,
+    /// Asks for a reconcile of a Job whose answer changed.
+    wake: mpsc::UnboundedSender<ObjectRef<Job>>,
 }
 
 impl Context {
@@ -149,6 +165,18 @@ impl Context {
 /// Below this many sightings nobody sweeps: the memory is a few KiB.
 const SIGHTINGS_SWEEP_FLOOR: usize = 1024;
 
+/// A Job waiting for capacity or a key is woken when a slot frees; as a
+/// fallback every fleet is passed over this often (no timer per waiting Job,
+/// and no write unless an answer changed).
+const ADMISSION_SWEEP: Duration = Duration::from_secs(30);
+
+/// What a publish clears from the Job: whatever kept it waiting.
+const CLEARED_ON_PUBLISH: [&str; 3] = [
+    WAITING_CONDITIONS[0],
+    WAITING_CONDITIONS[1],
+    CONDITION_ADMITTED,
+];
+
 /// Runs the Job controller until shutdown, on the shared Job and
 /// PipelineWorker caches the fleet controller drives.
 pub async fn run(
@@ -167,6 +195,13 @@ pub async fn run(
         return;
     }
 
+    let (wake, woken) = mpsc::unbounded();
+    tokio::spawn(wake_freed(
+        watches.freed,
+        watches.admission.clone(),
+        fleets.clone(),
+        wake.clone(),
+    ));
     let context = Arc::new(Context {
         client: client.clone(),
         config,
@@ -178,9 +213,12 @@ pub async fn run(
         claims_seen: Mutex::default(),
         jobs: watches.jobs.reader(),
         gate,
+        admission: watches.admission,
+        wake,
     });
     let jobs = watches.jobs.reader();
     Controller::for_shared_stream(watches.jobs, jobs)
+        .reconcile_on(woken)
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -189,6 +227,45 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Wakes the Jobs a freed slot admits (and those whose waiting reason
+/// changed), batching the fleets freed since the last look; every
+/// `ADMISSION_SWEEP` it looks at every fleet, so a lost wake costs a delay,
+/// never a Job.
+async fn wake_freed(
+    mut freed: mpsc::UnboundedReceiver<FleetKey>,
+    admission: Arc<AdmissionState>,
+    fleets: Store<PipelineWorker>,
+    wake: mpsc::UnboundedSender<ObjectRef<Job>>,
+) {
+    let mut sweep = tokio::time::interval(ADMISSION_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut keys = HashSet::new();
+        tokio::select! {
+            first = freed.next() => match first {
+                Some(key) => { keys.insert(key); }
+                None => return,
+            },
+            _ = sweep.tick() => {
+                keys.extend(fleets.state().iter().map(|f| (f.namespace().unwrap_or_default(), f.name_any())));
+            }
+        }
+        while let Ok(key) = freed.try_recv() {
+            keys.insert(key);
+        }
+        let now = Timestamp::now();
+        for key in keys {
+            let Some(fleet) = fleets.get(&ObjectRef::new(&key.1).within(&key.0)) else {
+                continue;
+            };
+            for name in admission.pass(&key, &fleet, now).wake {
+                // The receiver lives as long as the controller.
+                let _ = wake.unbounded_send(ObjectRef::new(&name).within(&key.0));
+            }
+        }
+    }
 }
 
 fn error_policy(job: Arc<Job>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -229,7 +306,7 @@ async fn reconcile(job: Arc<Job>, ctx: Arc<Context>) -> Result<Action, Error> {
 
 async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     let namespace = job.namespace().ok_or(Error::MissingNamespace)?;
-    if job.meta().deletion_timestamp.is_some() {
+    if job.meta().deletion_timestamp.is_some() || ctx.admission.superseded(job) {
         return Ok(Action::await_change());
     }
     let fleet = ctx
@@ -250,6 +327,15 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
     }
     let step = job_reach::refusal(job, fleet.as_deref(), &ctx.config.cluster_cidrs)
         .unwrap_or_else(|| next_step(job, fleet.as_deref(), claim_seen, now));
+    if matches!(step, NextStep::Wait(_))
+        && from == JobPhase::Queued
+        && !job.spec.cancel
+        && let Some(fleet) = &fleet
+        && ctx.admission.lost_with_queue(job, queued_at(job, now))
+    {
+        let attempt = job.status.as_ref().map_or(1, |s| s.attempt.max(1));
+        return publish(job, fleet, ctx, &namespace, attempt, now).await;
+    }
     match step {
         NextStep::Wait(None) => Ok(Action::await_change()),
         NextStep::Wait(Some(wait)) => Ok(Action::requeue(wait)),
@@ -264,10 +350,22 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
         }
         // The phase says whether this is a first publish, a retry or a
         // republish; the transition is chosen from it.
-        NextStep::Publish { attempt, .. } => {
+        NextStep::Publish { attempt, republish } => {
             let Some(fleet) = fleet else {
                 return Ok(Action::await_change());
             };
+            if republish {
+                let bound = JobSettings::of(job, &fleet).unclaimed_republish_after;
+                let queued_at = queued_at(job, now);
+                if let Err(wait) = ctx.admission.may_republish(job, queued_at, bound, now) {
+                    // Waiting in line behind busy workers: the message is not lost.
+                    return Ok(Action::requeue(wait));
+                }
+            } else if let Admission::Wait { reason, limits } =
+                ctx.admission.try_admit(job, &fleet, now)
+            {
+                return wait_for_admission(job, ctx, reason, &limits, now).await;
+            }
             publish(job, &fleet, ctx, &namespace, attempt, now).await
         }
         NextStep::ScheduleRetry { retry_at } => {
@@ -406,9 +504,7 @@ async fn publish(
     // leader froze: a duplicate of an attempt the new leader publishes too,
     // which the workers skip.
     tracing::debug!(event = "publishing", job = %job.name_any(), namespace, attempt, "publishing as leader");
-    let publishing =
-        ctx.queue
-            .publish_recreating(fleet, &ctx.config.pubsub_project, &names.topic, message);
+    let publishing = publish_noting_recreation(ctx, job, fleet, &names.topic, message);
     let Ok(published) = tokio::time::timeout_at(leads_until, publishing).await else {
         tracing::warn!(event = "publish_abandoned", job = %job.name_any(), namespace, attempt, "no answer to the publish before this replica's renew deadline");
         return Err(Error::NotLeading);
@@ -462,6 +558,112 @@ async fn publish(
     written
 }
 
+/// Publishes to the fleet's topic; when the topic has vanished it brings
+/// the fleet's queue back once and publishes again, and wakes the fleet's
+/// Queued Jobs, whose messages went with the old queue.
+async fn publish_noting_recreation(
+    ctx: &Context,
+    job: &Job,
+    fleet: &PipelineWorker,
+    topic: &str,
+    message: OutgoingMessage,
+) -> Result<String, PublishError> {
+    match ctx.queue.publish(topic, message.clone()).await {
+        Err(error) if error.is_topic_not_found() => {
+            match ctx.queue.ensure(fleet, &ctx.config.pubsub_project).await {
+                Ok(Ok(names)) => {
+                    tracing::warn!(event = "queue_recreated", topic = %names.topic, subscription = %names.subscription, "the fleet's queue had vanished; recreated it");
+                    let key = fleet_of(job);
+                    for name in ctx.admission.queue_recreated(&key, Timestamp::now()) {
+                        // The receiver lives as long as the controller.
+                        let _ = ctx
+                            .wake
+                            .unbounded_send(ObjectRef::new(&name).within(&key.0));
+                    }
+                    ctx.queue.publish(topic, message).await
+                }
+                Ok(Err(problem)) => {
+                    tracing::warn!(%problem, "the fleet's queue is missing and is not Drover's to create");
+                    Err(error)
+                }
+                Err(cause) => {
+                    tracing::warn!(error = %cause, "cannot recreate the fleet's queue");
+                    Err(error)
+                }
+            }
+        }
+        sent => sent,
+    }
+}
+
+/// When the Job's current attempt was published (now, if it does not say).
+fn queued_at(job: &Job, now: Timestamp) -> Timestamp {
+    job.status
+        .as_ref()
+        .and_then(|s| s.queued_at.as_ref())
+        .map_or(now, |t| t.0)
+}
+
+/// A Job admission holds back: a Pending one shows why (once per reason),
+/// and each looks again when a slot frees or a token comes (or when the
+/// sweep of its fleet finds its answer changed).
+async fn wait_for_admission(
+    job: &Job,
+    ctx: &Context,
+    reason: WaitReason,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    if job.phase() == JobPhase::Pending
+        && let Some(update) = waiting_condition(job, reason, limits, now)
+    {
+        write_conditions(job, ctx, &update).await?;
+        tracing::trace!(event = "admission_waiting", job = %job.name_any(), namespace = ?job.namespace(), reason = reason.as_str(), "not admitted yet");
+    }
+    Ok(match reason {
+        WaitReason::RateLimited { retry_in } => {
+            Action::requeue(retry_in.max(Duration::from_millis(10)))
+        }
+        WaitReason::FleetAtCapacity | WaitReason::KeyConcurrencyLimit => Action::await_change(),
+    })
+}
+
+/// `Admitted=False` with `reason` on the Job, or `None` when it shows it already.
+fn waiting_condition(
+    job: &Job,
+    reason: WaitReason,
+    limits: &Limits,
+    now: Timestamp,
+) -> Option<JobConditionUpdate> {
+    let current = conditions(job);
+    let shown = current
+        .iter()
+        .find(|c| c.type_ == CONDITION_ADMITTED && c.status == "False");
+    if shown.is_some_and(|c| c.reason == reason.as_str()) {
+        return None;
+    }
+    let mut updated: Vec<Condition> = current
+        .iter()
+        .filter(|c| c.type_ != CONDITION_ADMITTED)
+        .cloned()
+        .collect();
+    updated.push(Condition {
+        type_: CONDITION_ADMITTED.to_owned(),
+        status: "False".to_owned(),
+        reason: reason.as_str().to_owned(),
+        message: bounds::message(&reason.message(limits)),
+        // Not admitted since it first waited, whatever the reason now.
+        last_transition_time: shown.map_or(Time(now), |c| c.last_transition_time.clone()),
+        observed_generation: job.meta().generation,
+    });
+    Some(JobConditionUpdate {
+        status: JobStatusPatch {
+            conditions: Some(updated),
+            ..JobStatusPatch::default()
+        },
+    })
+}
+
 /// The Queued write after a publish: a first publish or a retry clears what
 /// kept the Job waiting; a republish says nobody claimed the attempt.
 async fn write_queued(
@@ -476,7 +678,7 @@ async fn write_queued(
     let generation = job.meta().generation;
     let current = conditions(job);
     let queued = JobTransition::queued(transition, from, attempt, message_id, generation, now)
-        .map(|t| t.clearing(current, &WAITING_CONDITIONS));
+        .map(|t| t.clearing(current, &CLEARED_ON_PUBLISH));
     let queued = match transition {
         Transition::Republish => {
             let waited = job
@@ -675,8 +877,9 @@ async fn write(
     ctx.leading()?;
     job_status::write(&jobs, &name, &version, &change)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Status { job: name, source })
+        .map_err(|source| Error::Status { job: name, source })?;
+    ctx.admission.note_written(job);
+    Ok(())
 }
 
 /// Sends a conditions-only update, conditioned like a transition.
@@ -691,6 +894,7 @@ async fn write_conditions(
     ctx.leading()?;
     job_status::write_conditions(&jobs, &name, &version, update)
         .await
-        .map(|_| ())
-        .map_err(|source| Error::Status { job: name, source })
+        .map_err(|source| Error::Status { job: name, source })?;
+    ctx.admission.note_written(job);
+    Ok(())
 }

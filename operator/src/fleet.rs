@@ -31,7 +31,7 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::backlog;
+use crate::admission_state::AdmissionState;
 use crate::config::OperatorConfig;
 use crate::deployment::{pipeline_secrets, worker_deployment};
 use crate::fleet_plan::{
@@ -112,6 +112,8 @@ pub struct Context {
     pub config: OperatorConfig,
     pub queue: QueueAdmin,
     pub jobs: Store<Job>,
+    /// Each fleet's Job counts, kept from the Job watch.
+    pub admission: Arc<AdmissionState>,
     pub pods: Store<Pod>,
     pub deployments: Store<Deployment>,
     pub recorder: Recorder,
@@ -197,6 +199,7 @@ pub async fn run(
         config,
         queue,
         jobs: watches.jobs,
+        admission: watches.admission,
         pods,
         deployments,
         recorder,
@@ -283,8 +286,9 @@ async fn observe<'a>(
     );
     wake_sharers(ctx, &fleets, &shared_with);
     let name = pw.name_any();
-    let cached = ctx.jobs.state();
-    let jobs = || cached.iter().map(|job| job.as_ref());
+    let jobs = ctx
+        .admission
+        .backlog(&(namespace.to_owned(), name.clone()), now);
     let deployment = ctx
         .deployments
         .get(&ObjectRef::new(&labels::child_name(pw)).within(namespace))
@@ -301,9 +305,9 @@ async fn observe<'a>(
         });
     Ok(FleetObservation {
         fleet: pw,
-        backlog: backlog::count(jobs(), namespace, &name, now),
-        next_retry: backlog::next_retry(jobs(), namespace, &name, now),
-        running_by_pod: backlog::running_by_pod(jobs(), namespace),
+        backlog: jobs.count,
+        next_retry: jobs.next_retry,
+        running_by_pod: jobs.running_by_pod,
         pods: fleet_pods(ctx, namespace, &name),
         deployment,
         queue_problem,

@@ -1,5 +1,7 @@
 //! The Drover operator: PipelineWorker fleets and Job dispatch.
 
+pub mod admission;
+pub mod admission_state;
 pub mod backlog;
 pub mod config;
 pub mod deployment;

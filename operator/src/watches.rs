@@ -1,13 +1,21 @@
 //! One watch per kind that both controllers read: the fleet controller and
 //! the Job controller share one cache of Jobs and one of PipelineWorkers
-//! instead of holding two full copies of each.
+//! instead of holding two full copies of each. Before a Job is stored, the
+//! fields no controller reads are dropped, and every event updates the
+//! admission state on its way to the cache.
+
+use std::sync::Arc;
 
 use drover_crds::{Job, PipelineWorker};
 use futures::StreamExt;
+use futures::channel::mpsc;
 use futures::stream::BoxStream;
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+
+use crate::admission_state::{AdmissionState, FleetKey};
 
 /// Job changes the shared stream can hold before the watch waits for the
 /// Job controller to take them; a burst of creates fits.
@@ -27,6 +35,8 @@ pub struct FleetWatches {
     pub jobs: Store<Job>,
     /// The Job watch; polling it fills `jobs` and feeds the Job controller.
     pub job_events: EventStream<Job>,
+    /// Per-fleet counts of the Jobs, kept from the same watch.
+    pub admission: Arc<AdmissionState>,
 }
 
 /// What the Job controller gets: the same caches, and every Job the watch
@@ -36,17 +46,44 @@ pub struct JobWatches {
     pub fleets: Store<PipelineWorker>,
     /// Every Job the shared watch applied, looked up in the shared cache.
     pub jobs: ReflectHandle<Job>,
+    /// Admission state of every fleet, fed by both watches.
+    pub admission: Arc<AdmissionState>,
+    /// Fleets where a watch event freed a slot.
+    pub freed: mpsc::UnboundedReceiver<FleetKey>,
+}
+
+/// Drops what no controller reads (managed fields, annotations such as
+/// `kubectl.kubernetes.io/last-applied-configuration`, the worker's step
+/// reports and result), which is most of a Job's bytes. The operator's
+/// writes are merge patches of other fields, so nothing dropped is written back.
+pub fn strip(job: &mut Job) {
+    job.metadata.managed_fields = None;
+    job.metadata.annotations = None;
+    if let Some(status) = job.status.as_mut() {
+        status.steps = Vec::new();
+        status.result = None;
+        status.result_ref = None;
+    }
 }
 
 /// Sets up the shared watches of Jobs and PipelineWorkers. Nothing is read
 /// until the fleet controller polls its event streams.
 pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
+    let (freed_tx, freed) = mpsc::unbounded();
+    let admission = Arc::new(AdmissionState::new(freed_tx));
     let (fleets, fleet_writer) = reflector::store();
+    let fleet_admission = admission.clone();
     let fleet_events = watcher(
         Api::<PipelineWorker>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .map(move |event| {
+        if let Ok(event) = &event {
+            fleet_admission.observe_fleet(event, Timestamp::now());
+        }
+        event
+    })
     .reflect(fleet_writer)
     .boxed();
 
@@ -54,11 +91,19 @@ pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
     let Some(job_changes) = job_writer.subscribe() else {
         unreachable!("a store made by store_shared always hands out subscribers")
     };
+    let job_admission = admission.clone();
     let job_events = watcher(
         Api::<Job>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
+    .modify(strip)
+    .map(move |event| {
+        if let Ok(event) = &event {
+            job_admission.observe_job(event, Timestamp::now());
+        }
+        event
+    })
     .reflect_shared(job_writer)
     .boxed();
 
@@ -68,10 +113,13 @@ pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
             fleet_events,
             jobs,
             job_events,
+            admission: admission.clone(),
         },
         JobWatches {
             fleets,
             jobs: job_changes,
+            admission,
+            freed,
         },
     )
 }
