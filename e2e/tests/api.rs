@@ -327,7 +327,9 @@ async fn kubectl_shows_printer_columns_and_the_drover_category() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "WORKER", "PHASE", "ATTEMPT", "PROGRESS", "AGE"],
+        [
+            "NAME", "WORKER", "PHASE", "ATTEMPT", "PROGRESS", "PRIORITY", "WAITING", "AGE"
+        ],
         "{jobs}"
     );
     let row: Vec<&str> = jobs
