@@ -34,8 +34,11 @@ async fn a_leader_frozen_past_its_lease_publishes_nothing_when_it_thaws() {
     let operators = Contenders::start(env, "frozen", LEASE_SECONDS).await;
 
     // No workers: every published Job stays Queued, so a publish is visible.
+    // Capacity for all 21 Jobs: admission publishes no more than a fleet
+    // could run (10 replicas x 4, plus the prefetch).
     let fleet = PipelineWorkerBuilder::sleep("parked")
         .queue("frozen-topic", "frozen-sub")
+        .concurrency(4)
         .manual_replicas(0);
     apply_fleet(&client, &ns, fleet.build()).await;
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
