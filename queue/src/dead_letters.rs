@@ -179,17 +179,21 @@ impl Held {
         }
         let token = self.shutdown.clone();
         let mut shutdown = std::pin::pin!(token.shutdown());
-        // The first poll stops the stream; the rest waits for the acks.
-        tokio::select! {
+        // The first poll stops the stream; the rest waits for the acks. It
+        // may finish on that first poll, and a finished future must not be
+        // polled again.
+        let shut_down = tokio::select! {
             biased;
-            () = &mut shutdown => {}
-            () = std::future::ready(()) => {}
-        }
+            () = &mut shutdown => true,
+            () = std::future::ready(()) => false,
+        };
         // A stopped stream closes its connection on its next read.
         let _closed = self.stream.next().await;
         tokio::time::sleep(CLOSE_SETTLE).await;
         handed_back.into_iter().for_each(Handler::nack);
-        shutdown.await;
+        if !shut_down {
+            shutdown.await;
+        }
     }
 }
 
