@@ -91,53 +91,58 @@ pub fn row(fleet: &PipelineWorker, jobs: &[Job], window: Duration, now: Timestam
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_crds::pipeline_worker::Backlog;
+    use drover_crds::{JobStatus, PipelineWorkerStatus};
+    use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use k8s_openapi::jiff::SignedDuration;
-    use serde_json::json;
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
     fn fleet() -> PipelineWorker {
-        let mut fleet: PipelineWorker = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "PipelineWorker",
-            "metadata": {"name": "sleeper", "namespace": "ns"},
-            "spec": {"pipeline": "sleep", "queue": {"topic": "t", "subscription": "s"}},
-            "status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 4,
-                       "backlog": {"queued": 7, "running": 6, "backoff": 1}}
-        }))
-        .unwrap();
-        fleet.metadata.namespace = Some("ns".into());
+        let mut fleet = PipelineWorkerBuilder::sleep("sleeper")
+            .namespace("ns")
+            .build();
+        fleet.status = Some(PipelineWorkerStatus {
+            replicas: 3,
+            ready_replicas: 2,
+            desired_replicas: 4,
+            backlog: Backlog {
+                queued: 7,
+                running: 6,
+                backoff: 1,
+            },
+            ..PipelineWorkerStatus::default()
+        });
         fleet
     }
 
-    fn finished(worker: &str, phase: &str, secs_ago: i64) -> Job {
+    fn finished(worker: &str, phase: JobPhase, secs_ago: i64) -> Job {
         let at = Time(
             now()
                 .checked_sub(SignedDuration::from_secs(secs_ago))
                 .unwrap(),
         );
-        let mut job: Job = serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": "j", "namespace": "ns"},
-            "spec": {"worker": worker, "input": {}},
-            "status": {"phase": phase}
-        }))
-        .unwrap();
-        job.status.as_mut().unwrap().finished_at = Some(at);
+        let mut job = JobBuilder::new("j", worker).namespace("ns").build();
+        job.status = Some(JobStatus {
+            phase,
+            finished_at: Some(at),
+            ..JobStatus::default()
+        });
         job
     }
 
     #[test]
     fn throughput_and_error_rate_count_only_this_fleets_recent_jobs() {
         let jobs = [
-            finished("sleeper", "Succeeded", 10),
-            finished("sleeper", "Succeeded", 20),
-            finished("sleeper", "Succeeded", 30),
-            finished("sleeper", "Failed", 40),
-            finished("sleeper", "Failed", 400),
-            finished("other", "Failed", 5),
+            finished("sleeper", JobPhase::Succeeded, 10),
+            finished("sleeper", JobPhase::Succeeded, 20),
+            finished("sleeper", JobPhase::Succeeded, 30),
+            finished("sleeper", JobPhase::Failed, 40),
+            finished("sleeper", JobPhase::Failed, 400),
+            finished("other", JobPhase::Failed, 5),
         ];
         let row = row(&fleet(), &jobs, Duration::from_secs(120), now());
         assert_eq!(

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use drover_crds::job::JobError;
 use drover_crds::job_transition::{CONDITION_PUBLISH_FAILED, CONDITION_UNCLAIMED};
 use drover_crds::{Job, JobPhase, StepPhase, StepStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use serde::Serialize;
+use serde_json::Value;
 
 /// `[#####.....]` for `percent` of `width` cells.
 pub fn bar(percent: i32, width: usize) -> String {
@@ -157,17 +160,30 @@ pub fn outcome(job: &Job) -> String {
 }
 
 /// The machine-readable outcome of `-o json`.
-pub fn outcome_json(job: &Job) -> serde_json::Value {
+#[derive(Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub phase: JobPhase,
+    pub attempt: i32,
+    pub result: Option<Value>,
+    pub result_ref: Option<String>,
+    pub error: Option<JobError>,
+}
+
+/// What `-o json` prints for `job`.
+pub fn outcome_json(job: &Job) -> Outcome {
     let status = job.status.clone().unwrap_or_default();
-    serde_json::json!({
-        "namespace": job.namespace(),
-        "name": job.name_any(),
-        "phase": status.phase,
-        "attempt": status.attempt,
-        "result": status.result,
-        "resultRef": status.result_ref,
-        "error": status.error,
-    })
+    Outcome {
+        namespace: job.namespace(),
+        name: job.name_any(),
+        phase: status.phase,
+        attempt: status.attempt,
+        result: status.result,
+        result_ref: status.result_ref,
+        error: status.error,
+    }
 }
 
 /// The columns of `get`.
@@ -233,7 +249,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use drover_crds::job_transition::REASON_NOT_CLAIMED;
+    use drover_crds::{FailureReason, JobStatus};
+    use drover_testkit::JobBuilder;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use k8s_openapi::jiff::SignedDuration;
 
     fn now() -> Timestamp {
@@ -297,46 +316,67 @@ mod tests {
         assert!(step_line(&done, 1, now()).ends_with("Succeeded attempt 1      <1s"));
     }
 
-    fn job(status: serde_json::Value) -> Job {
-        let mut job = Job::new(
-            "j",
-            serde_json::from_value(serde_json::json!({"worker": "w", "input": {}})).unwrap(),
-        );
-        job.status = Some(serde_json::from_value(status).unwrap());
+    fn job(status: JobStatus) -> Job {
+        let mut job = JobBuilder::new("j", "w").build();
+        job.status = Some(status);
         job
+    }
+
+    fn status(phase: JobPhase) -> JobStatus {
+        JobStatus {
+            phase,
+            attempt: 1,
+            ..JobStatus::default()
+        }
     }
 
     #[test]
     fn a_waiting_job_says_why() {
-        let unclaimed = job(
-            serde_json::json!({"phase": "Queued", "attempt": 1, "conditions": [{
-            "type": "Unclaimed", "status": "True", "reason": "NotClaimed",
-            "message": "published again", "lastTransitionTime": "2027-01-15T08:00:00Z"}]}),
-        );
+        let unclaimed = job(JobStatus {
+            conditions: vec![Condition {
+                type_: CONDITION_UNCLAIMED.into(),
+                status: "True".into(),
+                reason: REASON_NOT_CLAIMED.into(),
+                message: "published again".into(),
+                last_transition_time: ago(0),
+                observed_generation: None,
+            }],
+            ..status(JobPhase::Queued)
+        });
         assert_eq!(
             waiting_reason(&unclaimed, now()),
             "NotClaimed: published again"
         );
-        let backoff = job(serde_json::json!({"phase": "Backoff", "attempt": 1,
-            "retryAt": ago(-3).0.to_string()}));
+        let backoff = job(JobStatus {
+            retry_at: Some(ago(-3)),
+            ..status(JobPhase::Backoff)
+        });
         assert_eq!(waiting_reason(&backoff, now()), "next attempt in 3.0s");
-        assert_eq!(
-            waiting_reason(&job(serde_json::json!({"phase": "Running"})), now()),
-            ""
-        );
+        assert_eq!(waiting_reason(&job(status(JobPhase::Running)), now()), "");
     }
 
     #[test]
     fn outcomes_show_the_result_or_the_error() {
-        let ok = job(serde_json::json!({"phase": "Succeeded", "result": {"durationSeconds": 3}}));
+        let ok = job(JobStatus {
+            result: Some(serde_json::json!({"durationSeconds": 3})),
+            ..status(JobPhase::Succeeded)
+        });
         assert_eq!(outcome(&ok), "Succeeded:\n{\n  \"durationSeconds\": 3\n}");
-        let failed = job(serde_json::json!({"phase": "Failed",
-            "error": {"reason": "MaxAttemptsExceeded", "message": "all 3 attempts failed", "retryable": false}}));
+        let failed = job(JobStatus {
+            error: Some(JobError::new(
+                FailureReason::MaxAttemptsExceeded,
+                "all 3 attempts failed".into(),
+                false,
+            )),
+            ..status(JobPhase::Failed)
+        });
         assert_eq!(
             outcome(&failed),
             "Failed: all 3 attempts failed (MaxAttemptsExceeded)"
         );
-        assert_eq!(outcome_json(&failed)["phase"], "Failed");
+        let printed = outcome_json(&failed);
+        assert_eq!((printed.phase, printed.attempt), (JobPhase::Failed, 1));
+        assert_eq!((printed.result, printed.result_ref), (None, None));
     }
 
     #[test]

@@ -336,27 +336,54 @@ pub fn render(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_crds::job::JobError;
+    use drover_crds::job_transition::CONDITION_FAILED;
+    use drover_crds::{FailureReason, JobStatus, StepPhase, StepStatus};
+    use drover_testkit::JobBuilder;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use serde_json::json;
 
+    fn at(time: &str) -> Option<Time> {
+        Some(Time(time.parse().unwrap()))
+    }
+
     fn job() -> Job {
-        serde_json::from_value(json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": "mix", "namespace": "ns", "uid": "u-1",
-                         "creationTimestamp": "2027-01-15T08:00:00Z"},
-            "spec": {"worker": "assembly", "input": {}},
-            "status": {
-                "phase": "Failed", "attempt": 2,
-                "queuedAt": "2027-01-15T08:00:10Z", "startedAt": "2027-01-15T08:00:11Z",
-                "finishedAt": "2027-01-15T08:00:20Z", "messageId": "m-2",
-                "steps": [{"name": "fetch", "phase": "Failed", "attempts": 3,
-                           "startedAt": "2027-01-15T08:00:11Z", "finishedAt": "2027-01-15T08:00:19Z",
-                           "message": "404"}],
-                "error": {"reason": "MaxAttemptsExceeded", "message": "all 2 attempts failed", "retryable": false},
-                "conditions": [{"type": "Failed", "status": "True", "reason": "MaxAttemptsExceeded",
-                                "message": "all 2 attempts failed", "lastTransitionTime": "2027-01-15T08:00:20Z"}]
-            }
-        }))
-        .unwrap()
+        let mut job = JobBuilder::new("mix", "assembly").namespace("ns").build();
+        job.metadata.uid = Some("u-1".into());
+        job.metadata.creation_timestamp = at("2027-01-15T08:00:00Z");
+        let error = JobError::new(
+            FailureReason::MaxAttemptsExceeded,
+            "all 2 attempts failed".into(),
+            false,
+        );
+        job.status = Some(JobStatus {
+            phase: JobPhase::Failed,
+            attempt: 2,
+            queued_at: at("2027-01-15T08:00:10Z"),
+            started_at: at("2027-01-15T08:00:11Z"),
+            finished_at: at("2027-01-15T08:00:20Z"),
+            message_id: Some("m-2".into()),
+            steps: vec![StepStatus {
+                name: "fetch".into(),
+                phase: StepPhase::Failed,
+                attempts: 3,
+                progress: 0,
+                started_at: at("2027-01-15T08:00:11Z"),
+                finished_at: at("2027-01-15T08:00:19Z"),
+                message: Some("404".into()),
+            }],
+            conditions: vec![Condition {
+                type_: CONDITION_FAILED.into(),
+                status: "True".into(),
+                reason: error.reason.clone(),
+                message: error.message.clone(),
+                last_transition_time: at("2027-01-15T08:00:20Z").unwrap(),
+                observed_generation: None,
+            }],
+            error: Some(error),
+            ..JobStatus::default()
+        });
+        job
     }
 
     fn event(reason: &str, at: &str, uid: &str) -> Event {

@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use drover_crds::{Job, JobPhase, PipelineWorker};
+use drover_crds::job_state::{Transition, TransitionError};
+use drover_crds::job_transition::NewClaim;
+use drover_crds::{Job, JobPhase, JobTransition, PipelineWorker, StepPhase, StepStatus};
 use drover_e2e::drover::start_drover;
 use drover_e2e::latency::{ms, quantile};
 use drover_e2e::{TestEnv, error_chain, wait};
@@ -31,7 +33,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const STEADY_RATE: u64 = 100;
 const STEADY_SECONDS: u64 = 10;
@@ -265,25 +267,54 @@ async fn create_noop(jobs: Api<Job>, name: String) {
 /// three status writes (Queued, the claim, the outcome) in order.
 async fn direct_lifecycle(jobs: Api<Job>, name: String) {
     create_noop(jobs.clone(), name.clone()).await;
-    let now = || Time(Timestamp::now());
-    let writes: [Value; 3] = [
-        json!({"phase": "Queued", "attempt": 1, "queuedAt": now(), "messageId": "m"}),
-        json!({"phase": "Running", "startedAt": now(),
-               "claim": {"pod": "bench", "renewTime": now(), "leaseSeconds": 15},
-               "steps": [{"name": "sleep", "phase": "Running", "startedAt": now(), "attempts": 1, "progress": 0}]}),
-        json!({"phase": "Succeeded", "finishedAt": now(), "progress": 100, "claim": null,
-               "result": {"sleptMillis": 0},
-               "steps": [{"name": "sleep", "phase": "Succeeded", "finishedAt": now(), "attempts": 1, "progress": 100}]}),
-    ];
-    for status in writes {
-        jobs.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-        .expect("status write");
+    let step = |phase, progress| StepStatus {
+        name: "sleep".into(),
+        phase,
+        started_at: Some(Time(Timestamp::now())),
+        finished_at: (phase == StepPhase::Succeeded).then(|| Time(Timestamp::now())),
+        attempts: 1,
+        progress,
+        message: None,
+    };
+    let queued = JobTransition::queued(
+        Transition::Publish,
+        JobPhase::Pending,
+        1,
+        "m".into(),
+        None,
+        Timestamp::now(),
+    );
+    let claim = NewClaim {
+        id: "bench-claim".into(),
+        attempt: 1,
+        pod: "bench".into(),
+        lease_seconds: 15,
+        steps: vec![step(StepPhase::Running, 0)],
+    };
+    let claimed = JobTransition::claim(JobPhase::Queued, claim, Timestamp::now());
+    for write in [queued, claimed] {
+        write_status(&jobs, &name, write).await;
     }
+    let succeeded = JobTransition::succeed(
+        JobPhase::Running,
+        json!({"sleptMillis": 0}),
+        vec![step(StepPhase::Succeeded, 100)],
+        Timestamp::now(),
+    );
+    write_status(&jobs, &name, succeeded).await;
+}
+
+/// Sends one transition's patch as a plain merge patch (no fence: the bench
+/// measures the apiserver's cost of the writes, not the writer's checks).
+async fn write_status(jobs: &Api<Job>, name: &str, write: Result<JobTransition, TransitionError>) {
+    let write = write.expect("a legal transition");
+    jobs.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": write.status})),
+    )
+    .await
+    .expect("status write");
 }
 
 /// `count` Jobs from [`WRITERS`] concurrent writers, each running `per_job`;

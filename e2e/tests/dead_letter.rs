@@ -12,13 +12,16 @@
 use std::time::Duration;
 
 use drover_crds::bounds::MAX_MESSAGE_BYTES;
+use drover_crds::job::JobError;
+use drover_crds::job_transition::JobStatusPatch;
 use drover_crds::job_transition::{CONDITION_DEAD_LETTER_FAILED, CONDITION_FAILED};
-use drover_crds::{Job, JobPhase, JobStatus};
+use drover_crds::{Job, JobPhase, JobStatus, JobTransition};
 use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
 use drover_e2e::wait;
 use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
@@ -49,12 +52,18 @@ async fn queued(jobs: &Api<Job>, name: &str) {
 
 /// Writes what a worker writes when attempt 1 fails retryably with `message`.
 async fn fail_attempt_as_a_worker(jobs: &Api<Job>, name: &str, message: &str) {
-    let patch = json!({"status": {
-        "phase": "Backoff",
-        "attempt": 1,
-        "claim": null,
-        "error": {"reason": "Told", "message": message, "retryable": true},
-    }});
+    let error = JobError {
+        reason: "Told".into(),
+        message: message.into(),
+        retryable: true,
+    };
+    let failed = JobTransition::fail(JobPhase::Running, error, Vec::new(), Timestamp::now())
+        .expect("a legal transition");
+    let status = JobStatusPatch {
+        attempt: Some(1),
+        ..failed.status
+    };
+    let patch = json!({ "status": status });
     jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("the failed attempt is written");

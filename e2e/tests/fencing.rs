@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use drover_crds::job_transition::JobStatusPatch;
 use drover_crds::{Job, JobMessage, JobPhase, PipelineWorker};
 use drover_e2e::admission::{Updates, refuse};
 use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
@@ -124,7 +125,12 @@ async fn policy_in_force(jobs: &Api<Job>) {
         Duration::from_secs(30),
         || {
             tries += 1;
-            let patch = json!({"status": {"phase": "Succeeded", "progress": tries % 100}});
+            let forged = JobStatusPatch {
+                phase: Some(JobPhase::Succeeded),
+                progress: Some(tries % 100),
+                ..JobStatusPatch::default()
+            };
+            let patch = json!({ "status": forged });
             async move {
                 match jobs
                     .patch_status("probe", &PatchParams::default(), &Patch::Merge(&patch))

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use drover_crds::{Job, PipelineWorker};
+use drover_crds::job_transition::NewClaim;
+use drover_crds::{Job, JobPhase, JobTransition, PipelineWorker};
 use drover_e2e::drover::{
     DroverProcesses, DroverTest, PUBSUB_PROJECT, WORKER_IMAGE, apply_fleet, create_job, drover_test,
 };
@@ -638,10 +639,16 @@ async fn busy_pods_cost_more_to_delete_and_scale_events_are_recorded() {
 
     // A Job claimed by that pod, as a worker would write it.
     f.create_jobs("busy", 1).await;
-    let status = json!({"status": {
-        "phase": "Running", "attempt": 1,
-        "claim": {"pod": busy_pod, "renewTime": "2030-01-01T00:00:00Z", "leaseSeconds": 30},
-    }});
+    let claim = NewClaim {
+        id: "c-busy".into(),
+        attempt: 1,
+        pod: busy_pod.clone(),
+        lease_seconds: 30,
+        steps: Vec::new(),
+    };
+    let far_ahead = "2030-01-01T00:00:00Z".parse().expect("a timestamp");
+    let claimed = JobTransition::claim(JobPhase::Queued, claim, far_ahead).expect("a claim");
+    let status = json!({ "status": claimed.status });
     f.api::<Job>()
         .patch_status(
             "busy-job-0",

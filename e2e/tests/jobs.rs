@@ -7,12 +7,16 @@
 
 use std::time::Duration;
 
-use drover_crds::{Job, JobMessage, JobPhase, JobStatus};
+use drover_crds::job::JobError;
+use drover_crds::job_state::TransitionError;
+use drover_crds::job_transition::NewClaim;
+use drover_crds::{Job, JobMessage, JobPhase, JobStatus, JobTransition};
 use drover_e2e::drover::{DroverTest, PUBSUB_PROJECT, drover_test};
 use drover_e2e::wait;
 use drover_queue::{PubSubEndpoint, subscription_path, topic_path};
 use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
 use google_cloud_pubsub::subscriber::MessageStream;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -79,7 +83,9 @@ impl Fixture {
     }
 
     /// What a worker writes when an attempt fails.
-    async fn worker_reports(&self, name: &str, status: Value) {
+    /// Sends `write`'s patch as a worker would, but with no claim to fence on.
+    async fn worker_reports(&self, name: &str, write: Result<JobTransition, TransitionError>) {
+        let status = write.expect("a legal transition").status;
         self.jobs()
             .patch_status(
                 name,
@@ -216,11 +222,15 @@ async fn retryable_failure_is_retried_then_dead_lettered_after_the_last_attempt(
         .await;
     assert_eq!(next_message(&mut jobs_tap).await.0.attempt, 1);
 
-    let failed_attempt = json!({
-        "phase": "Backoff",
-        "error": {"reason": "StepFailed", "message": "boom", "retryable": true},
-    });
-    f.worker_reports("flaky", failed_attempt.clone()).await;
+    let failed_attempt = || {
+        let error = JobError {
+            reason: "StepFailed".into(),
+            message: "boom".into(),
+            retryable: true,
+        };
+        JobTransition::fail(JobPhase::Running, error, Vec::new(), Timestamp::now())
+    };
+    f.worker_reports("flaky", failed_attempt()).await;
     let retried = f
         .wait_for("flaky", "attempt 2 queued", SOON, |s| {
             s.phase == JobPhase::Queued && s.attempt == 2
@@ -229,7 +239,7 @@ async fn retryable_failure_is_retried_then_dead_lettered_after_the_last_attempt(
     assert!(retried.retry_at.is_none());
     assert_eq!(next_message(&mut jobs_tap).await.0.attempt, 2);
 
-    f.worker_reports("flaky", failed_attempt).await;
+    f.worker_reports("flaky", failed_attempt()).await;
     let failed = f
         .wait_for("flaky", "Failed", SOON, |s| s.phase == JobPhase::Failed)
         .await;
@@ -256,10 +266,17 @@ async fn expired_claim_is_requeued_as_worker_lost() {
     // A worker that claimed the Job and died at once. Its `renewTime` is
     // years old, but the operator trusts no other machine's clock: the claim
     // expires its lease after the operator itself first saw it.
+    let claim = NewClaim {
+        id: "c-1".into(),
+        attempt: 1,
+        pod: "gone-pod".into(),
+        lease_seconds: 3,
+        steps: Vec::new(),
+    };
+    let years_ago = "2020-01-01T00:00:00Z".parse().expect("a timestamp");
     f.worker_reports(
         "orphaned",
-        json!({"phase": "Running", "startedAt": "2020-01-01T00:00:00Z",
-               "claim": {"id": "c-1", "pod": "gone-pod", "renewTime": "2020-01-01T00:00:00Z", "leaseSeconds": 3}}),
+        JobTransition::claim(JobPhase::Queued, claim, years_ago),
     )
     .await;
     let requeued = f
