@@ -28,6 +28,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
 const FLEETS: usize = 100;
+/// The sizes measured unless the command line names others
+/// (`cargo bench ... --bench scale -- 10000`).
 const SIZES: [usize; 2] = [10_000, 100_000];
 /// Few enough that the apiserver of a small machine keeps up.
 const WRITERS: usize = 8;
@@ -83,12 +85,12 @@ async fn run() {
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let seen = Seen::watch(jobs.clone());
     println!(
-        "operator at rest with {FLEETS} fleets: RSS {:.1} MiB",
+        "operator at rest with {FLEETS} fleets: RSS {}",
         rss_mib(pid)
     );
 
     let mut created = 0;
-    for size in SIZES {
+    for size in sizes() {
         let (events_before, cpu_before) = (seen.events(), cpu_seconds(pid));
         let sent = create_jobs(&jobs, created, size).await;
         created = size;
@@ -107,7 +109,7 @@ async fn run() {
         let republishes = publishes(&metrics, Some("republish")).await;
         let published = seen.published();
         println!("{size} Pending Jobs over {FLEETS} fleets:");
-        println!("  operator RSS: {:.1} MiB", rss_mib(pid));
+        println!("  operator RSS: {}", rss_mib(pid));
         println!(
             "  operator CPU: {:.2} s per 1,000 Job events ({events} events, {cpu:.1} s)",
             cpu * 1000.0 / events.max(1) as f64
@@ -129,14 +131,33 @@ async fn run() {
     drop(env);
 }
 
-/// Resident set of `pid`, from /proc.
-fn rss_mib(pid: u32) -> f64 {
+/// The Job counts to reach, in order: the numbers on the command line
+/// (cargo passes its own `--bench` flag too), or [`SIZES`].
+fn sizes() -> Vec<usize> {
+    let asked: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+    if asked.is_empty() {
+        SIZES.to_vec()
+    } else {
+        asked
+    }
+}
+
+/// Resident set of `pid`, from /proc: all of it, and the part that is the
+/// process's own memory (heap and stacks) rather than its binary's pages.
+fn rss_mib(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    };
+    format!(
+        "{:.1} MiB (anonymous {:.1} MiB)",
+        field("VmRSS:"),
+        field("RssAnon:")
+    )
 }
 
 /// User and system CPU of `pid`, from /proc (clock ticks of 1/100 s).

@@ -44,18 +44,22 @@ pub trait JobQueue: Send + Sync {
     /// (an emulator restart, a topic deleted by hand) it recreates the fleet's
     /// queue once and publishes again, instead of waiting for the fleet's next
     /// check. Only the topic and subscription come back: the messages they held
-    /// are gone, and the watchdog republishes the Jobs that waited on them.
+    /// are gone, and the watchdog republishes the Jobs that waited on them;
+    /// `on_recreated` runs once the queue is back, before the second publish,
+    /// so the caller can republish those Jobs at once.
     fn publish_recreating(
         &self,
         fleet: &PipelineWorker,
         default_project: &str,
         topic: &str,
         message: OutgoingMessage,
+        on_recreated: impl FnOnce() + Send,
     ) -> impl Future<Output = Result<String, PublishError>> + Send {
         async move {
             match self.publish(topic, message.clone()).await {
                 Err(error) if error.is_topic_not_found() => {
                     if recreated(self.ensure(fleet, default_project).await) {
+                        on_recreated();
                         self.publish(topic, message).await
                     } else {
                         Err(error)
@@ -125,6 +129,7 @@ impl JobQueue for PubSubQueue {
 mod tests {
     use std::collections::BTreeSet;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
 
@@ -185,19 +190,35 @@ mod tests {
             create: true,
             ..FakeQueue::default()
         };
+        let recreated = AtomicBool::new(false);
+        let noted = || recreated.store(true, Ordering::SeqCst);
         let id = queue
-            .publish_recreating(&fleet(), "p", TOPIC, OutgoingMessage::new(b"job".to_vec()))
+            .publish_recreating(
+                &fleet(),
+                "p",
+                TOPIC,
+                OutgoingMessage::new(b"job".to_vec()),
+                noted,
+            )
             .await
             .unwrap();
         assert_eq!(id, "m1");
+        assert!(recreated.load(Ordering::SeqCst), "the caller hears of it");
         assert_eq!(*queue.published.lock().unwrap(), ["job"]);
     }
 
     #[tokio::test]
     async fn a_topic_that_is_not_ours_to_create_stays_an_error() {
         let queue = FakeQueue::default();
+        let noted = || panic!("nothing was recreated");
         let error = queue
-            .publish_recreating(&fleet(), "p", TOPIC, OutgoingMessage::new(b"job".to_vec()))
+            .publish_recreating(
+                &fleet(),
+                "p",
+                TOPIC,
+                OutgoingMessage::new(b"job".to_vec()),
+                noted,
+            )
             .await
             .unwrap_err();
         assert!(error.is_topic_not_found(), "{error}");
