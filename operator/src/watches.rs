@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use drover_crds::{Job, PipelineWorker};
+use drover_crds::{Job, JobPhase, PipelineWorker};
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::stream::BoxStream;
@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use serde_json::Value;
 
 use crate::admission_state::{AdmissionState, FleetKey};
 
@@ -54,11 +55,16 @@ pub struct JobWatches {
 
 /// Drops what no controller reads (managed fields, annotations such as
 /// `kubectl.kubernetes.io/last-applied-configuration`, the worker's step
-/// reports and result), which is most of a Job's bytes. The operator's
-/// writes are merge patches of other fields, so nothing dropped is written back.
+/// reports and result), which is most of a Job's bytes; and the input of a
+/// Job past Pending, since only a Pending Job's input is checked. The
+/// operator's writes are merge patches of other fields, so nothing dropped
+/// is written back.
 pub fn strip(job: &mut Job) {
     job.metadata.managed_fields = None;
     job.metadata.annotations = None;
+    if job.phase() != JobPhase::Pending {
+        job.spec.input = Value::Null;
+    }
     if let Some(status) = job.status.as_mut() {
         status.steps = Vec::new();
         status.result = None;
@@ -122,4 +128,55 @@ pub fn shared(client: &Client) -> (FleetWatches, JobWatches) {
             freed,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_crds::{JobStatus, StepPhase, StepStatus};
+    use drover_testkit::JobBuilder;
+    use serde_json::json;
+
+    use super::*;
+
+    fn job(phase: JobPhase) -> Job {
+        let mut job = JobBuilder::new("j", "w")
+            .input(json!({"prompt": "a long prompt"}))
+            .build();
+        job.metadata.annotations = Some([("note".to_owned(), "x".repeat(4096))].into());
+        job.status = Some(JobStatus {
+            phase,
+            steps: vec![StepStatus {
+                name: "expand".into(),
+                phase: StepPhase::Succeeded,
+                started_at: None,
+                finished_at: None,
+                attempts: 1,
+                progress: 100,
+                message: None,
+            }],
+            result: Some(json!({"summary": "done"})),
+            ..JobStatus::default()
+        });
+        job
+    }
+
+    #[test]
+    fn a_pending_job_keeps_the_input_it_is_checked_on() {
+        let mut pending = job(JobPhase::Pending);
+        strip(&mut pending);
+        assert_eq!(pending.spec.input, json!({"prompt": "a long prompt"}));
+        assert!(pending.metadata.annotations.is_none());
+    }
+
+    #[test]
+    fn a_job_past_pending_keeps_neither_input_nor_reports() {
+        for phase in [JobPhase::Queued, JobPhase::Running, JobPhase::Succeeded] {
+            let mut later = job(phase);
+            strip(&mut later);
+            let status = later.status.as_ref().expect("status");
+            assert_eq!(later.spec.input, Value::Null, "{phase:?}");
+            assert!(status.steps.is_empty() && status.result.is_none());
+            assert_eq!((status.phase, later.spec.worker.as_str()), (phase, "w"));
+        }
+    }
 }
