@@ -413,3 +413,68 @@ async fn a_lost_message_is_republished_once_the_fleet_was_idle_for_the_bound() {
         "one republish for one lost message"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_the_fleet_brings_back_gets_its_queued_jobs_again() {
+    let _alone = REPUBLISH_COUNTER.lock().await;
+    let t = drover_test("admit-resub").await;
+    // No worker: the idle rule alone would never republish.
+    let parked = sleeper(&t, "resub").concurrency(1).manual_replicas(0);
+    apply_fleet(&t.client, &t.namespace, parked.clone().build()).await;
+    let jobs: Api<Job> = t.api();
+    create_job(&t.client, &t.namespace, job(&t, "orphan", "resub", 10)).await;
+    wait::job_in_phase(&jobs, "orphan", JobPhase::Queued, Duration::from_secs(30)).await;
+    let republished_before = published(&t.drover.operator_metrics, "republish").await;
+
+    // Job times are whole seconds: a queue made again within the second of
+    // the publish cannot tell the message was lost, so step out of it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The subscription is deleted by hand, and with it the Job's message.
+    let pubsub = PubSubEndpoint::emulator(t.env.pubsub.host_port());
+    let subscription = subscription_path(PUBSUB_PROJECT, &t.unique("resub-sub"));
+    pubsub
+        .subscription_admin()
+        .await
+        .expect("subscription admin")
+        .delete_subscription()
+        .set_subscription(&subscription)
+        .send()
+        .await
+        .expect("subscription deleted");
+    // A spec change makes the fleet controller check its queue at once.
+    let changed = parked.scale_down_stabilization_seconds(61);
+    apply_fleet(&t.client, &t.namespace, changed.build()).await;
+
+    // The fleet controller makes a new, empty subscription; the Job's
+    // message must come through it again within the republish bound.
+    let mut stream = wait::until("the subscription back", Duration::from_secs(30), || async {
+        let subscriber = pubsub.subscriber().await.map_err(|e| e.to_string())?;
+        let admin = pubsub
+            .subscription_admin()
+            .await
+            .map_err(|e| e.to_string())?;
+        admin
+            .get_subscription()
+            .set_subscription(&subscription)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(subscriber.subscribe(&subscription).build())
+    })
+    .await;
+    let (message, handler) = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("the Job's message again within 60 s")
+        .expect("stream open")
+        .expect("message");
+    handler.nack();
+    let body: drover_crds::JobMessage =
+        serde_json::from_slice(&message.data).expect("a Job message");
+    assert_eq!((body.name.as_str(), body.attempt), ("orphan", 1));
+    let republished = published(&t.drover.operator_metrics, "republish").await;
+    assert_eq!(
+        republished - republished_before,
+        1.0,
+        "one republish for the one message the old subscription took with it"
+    );
+}

@@ -511,7 +511,16 @@ async fn check_queue_and_secrets(
         .ensure_owned(pw, &ctx.config.pubsub_project, &is_live)
         .await?
     {
-        Ok(_) => None,
+        Ok(ensured) => {
+            if ensured.created_subscription {
+                // Whatever was published before now is gone: the fleet's
+                // Queued Jobs are republished, not left to the idle rule.
+                tracing::info!(event = "subscription_created", worker = %pw.name_any(), %namespace, subscription = %ensured.names.subscription, "made the fleet's subscription; its Queued Jobs are published again");
+                let fleet = (namespace.to_owned(), pw.name_any());
+                ctx.admission.queue_recreated(&fleet, Timestamp::now());
+            }
+            None
+        }
         Err(problem) => Some(Problem {
             reason: problem.reason(),
             message: problem.to_string(),

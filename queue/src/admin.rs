@@ -114,7 +114,8 @@ impl QueueAdmin {
         pw: &PipelineWorker,
         default_project: &str,
     ) -> Result<Result<QueueNames, QueueProblem>, QueueError> {
-        self.ensure_owned(pw, default_project, &|_| true).await
+        let ensured = self.ensure_owned(pw, default_project, &|_| true).await?;
+        Ok(ensured.map(|ensured| ensured.names))
     }
 
     /// As [`QueueAdmin::ensure`], and what the operator creates carries
@@ -127,7 +128,7 @@ impl QueueAdmin {
         pw: &PipelineWorker,
         default_project: &str,
         is_live: &(dyn Fn(&Owner) -> bool + Sync),
-    ) -> Result<Result<QueueNames, QueueProblem>, QueueError> {
+    ) -> Result<Result<Ensured, QueueProblem>, QueueError> {
         let names = QueueNames::of(pw, default_project);
         let create = pw.spec.queue.create;
         let me = Owner::of(pw);
@@ -161,10 +162,13 @@ impl QueueAdmin {
                 self.ensure_dead_letter_subscription(dead_letter).await?;
             }
         }
-        match self.ensure_subscription(pw, &names, create, owner).await? {
-            Some(problem) => Ok(Err(problem)),
-            None => Ok(Ok(names)),
-        }
+        Ok(self
+            .ensure_subscription(pw, &names, create, owner)
+            .await?
+            .map(|created_subscription| Ensured {
+                names,
+                created_subscription,
+            }))
     }
 
     async fn ensure_topic(
@@ -243,7 +247,7 @@ impl QueueAdmin {
         names: &QueueNames,
         create: bool,
         owner: Option<OwnerCheck<'_>>,
-    ) -> Result<Option<QueueProblem>, QueueError> {
+    ) -> Result<Result<bool, QueueProblem>, QueueError> {
         let name = &names.subscription;
         match self
             .subscriptions
@@ -256,7 +260,7 @@ impl QueueAdmin {
                 if let Some((me, is_live)) = owner {
                     match ownership::judge(&existing.labels, me, is_live) {
                         Claim::Elsewhere(other) => {
-                            return Ok(Some(QueueProblem::OwnedElsewhere {
+                            return Ok(Err(QueueProblem::OwnedElsewhere {
                                 resource: format!("subscription {name}"),
                                 owner: other.to_string(),
                             }));
@@ -275,19 +279,19 @@ impl QueueAdmin {
                     }
                 }
                 if existing.topic != names.topic {
-                    return Ok(Some(QueueProblem::SubscriptionTopicMismatch {
+                    return Ok(Err(QueueProblem::SubscriptionTopicMismatch {
                         subscription: name.clone(),
                         expected: names.topic.clone(),
                         actual: existing.topic,
                     }));
                 }
-                return Ok(None);
+                return Ok(Ok(false));
             }
             Err(e) if is(&e, Code::NotFound) => {}
             Err(source) => return Err(rpc("get subscription", name, source)),
         }
         if !create {
-            return Ok(Some(QueueProblem::SubscriptionNotFound(name.clone())));
+            return Ok(Err(QueueProblem::SubscriptionNotFound(name.clone())));
         }
         let retry = &pw.spec.retry;
         let backoff =
@@ -309,7 +313,7 @@ impl QueueAdmin {
             request = request.set_labels(me.labels());
         }
         match request.send().await {
-            Ok(_) => Ok(None),
+            Ok(_) => Ok(Ok(true)),
             // Made meanwhile, perhaps by another fleet: judge what is there.
             Err(e) if is(&e, Code::AlreadyExists) => {
                 Box::pin(self.ensure_subscription(pw, names, false, owner)).await
@@ -317,6 +321,15 @@ impl QueueAdmin {
             Err(source) => Err(rpc("create subscription", name, source)),
         }
     }
+}
+
+/// A fleet's queue in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ensured {
+    pub names: QueueNames,
+    /// The subscription did not exist and was made now: no message published
+    /// before this moment will ever be delivered through it.
+    pub created_subscription: bool,
 }
 
 /// Whose queue this is, and how to tell whether another owner still exists.

@@ -17,7 +17,7 @@ use std::future::Future;
 
 use drover_crds::PipelineWorker;
 
-pub use admin::{QueueAdmin, QueueError, QueueProblem};
+pub use admin::{Ensured, QueueAdmin, QueueError, QueueProblem};
 pub use endpoint::PubSubEndpoint;
 pub use names::{QueueNames, subscription_path, topic_path};
 pub use publish::{OutgoingMessage, PublishError, Publishers};
