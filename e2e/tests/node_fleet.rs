@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{PUBSUB_PROJECT, apply_fleet, create_job};
-use drover_e2e::node::{NODE_PREFIX, Node};
+use drover_e2e::drover::{apply_fleet, create_job};
+use drover_e2e::node::{NODE_PREFIX, Node, chart};
 use drover_e2e::observe::{self, ReadmeShell};
 use drover_e2e::refusals::{self, LogSince};
 use drover_e2e::{ensure_built, error_chain, wait};
@@ -26,7 +26,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const OPERATOR_NAMESPACE: &str = "drover-system";
+const OPERATOR_NAMESPACE: &str = chart::OPERATOR_NAMESPACE;
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Below what a Job holding `HOLD_MIB` needs, above the idle worker.
 const TIGHT_MEMORY: &str = "96Mi";
@@ -72,7 +72,8 @@ async fn the_chart_runs_drover_on_a_real_node() {
     say("the README's helm-install block ran on the real node");
 
     // Installed again for the rest, the same way.
-    install_chart(&shell);
+    chart::install(&shell.helm, &shell.kubeconfig, &shell.pubsub_emulator_host)
+        .unwrap_or_else(|e| panic!("{e}"));
     let namespace = node
         .control_plane()
         .create_namespace("fleets")
@@ -229,34 +230,6 @@ async fn the_chart_runs_drover_on_a_real_node() {
         "whole test {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-}
-
-/// `helm install` of the chart the way the README's block does it.
-fn install_chart(shell: &ReadmeShell) {
-    let kubeconfig = shell.kubeconfig.display().to_string();
-    let emulator = format!("pubsub.emulatorHost={}", shell.pubsub_emulator_host);
-    let project = format!("pubsub.projectId={PUBSUB_PROJECT}");
-    observe::run(
-        &shell.helm,
-        &[
-            "install",
-            "drover",
-            "charts/drover",
-            "--kubeconfig",
-            &kubeconfig,
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-            "--set",
-            &project,
-            "--set",
-            &emulator,
-            "--wait",
-            "--timeout",
-            "2m",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Every pod of `namespace` runs in containerd from the chart's `image`.
