@@ -32,6 +32,10 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const TIGHT_MEMORY: &str = "96Mi";
 const ENOUGH_MEMORY: &str = "512Mi";
 const HOLD_MIB: u32 = 256;
+/// A stand-in worker image whose program writes into its own filesystem.
+const WRITES_ITS_HOME_IMAGE: &str = "drover.local/writes-its-home:e2e";
+/// Owned by the image's user 65532, so only the read-only root refuses it.
+const WRITTEN_FILE: &str = "/home/nonroot/state";
 
 fn say(line: &str) {
     use std::io::Write as _;
@@ -200,6 +204,47 @@ async fn the_chart_runs_drover_on_a_real_node() {
         "with {ENOUGH_MEMORY}, attempt {} of the hog Succeeded",
         status.attempt
     ));
+
+    // An image that writes into itself: the read-only root filesystem
+    // refuses it, and the fleet says its security context did.
+    let fixture = drover_e2e::drover::binary("probe-fixture").expect("the probe fixture");
+    node.load_drover_image(&fixture, WRITES_ITS_HOME_IMAGE)
+        .unwrap_or_else(|e| panic!("the fixture image: {}", error_chain(&e)));
+    let writer = PipelineWorkerBuilder::sleep("writer")
+        .queue("node-writer", "node-writer-workers")
+        .manual_replicas(1)
+        .image(WRITES_ITS_HOME_IMAGE)
+        .with(|spec| {
+            spec.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "WRITE_FILE".into(),
+                value: Some(WRITTEN_FILE.into()),
+                ..Default::default()
+            }])
+        })
+        .build();
+    apply_fleet(&client, &namespace, writer).await;
+    let refused = wait::until(
+        "the fleet to say its security context refused the container",
+        TIMEOUT,
+        || async {
+            let fleet = fleets.get("writer").await.map_err(|e| e.to_string())?;
+            let degraded = fleet
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+                .map(|c| (c.reason.clone(), c.message.clone()));
+            match degraded {
+                Some((reason, message)) if reason == "SecurityContextDenied" => Ok(message),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    say(&format!("Degraded: SecurityContextDenied: {refused}"));
+    assert!(refused.contains("Read-only file system"), "{refused}");
+    assert!(refused.contains(WRITTEN_FILE), "{refused}");
+    assert!(refused.contains("read-only root filesystem"), "{refused}");
 
     // Nothing was refused, at any log level, in any container's log.
     let pods_dir = state_dir.join("var-log/pods");
