@@ -5,8 +5,10 @@
 //! the real kubelet's SIGTERM and finishes its Job within the grace; a worker
 //! whose Job needs more memory than the fleet's limit is OOM-killed by the
 //! kernel, the fleet says `OOMKilled`, the Job's lost attempt says so, and
-//! with enough memory its next attempt succeeds. No process is refused
-//! anything by RBAC, at any log level.
+//! with enough memory its next attempt succeeds; an image that writes into
+//! its read-only root filesystem crash-loops and the fleet says
+//! `SecurityContextDenied`, quoting the kernel's refusal. No process is
+//! refused anything by RBAC, at any log level.
 //!
 //! One test on purpose: it owns the node (one per test binary). It fails,
 //! never skips, when the node cannot start.
