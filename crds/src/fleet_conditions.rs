@@ -68,11 +68,15 @@ pub enum DegradedReason {
     /// The container runtime cannot create or start a worker container (a
     /// security context or a mount it refuses).
     ContainerCannotRun,
+    /// A worker container did what its security context forbids: wrote to
+    /// its read-only root filesystem, or opened or ran a file its non-root
+    /// user may not.
+    SecurityContextDenied,
 }
 
 impl DegradedReason {
     /// Every reason, for exhaustive tests and lookups.
-    pub const ALL: [DegradedReason; 12] = [
+    pub const ALL: [DegradedReason; 13] = [
         DegradedReason::SecretNotFound,
         DegradedReason::TopicNotFound,
         DegradedReason::SubscriptionNotFound,
@@ -85,6 +89,7 @@ impl DegradedReason {
         DegradedReason::CreateContainerConfigError,
         DegradedReason::OOMKilled,
         DegradedReason::ContainerCannotRun,
+        DegradedReason::SecurityContextDenied,
     ];
 
     /// The reason as a condition and an Event show it.
@@ -102,6 +107,7 @@ impl DegradedReason {
             DegradedReason::CreateContainerConfigError => "CreateContainerConfigError",
             DegradedReason::OOMKilled => "OOMKilled",
             DegradedReason::ContainerCannotRun => "ContainerCannotRun",
+            DegradedReason::SecurityContextDenied => "SecurityContextDenied",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! * [`node`] runs a real node (containerd, kubelet, kube-proxy) with the
 //!   control plane, in namespaces of its own.
 //! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
+//! * [`media_server`] serves a directory over HTTP, for media pods must fetch.
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -24,7 +25,9 @@ pub mod kubelet;
 pub mod latency;
 pub mod local_model;
 pub mod manifests;
+pub mod media_server;
 pub mod node;
+pub mod node_drover;
 pub mod observe;
 pub mod ports;
 pub mod process;

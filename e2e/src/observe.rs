@@ -110,6 +110,11 @@ impl ReadmeShell {
             .env("KUBECTL", &self.kubectl)
             .env("HELM", &self.helm)
             .env("PUBSUB_EMULATOR_HOST", &self.pubsub_emulator_host)
+            // Where pods reach it: the same address, as the tests pass it.
+            .env(
+                "DROVER_POD_PUBSUB_EMULATOR_HOST",
+                &self.pubsub_emulator_host,
+            )
             .env("PUBSUB_PROJECT_ID", crate::drover::PUBSUB_PROJECT)
             .stdin(Stdio::null())
             .output()

@@ -5,8 +5,10 @@
 //! the real kubelet's SIGTERM and finishes its Job within the grace; a worker
 //! whose Job needs more memory than the fleet's limit is OOM-killed by the
 //! kernel, the fleet says `OOMKilled`, the Job's lost attempt says so, and
-//! with enough memory its next attempt succeeds. No process is refused
-//! anything by RBAC, at any log level.
+//! with enough memory its next attempt succeeds; an image that writes into
+//! its read-only root filesystem crash-loops and the fleet says
+//! `SecurityContextDenied`, quoting the kernel's refusal. No process is
+//! refused anything by RBAC, at any log level.
 //!
 //! One test on purpose: it owns the node (one per test binary). It fails,
 //! never skips, when the node cannot start.
@@ -14,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{PUBSUB_PROJECT, apply_fleet, create_job};
-use drover_e2e::node::{NODE_PREFIX, Node};
+use drover_e2e::drover::{apply_fleet, create_job};
+use drover_e2e::node::{NODE_PREFIX, Node, chart};
 use drover_e2e::observe::{self, ReadmeShell};
 use drover_e2e::refusals::{self, LogSince};
 use drover_e2e::{ensure_built, error_chain, wait};
@@ -26,12 +28,16 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-const OPERATOR_NAMESPACE: &str = "drover-system";
+const OPERATOR_NAMESPACE: &str = chart::OPERATOR_NAMESPACE;
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Below what a Job holding `HOLD_MIB` needs, above the idle worker.
 const TIGHT_MEMORY: &str = "96Mi";
 const ENOUGH_MEMORY: &str = "512Mi";
 const HOLD_MIB: u32 = 256;
+/// A stand-in worker image whose program writes into its own filesystem.
+const WRITES_ITS_HOME_IMAGE: &str = "drover.local/writes-its-home:e2e";
+/// Owned by the image's user 65532, so only the read-only root refuses it.
+const WRITTEN_FILE: &str = "/home/nonroot/state";
 
 fn say(line: &str) {
     use std::io::Write as _;
@@ -72,7 +78,8 @@ async fn the_chart_runs_drover_on_a_real_node() {
     say("the README's helm-install block ran on the real node");
 
     // Installed again for the rest, the same way.
-    install_chart(&shell);
+    chart::install(&shell.helm, &shell.kubeconfig, &shell.pubsub_emulator_host)
+        .unwrap_or_else(|e| panic!("{e}"));
     let namespace = node
         .control_plane()
         .create_namespace("fleets")
@@ -200,6 +207,47 @@ async fn the_chart_runs_drover_on_a_real_node() {
         status.attempt
     ));
 
+    // An image that writes into itself: the read-only root filesystem
+    // refuses it, and the fleet says its security context did.
+    let fixture = drover_e2e::drover::binary("probe-fixture").expect("the probe fixture");
+    node.load_drover_image(&fixture, WRITES_ITS_HOME_IMAGE)
+        .unwrap_or_else(|e| panic!("the fixture image: {}", error_chain(&e)));
+    let writer = PipelineWorkerBuilder::sleep("writer")
+        .queue("node-writer", "node-writer-workers")
+        .manual_replicas(1)
+        .image(WRITES_ITS_HOME_IMAGE)
+        .with(|spec| {
+            spec.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "WRITE_FILE".into(),
+                value: Some(WRITTEN_FILE.into()),
+                ..Default::default()
+            }])
+        })
+        .build();
+    apply_fleet(&client, &namespace, writer).await;
+    let refused = wait::until(
+        "the fleet to say its security context refused the container",
+        TIMEOUT,
+        || async {
+            let fleet = fleets.get("writer").await.map_err(|e| e.to_string())?;
+            let degraded = fleet
+                .status
+                .iter()
+                .flat_map(|s| &s.conditions)
+                .find(|c| c.type_ == "Degraded" && c.status == "True")
+                .map(|c| (c.reason.clone(), c.message.clone()));
+            match degraded {
+                Some((reason, message)) if reason == "SecurityContextDenied" => Ok(message),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    say(&format!("Degraded: SecurityContextDenied: {refused}"));
+    assert!(refused.contains("Read-only file system"), "{refused}");
+    assert!(refused.contains(WRITTEN_FILE), "{refused}");
+    assert!(refused.contains("read-only root filesystem"), "{refused}");
+
     // Nothing was refused, at any log level, in any container's log.
     let pods_dir = state_dir.join("var-log/pods");
     // (The kubelet removes a deleted pod's logs: these are the pods that
@@ -229,34 +277,6 @@ async fn the_chart_runs_drover_on_a_real_node() {
         "whole test {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-}
-
-/// `helm install` of the chart the way the README's block does it.
-fn install_chart(shell: &ReadmeShell) {
-    let kubeconfig = shell.kubeconfig.display().to_string();
-    let emulator = format!("pubsub.emulatorHost={}", shell.pubsub_emulator_host);
-    let project = format!("pubsub.projectId={PUBSUB_PROJECT}");
-    observe::run(
-        &shell.helm,
-        &[
-            "install",
-            "drover",
-            "charts/drover",
-            "--kubeconfig",
-            &kubeconfig,
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-            "--set",
-            &project,
-            "--set",
-            &emulator,
-            "--wait",
-            "--timeout",
-            "2m",
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Every pod of `namespace` runs in containerd from the chart's `image`.

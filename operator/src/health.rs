@@ -31,8 +31,9 @@ pub struct Observation {
 }
 
 /// The first pod-level problem, the likeliest cause first: an image that
-/// cannot be pulled, a container killed for its memory, one the runtime
-/// cannot run, one that keeps crashing, one that cannot be configured.
+/// cannot be pulled, a container killed for its memory, one its security
+/// context refused, one the runtime cannot run, one that keeps crashing,
+/// one that cannot be configured.
 pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
     let containers: Vec<(&str, &ContainerStatus)> = pods
         .iter()
@@ -44,28 +45,84 @@ pub fn pod_problem(pods: &[Pod]) -> Option<Problem> {
                 .map(move |c| (name, c))
         })
         .collect();
-    [
-        ("ImagePullBackOff", DegradedReason::ImagePullBackOff),
-        ("ErrImagePull", DegradedReason::ImagePullBackOff),
-        ("OOMKilled", DegradedReason::OOMKilled),
-        ("CreateContainerError", DegradedReason::ContainerCannotRun),
-        ("RunContainerError", DegradedReason::ContainerCannotRun),
-        ("StartError", DegradedReason::ContainerCannotRun),
-        ("ContainerCannotRun", DegradedReason::ContainerCannotRun),
-        ("CrashLoopBackOff", DegradedReason::CrashLoopBackOff),
-        (
-            "CreateContainerConfigError",
-            DegradedReason::CreateContainerConfigError,
-        ),
-    ]
-    .into_iter()
-    .find_map(|(known, reason)| {
+    let by_reason = |known: &'static str, reason: DegradedReason| {
         containers.iter().find_map(|(pod, container)| {
             let detail = container_detail(container, known)?;
             Some(Problem {
                 reason,
                 message: format!("pod {pod}: {known}{detail}"),
             })
+        })
+    };
+    let pulls = by_reason("ImagePullBackOff", DegradedReason::ImagePullBackOff)
+        .or_else(|| by_reason("ErrImagePull", DegradedReason::ImagePullBackOff))
+        .or_else(|| by_reason("OOMKilled", DegradedReason::OOMKilled));
+    // Refused by its security context: the crash loop or start error that
+    // follows says less than the refusal's own words.
+    let refused = || {
+        containers.iter().find_map(|(pod, container)| {
+            let (cause, words) = security_refusal(container)?;
+            Some(Problem {
+                reason: DegradedReason::SecurityContextDenied,
+                message: format!(
+                    "pod {pod}: container {} was refused by its security context ({cause}): {words}",
+                    container.name
+                ),
+            })
+        })
+    };
+    pulls.or_else(refused).or_else(|| {
+        [
+            ("CreateContainerError", DegradedReason::ContainerCannotRun),
+            ("RunContainerError", DegradedReason::ContainerCannotRun),
+            ("StartError", DegradedReason::ContainerCannotRun),
+            ("ContainerCannotRun", DegradedReason::ContainerCannotRun),
+            ("CrashLoopBackOff", DegradedReason::CrashLoopBackOff),
+            (
+                "CreateContainerConfigError",
+                DegradedReason::CreateContainerConfigError,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(known, reason)| by_reason(known, reason))
+    })
+}
+
+/// What the kernel or the runtime said when a container's security context
+/// refused it, and which part refused: a write to the read-only root
+/// filesystem (EROFS), a file the non-root user may not open (EACCES as a
+/// program reports it), or an entrypoint it may not run (runc's `exec`).
+/// Judged on the words of its last run's end (the runtime's message, or
+/// the container's last log lines) and of its waiting state.
+fn security_refusal(container: &ContainerStatus) -> Option<(&'static str, String)> {
+    let ended = |state: Option<&ContainerState>| {
+        state
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.clone())
+    };
+    let waiting = container
+        .state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.message.clone());
+    let said = [
+        ended(container.state.as_ref()),
+        ended(container.last_state.as_ref()),
+        waiting,
+    ];
+    said.into_iter().flatten().find_map(|text| {
+        text.lines().rev().find_map(|line| {
+            let lower = line.to_ascii_lowercase();
+            let cause = if lower.contains("read-only file system") {
+                "the read-only root filesystem (readOnlyRootFilesystem) takes no writes; only /tmp is writable"
+            } else if lower.contains("permission denied (os error 13)") {
+                "it runs as a non-root user (runAsUser), who may not open that file"
+            } else if lower.contains("exec:") && lower.contains("permission denied") {
+                "it runs as a non-root user (runAsUser), who may not run its entrypoint"
+            } else {
+                return None;
+            };
+            Some((cause, truncate(line.trim(), TERMINATION_LINE_BYTES)))
         })
     })
 }
@@ -446,13 +503,82 @@ mod tests {
             "CrashLoopBackOff",
             "Error",
             1,
-            "cannot create /tmp/drover: read-only file system\n",
+            "starting\ncannot reach 10.0.0.9:8085: connection refused\n",
         );
         let problem = pod_problem(&[pod]).unwrap();
         assert_eq!(problem.reason, DegradedReason::CrashLoopBackOff);
         assert_eq!(
             problem.message,
-            "pod p1: CrashLoopBackOff: details (container worker last exited with code 1, Error: cannot create /tmp/drover: read-only file system)"
+            "pod p1: CrashLoopBackOff: details (container worker last exited with code 1, Error: cannot reach 10.0.0.9:8085: connection refused)"
+        );
+    }
+
+    #[test]
+    fn a_write_to_the_read_only_root_is_named_before_its_crash_loop() {
+        let pod = restarted_pod(
+            "p1",
+            "CrashLoopBackOff",
+            "Error",
+            2,
+            "probe-fixture: cannot write /home/nonroot/state: Read-only file system (os error 30)\n",
+        );
+        let problem = pod_problem(&[waiting_pod("p0", "CrashLoopBackOff"), pod]).unwrap();
+        assert_eq!(problem.reason, DegradedReason::SecurityContextDenied);
+        assert!(
+            problem.message.starts_with(
+                "pod p1: container worker was refused by its security context (the read-only root filesystem"
+            ),
+            "{}",
+            problem.message
+        );
+        assert!(
+            problem
+                .message
+                .ends_with("cannot write /home/nonroot/state: Read-only file system (os error 30)"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn a_file_or_entrypoint_the_user_may_not_use_is_a_security_context_refusal() {
+        let opened = restarted_pod(
+            "p1",
+            "CrashLoopBackOff",
+            "Error",
+            1,
+            "cannot read /etc/app/key.pem: Permission denied (os error 13)",
+        );
+        let ran = restarted_pod(
+            "p2",
+            "CrashLoopBackOff",
+            "StartError",
+            128,
+            "runc create failed: unable to start container process: exec: \"/app/run\": permission denied: unknown",
+        );
+        for (pod, user_may_not) in [(opened, "open that file"), (ran, "run its entrypoint")] {
+            let problem = pod_problem(&[pod]).unwrap();
+            assert_eq!(problem.reason, DegradedReason::SecurityContextDenied);
+            assert!(
+                problem.message.contains(user_may_not),
+                "{}",
+                problem.message
+            );
+        }
+    }
+
+    #[test]
+    fn a_permission_error_from_an_api_is_not_a_security_context_refusal() {
+        let pod = restarted_pod(
+            "p1",
+            "CrashLoopBackOff",
+            "Error",
+            1,
+            "pull failed: status: PermissionDenied, message: \"User not authorized\"",
+        );
+        assert_eq!(
+            pod_problem(&[pod]).unwrap().reason,
+            DegradedReason::CrashLoopBackOff
         );
     }
 

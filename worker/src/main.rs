@@ -55,6 +55,31 @@ struct Args {
     drain_seconds: u64,
 }
 
+/// Logs who the apiserver takes this worker for (a SelfSubjectReview, which
+/// every authenticated identity may make): a pod running with the wrong
+/// ServiceAccount or token says so in its first lines, not in a refusal later.
+async fn log_identity(client: kube::Client) {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let reviews: Api<SelfSubjectReview> = Api::all(client);
+    match reviews
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+    {
+        Ok(review) => {
+            let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+            tracing::info!(
+                user = user.username.unwrap_or_default(),
+                groups = user.groups.unwrap_or_default().join(","),
+                "authenticated"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot ask the apiserver who this worker is"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     run_binary("drover-worker", || run(Args::parse())).await
@@ -77,6 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stats: stats.clone(),
     });
     tracing::info!(worker = %args.worker_name, namespace = %args.namespace, pod = %args.pod_name, addr = %args.http_addr, "worker starting");
+    tokio::spawn(log_identity(client.clone()));
 
     let worker = Arc::new(Worker::new(client, args.pod_name.clone(), stats));
     let settings = PullSettings {

@@ -2,6 +2,8 @@
 //! environment:
 //!
 //! * `FIXTURE_EXIT_CODE`: exit at once with this code (a crash-looping container).
+//! * `WRITE_FILE`: write this file first, and fail (exit 2, saying why) when
+//!   that is refused (an image that writes where its security context forbids).
 //! * `LISTEN_ADDR` (`ip:port`): serve HTTP there: `/readyz` and `/healthz` answer
 //!   200, `/env` answers the environment as sorted `NAME=value` lines, anything
 //!   else 404.
@@ -35,6 +37,10 @@ async fn run() -> Result<ExitCode, String> {
             .map_err(|e| format!("FIXTURE_EXIT_CODE={code:?}: {e}"))?;
         println!("probe-fixture: exiting with {code} as told");
         return Ok(ExitCode::from(code));
+    }
+    if let Ok(path) = std::env::var("WRITE_FILE") {
+        std::fs::write(&path, "state\n").map_err(|e| format!("cannot write {path}: {e}"))?;
+        println!("probe-fixture: wrote {path}");
     }
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;

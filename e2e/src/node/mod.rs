@@ -23,9 +23,11 @@
 //! One node per test binary: names (cgroups, directories) carry the pid.
 
 pub mod cgroups;
+pub mod chart;
 pub mod config;
 pub mod images;
 pub mod namespaces;
+pub mod prometheus;
 
 use std::fs;
 use std::io;
@@ -58,6 +60,7 @@ const PROCESSES_GONE_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_TAIL_LINES: usize = 40;
 
 /// A Pub/Sub emulator inside the node's network namespace; stops on drop.
+#[derive(Debug)]
 pub struct NodeEmulator {
     pub process: ManagedProcess,
     pub port: u16,
@@ -377,6 +380,13 @@ impl Node {
         self.parts().namespaces.forward_loopback_port(port)
     }
 
+    /// Makes `127.0.0.1:port` of this machine (a model server, a media
+    /// server) reachable from pods at `NODE_IP:port`, until the returned
+    /// value is dropped.
+    pub fn expose_loopback_port(&self, port: u16) -> io::Result<namespaces::Forwarder> {
+        self.parts().namespaces.expose_loopback_port(port)
+    }
+
     /// A Pub/Sub emulator in the node's network namespace on a free port:
     /// pods reach it at `NODE_IP:port`, the test at `127.0.0.1:port`.
     pub async fn start_pubsub_emulator(&self, bin: &Path) -> Result<NodeEmulator, NodeError> {
@@ -529,7 +539,7 @@ pub fn full_reference(reference: &str) -> String {
 }
 
 /// What the node runs that is not built here, and root; named when absent.
-fn missing_prerequisites() -> Vec<String> {
+pub fn missing_prerequisites() -> Vec<String> {
     let on_path = |name: &str| {
         std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
@@ -560,6 +570,29 @@ fn missing_prerequisites() -> Vec<String> {
         missing.push("root".to_owned());
     }
     missing
+}
+
+/// The Debian packages that provide the commands of `missing` (as
+/// [`missing_prerequisites`] names them); `root` is no package.
+pub fn debian_packages_for(missing: &[String]) -> Vec<&'static str> {
+    let mut packages: Vec<&'static str> = Vec::new();
+    for item in missing {
+        let package = match item.as_str() {
+            "containerd" | "ctr" => "containerd",
+            "runc" => "runc",
+            "iptables" => "iptables",
+            "conntrack" => "conntrack",
+            "nsenter" | "unshare" => "util-linux",
+            "gcc" => "gcc",
+            "strip" => "binutils",
+            path if path.starts_with(config::CNI_BIN_DIR) => "containernetworking-plugins",
+            _ => continue,
+        };
+        if !packages.contains(&package) {
+            packages.push(package);
+        }
+    }
+    packages
 }
 
 fn write_configs(paths: &NodePaths) -> Result<(), NodeError> {
@@ -695,6 +728,22 @@ async fn wait_until_ready(parts: &Parts) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_missing_command_names_its_package_once() {
+        let missing = [
+            "ctr",
+            "containerd",
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/portmap",
+            "root",
+        ]
+        .map(str::to_owned);
+        assert_eq!(
+            debian_packages_for(&missing),
+            ["containerd", "containernetworking-plugins"]
+        );
+    }
 
     #[test]
     fn short_references_normalise_as_containerd_stores_them() {

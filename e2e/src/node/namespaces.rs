@@ -161,6 +161,13 @@ impl NodeNamespaces {
         Forwarder::start(port, self.connector.clone())
     }
 
+    /// Makes `127.0.0.1:port` of the test process's namespace (a model or
+    /// media server on the machine's loopback) reachable from pods at
+    /// `NODE_IP:port`, until the returned value is dropped.
+    pub fn expose_loopback_port(&self, port: u16) -> io::Result<Forwarder> {
+        Forwarder::expose(port, &self.net)
+    }
+
     /// The pid of the namespaces' holder (`unshare`), in the test's PID namespace.
     pub fn holder_pid(&self) -> u32 {
         self.holder.pid()
@@ -257,46 +264,92 @@ impl Connector {
     }
 }
 
-/// A TCP forwarder from the test process's loopback into the node's
-/// network namespace. Dropping it stops accepting; open connections end
-/// when either side closes.
+/// A TCP forwarder between the test process's network namespace and the
+/// node's, in either direction. Dropping it stops accepting; open
+/// connections end when either side closes.
 #[derive(Debug)]
 pub struct Forwarder {
-    addr: SocketAddr,
+    /// A second handle on the listening socket, to wake its accept loop.
+    listener: TcpListener,
     stop: Arc<AtomicBool>,
 }
 
 impl Forwarder {
+    /// From `127.0.0.1:port` here to `127.0.0.1:port` inside the node.
     fn start(port: u16, connector: Connector) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
-        let addr = listener.local_addr()?;
+        Self::serve(listener, format!("drover-node-forward-{port}"), move || {
+            connector.connect(port)
+        })
+    }
+
+    /// From `NODE_IP:port` inside the node (where pods reach it) to
+    /// `127.0.0.1:port` here.
+    fn expose(port: u16, net: &Path) -> io::Result<Self> {
+        let listener = bind_inside(net, SocketAddr::from((NODE_IP, port)))?;
+        Self::serve(listener, format!("drover-node-expose-{port}"), move || {
+            TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+        })
+    }
+
+    fn serve(
+        listener: TcpListener,
+        name: String,
+        connect: impl Fn() -> io::Result<TcpStream> + Send + 'static,
+    ) -> io::Result<Self> {
+        let handle = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        thread::Builder::new()
-            .name(format!("drover-node-forward-{port}"))
-            .spawn(move || {
-                for client in listener.incoming() {
-                    if stopped.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(client) = client else { continue };
-                    match connector.connect(port) {
-                        Ok(inside) => splice(client, inside),
-                        // Refused inside: refuse outside too, by closing.
-                        Err(_) => drop(client),
-                    }
+        thread::Builder::new().name(name).spawn(move || {
+            for client in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
                 }
-            })?;
-        Ok(Self { addr, stop })
+                let Ok(client) = client else { continue };
+                match connect() {
+                    Ok(other_side) => splice(client, other_side),
+                    // Refused there: refuse here too, by closing.
+                    Err(_) => drop(client),
+                }
+            }
+        })?;
+        Ok(Self {
+            listener: handle,
+            stop,
+        })
     }
 }
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Shutting a listening socket down wakes its blocked accept, in
+        // whichever namespace it listens.
+        // SAFETY: shutdown on a socket this value owns has no other effect.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
     }
+}
+
+/// A listening socket at `addr` inside the network namespace `net`: made by
+/// a short-lived thread that entered it (a socket stays in the namespace it
+/// was made in).
+fn bind_inside(net: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
+    let namespace = File::open(net)?;
+    thread::Builder::new()
+        .name("drover-node-bind".into())
+        .stack_size(COPY_STACK)
+        .spawn(move || {
+            // SAFETY: setns on an open namespace file descriptor only
+            // changes this thread's network namespace.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            TcpListener::bind(addr)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the bind thread panicked"))?
 }
 
 /// Copies both ways between `a` and `b` on two threads, passing on each
