@@ -48,6 +48,10 @@ use crate::watches::FleetWatches;
 /// Job events arrive in bursts; one reconcile answers a burst.
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
+/// Fleet reconciles in flight at once: each makes several apiserver and
+/// Pub/Sub calls, and each concurrent request holds a connection.
+const CONCURRENT_RECONCILES: u16 = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("PipelineWorker has no namespace")]
@@ -224,7 +228,11 @@ pub async fn run(
             let fleet = pod.labels().get(WORKER_LABEL)?.clone();
             Some(ObjectRef::new(&fleet).within(&namespace))
         })
-        .with_config(kube::runtime::controller::Config::default().debounce(DEBOUNCE))
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(DEBOUNCE)
+                .concurrency(CONCURRENT_RECONCILES),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
