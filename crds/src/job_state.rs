@@ -66,11 +66,17 @@ pub enum Transition {
     /// Operator: someone asked (`spec.retries`) to run a Failed or
     /// Cancelled Job again with a fresh attempt budget.
     Retry,
+    /// Worker: a step handed work to an outside provider; the worker lets
+    /// go of the Job (no claim) until the provider answers.
+    Wait,
+    /// Operator: a Waiting Job's provider called back, or a poll is due:
+    /// publish the same attempt again so a worker goes on with the step.
+    Resume,
 }
 
 impl Transition {
     /// Every transition, for exhaustive tests and documentation.
-    pub const ALL: [Transition; 16] = [
+    pub const ALL: [Transition; 18] = [
         Transition::Publish,
         Transition::Reject,
         Transition::ScheduleRetry,
@@ -87,6 +93,8 @@ impl Transition {
         Transition::CancelRunning,
         Transition::Release,
         Transition::Retry,
+        Transition::Wait,
+        Transition::Resume,
     ];
 
     /// Who makes this transition.
@@ -94,9 +102,9 @@ impl Transition {
         use Transition::*;
         match self {
             Publish | Reject | ScheduleRetry | Requeue | Republish | WorkerLost | GiveUp
-            | CancelIdle | Retry => Actor::Operator,
+            | CancelIdle | Retry | Resume => Actor::Operator,
             Claim | Progress | Succeed | FailRetryable | FailPermanent | CancelRunning
-            | Release => Actor::Worker,
+            | Release | Wait => Actor::Worker,
         }
     }
 
@@ -109,16 +117,18 @@ impl Transition {
             Transition::ScheduleRetry | Transition::Requeue => &[Backoff],
             Transition::Republish => &[Queued],
             Transition::WorkerLost => &[Running],
-            Transition::GiveUp => &[Queued, Running, Backoff],
-            Transition::CancelIdle => &[Pending, Queued, Running, Backoff],
+            Transition::GiveUp => &[Queued, Running, Waiting, Backoff],
+            Transition::CancelIdle => &[Pending, Queued, Running, Waiting, Backoff],
             Transition::Claim => &[Queued, Running],
             Transition::Progress => &[Running],
             Transition::Succeed
             | Transition::FailRetryable
             | Transition::FailPermanent
             | Transition::CancelRunning
-            | Transition::Release => &[Running],
+            | Transition::Release
+            | Transition::Wait => &[Running],
             Transition::Retry => &[Failed, Cancelled],
+            Transition::Resume => &[Waiting],
         }
     }
 
@@ -127,7 +137,8 @@ impl Transition {
         use JobPhase::*;
         match self {
             Transition::Publish | Transition::Requeue | Transition::Republish => Queued,
-            Transition::Release => Queued,
+            Transition::Release | Transition::Resume => Queued,
+            Transition::Wait => Waiting,
             Transition::Reject | Transition::GiveUp | Transition::FailPermanent => Failed,
             Transition::ScheduleRetry
             | Transition::WorkerLost
@@ -215,6 +226,9 @@ pub enum SkipReason {
     /// The Job belongs to another fleet (another namespace or `spec.worker`):
     /// this worker never runs it; its own fleet's watchdog republishes it there.
     WrongFleet,
+    /// The Job waits for an outside provider; the operator publishes it
+    /// again when the provider answers or a poll is due.
+    Waiting,
 }
 
 impl SkipReason {
@@ -230,6 +244,7 @@ impl SkipReason {
             SkipReason::AlreadyRunningHere => "already_running_here",
             SkipReason::CancelRequested => "cancel_requested",
             SkipReason::WrongFleet => "wrong_fleet",
+            SkipReason::Waiting => "waiting",
         }
     }
 }
@@ -299,6 +314,8 @@ pub fn decide_claim(
     match status.phase {
         JobPhase::Queued => Claim,
         JobPhase::Backoff => Skip(SkipReason::AttemptFinished),
+        // A late duplicate of the message that ran the step until it waited.
+        JobPhase::Waiting => Skip(SkipReason::Waiting),
         JobPhase::Running => match &status.claim {
             Some(_) if job.claim_held_here => Skip(SkipReason::AlreadyRunningHere),
             // A previous container of this pod: nobody renews it any more.
@@ -357,6 +374,10 @@ mod tests {
         (Actor::Worker, Running, Failed),
         (Actor::Worker, Running, Cancelled),
         (Actor::Worker, Running, Queued),
+        (Actor::Worker, Running, Waiting),
+        (Actor::Operator, Waiting, Queued),
+        (Actor::Operator, Waiting, Failed),
+        (Actor::Operator, Waiting, Cancelled),
         (Actor::Operator, Failed, Backoff),
         (Actor::Operator, Cancelled, Backoff),
     ];
@@ -442,6 +463,63 @@ mod tests {
                 assert_eq!(check_transition(t.actor(), from, t.to()), Ok(()), "{t:?}");
             }
         }
+    }
+
+    #[test]
+    fn only_a_worker_running_the_job_puts_it_to_waiting() {
+        for actor in [Actor::Operator, Actor::Worker] {
+            for from in JobPhase::ALL {
+                let allowed = check_transition(actor, from, Waiting).is_ok();
+                assert_eq!(
+                    allowed,
+                    actor == Actor::Worker && from == Running,
+                    "{actor:?} {from:?} -> Waiting"
+                );
+            }
+        }
+        assert_eq!(Transition::Wait.check_from(Running), Ok(()));
+        assert!(Transition::Wait.check_from(Queued).is_err());
+    }
+
+    #[test]
+    fn a_waiting_job_leaves_only_by_the_operator_resume_timeout_or_cancel() {
+        for to in JobPhase::ALL {
+            assert!(
+                check_transition(Actor::Worker, Waiting, to).is_err(),
+                "a worker holds no Waiting Job, so it moves none (to {to:?})"
+            );
+            let allowed = check_transition(Actor::Operator, Waiting, to).is_ok();
+            assert_eq!(
+                allowed,
+                matches!(to, Queued | Failed | Cancelled),
+                "Operator Waiting -> {to:?}"
+            );
+        }
+        assert_eq!(Transition::Resume.check_from(Waiting), Ok(()));
+        assert_eq!(Transition::GiveUp.check_from(Waiting), Ok(()));
+        assert_eq!(Transition::CancelIdle.check_from(Waiting), Ok(()));
+        for other in [
+            Transition::Republish,
+            Transition::Requeue,
+            Transition::WorkerLost,
+        ] {
+            assert!(other.check_from(Waiting).is_err(), "{other:?}");
+        }
+        for from in JobPhase::ALL.into_iter().filter(|p| *p != Waiting) {
+            assert!(Transition::Resume.check_from(from).is_err(), "{from:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_for_a_waiting_job_is_acked_and_skipped() {
+        assert_eq!(
+            decide(&status(Waiting, 1), 1),
+            ClaimDecision::Skip(SkipReason::Waiting)
+        );
+        assert_eq!(
+            decide(&status(Waiting, 2), 1),
+            ClaimDecision::Skip(SkipReason::StaleAttempt)
+        );
     }
 
     const UID: &str = "0b6c1d3e-uid";

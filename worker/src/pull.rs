@@ -132,7 +132,8 @@ async fn answer_one(
         // handed back.
         Ok(job) => {
             log_received(&message, &job);
-            std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
+            let callback_url = message.attributes.get("callbackUrl").cloned();
+            std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job, callback_url))
                 .catch_unwind()
                 .await
                 .unwrap_or(Answer::Nack)
