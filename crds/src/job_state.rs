@@ -256,6 +256,9 @@ pub enum DeferReason {
     NotYetQueued,
     /// The message is for a newer attempt than the status shows.
     AttemptAhead,
+    /// The message resumes the Job's wait for its provider, and its Queued
+    /// status write has not landed yet.
+    NotYetResumed,
 }
 
 /// The facts about a Job that decide a claim.
@@ -273,6 +276,21 @@ pub struct ClaimView<'a> {
     /// A claim naming this pod that the process does not hold belongs to a
     /// container of the pod that is gone (a restart).
     pub claim_held_here: bool,
+    /// The wait the message resumes ([`wait_key`]), when it is a resume.
+    pub resumes: Option<&'a str>,
+}
+
+/// Names one wait of a Job for its provider (the request and when the wait
+/// began, as the worker wrote them): a resume message carries it, so a
+/// worker tells the message that ends this wait, whose Queued write is
+/// still on its way, from a late copy of an older one.
+pub fn wait_key(wait: &crate::job::ExternalWait) -> String {
+    let since = wait
+        .waiting_since
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    format!("{}@{since}", wait.request_id)
 }
 
 /// Decides whether the worker pod `me` of the fleet `my_fleet` (in the
@@ -314,6 +332,14 @@ pub fn decide_claim(
     match status.phase {
         JobPhase::Queued => Claim,
         JobPhase::Backoff => Skip(SkipReason::AttemptFinished),
+        // The operator publishes before it writes Queued: the message that
+        // resumes this very wait may come first.
+        JobPhase::Waiting
+            if job.resumes.is_some()
+                && job.resumes == status.external.as_ref().map(wait_key).as_deref() =>
+        {
+            Defer(DeferReason::NotYetResumed)
+        }
         // A late duplicate of the message that ran the step until it waited.
         JobPhase::Waiting => Skip(SkipReason::Waiting),
         JobPhase::Running => match &status.claim {
@@ -511,6 +537,46 @@ mod tests {
     }
 
     #[test]
+    fn the_message_that_resumes_this_wait_waits_for_the_queued_write() {
+        let mut s = status(Waiting, 1);
+        s.external = Some(crate::job::ExternalWait {
+            request_id: "r-1".into(),
+            attempt: 1,
+            waiting_since: Some(Time(now())),
+            ..Default::default()
+        });
+        let key = wait_key(s.external.as_ref().unwrap());
+        let view = |resumes| ClaimView {
+            uid: UID,
+            worker: FLEET,
+            cancel_requested: false,
+            status: &s,
+            claim_seen: None,
+            claim_held_here: false,
+            resumes,
+        };
+        assert_eq!(
+            decide_claim(view(Some(&key)), &message(1), ME, FLEET, now()),
+            ClaimDecision::Defer(DeferReason::NotYetResumed)
+        );
+        assert_eq!(
+            decide_claim(
+                view(Some("r-1@an-older-wait")),
+                &message(1),
+                ME,
+                FLEET,
+                now()
+            ),
+            ClaimDecision::Skip(SkipReason::Waiting),
+            "a late resume of an earlier wait"
+        );
+        assert_eq!(
+            decide_claim(view(None), &message(1), ME, FLEET, now()),
+            ClaimDecision::Skip(SkipReason::Waiting)
+        );
+    }
+
+    #[test]
     fn a_message_for_a_waiting_job_is_acked_and_skipped() {
         assert_eq!(
             decide(&status(Waiting, 1), 1),
@@ -582,6 +648,7 @@ mod tests {
             status,
             claim_seen: None,
             claim_held_here,
+            resumes: None,
         };
         decide_claim(view, &message(attempt), ME, FLEET, now())
     }
@@ -627,6 +694,7 @@ mod tests {
             status: &s,
             claim_seen: None,
             claim_held_here: false,
+            resumes: None,
         };
         assert_eq!(
             decide_claim(view, &message(1), ME, FLEET, now()),
@@ -725,6 +793,7 @@ mod tests {
                 claimed_at: now(),
             }),
             claim_held_here: false,
+            resumes: None,
         };
         assert!(!seen_or_trusted(None, &claim).is_live(&claim, now()));
         assert_eq!(

@@ -34,8 +34,6 @@ use crate::callback_token::{CALLBACK_PATH, CallbackUrls};
 use crate::config::OperatorConfig;
 use crate::leader::LeaderGate;
 
-/// The message attribute that carries a Job's callback URL to its worker.
-pub const MESSAGE_ATTRIBUTE: &str = "callbackUrl";
 /// Largest callback body read, in bytes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Conditioned writes that lose a race are decided again this often.

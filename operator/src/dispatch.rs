@@ -504,7 +504,13 @@ async fn publish(
         .attribute("attempt", attempt.to_string())
         .attribute("publisher", &ctx.config.identity);
     if let Some(url) = crate::callback::url_for(&ctx.config, fleet, job) {
-        message = message.attribute(crate::callback::MESSAGE_ATTRIBUTE, url);
+        message = message.attribute(drover_crds::message::ATTRIBUTE_CALLBACK_URL, url);
+    }
+    if transition == Transition::Resume
+        && let Some(wait) = job.status.as_ref().and_then(|s| s.external.as_ref())
+    {
+        let key = drover_crds::job_state::wait_key(wait);
+        message = message.attribute(drover_crds::message::ATTRIBUTE_RESUMES, key);
     }
     let leads_until = ctx.gate.deadline().ok_or(Error::NotLeading)?;
     // Decided while leading. The publisher sends at once and retries only

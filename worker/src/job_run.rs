@@ -106,14 +106,26 @@ impl Worker {
     }
 }
 
-/// Handles one Job message to the end. `callback_url` is the message's
-/// callback URL for a provider, when it carries one.
+/// What a message's attributes add to the Job it names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// Where the Job's provider calls back, when the operator serves callbacks.
+    pub callback_url: Option<String>,
+    /// The wait this message resumes (`job_state::wait_key`).
+    pub resumes: Option<String>,
+}
+
+/// Handles one Job message to the end.
 pub async fn handle(
     worker: &Worker,
     fleet: &PipelineWorker,
     message: JobMessage,
-    callback_url: Option<String>,
+    hints: Hints,
 ) -> Answer {
+    let Hints {
+        callback_url,
+        resumes,
+    } = hints;
     let fleet_name = fleet.metadata.name.as_deref().unwrap_or_default();
     if fleet.metadata.namespace.as_deref() != Some(message.namespace.as_str()) {
         // Another namespace's Job: never read, never run here.
@@ -151,6 +163,7 @@ pub async fn handle(
             status: &status,
             claim_seen: worker.observe_claim(&job, now),
             claim_held_here,
+            resumes: resumes.as_deref(),
         };
         match decide_claim(view, &message, &worker.pod, fleet_name, now) {
             ClaimDecision::Skip(reason) => {

@@ -94,6 +94,7 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Done, Failure> {
     })?;
     let provider = Provider::new(render, ctx)?;
     let now = Time(Timestamp::now());
+    let fresh = ctx.external.resume.is_none();
     let (answer, request_id, submitted_at, polls) = match &ctx.external.resume {
         None => {
             let answer = ctx
@@ -160,8 +161,10 @@ pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Done, Failure> {
                 ),
                 retryable: false,
             })?;
-            // A provider that finished at once: the render step is over too.
-            ctx.progress.step(RENDER, async { Ok(()) }).await?;
+            if fresh {
+                // A provider that finished at once: the render step is over too.
+                ctx.progress.step(RENDER, async { Ok(()) }).await?;
+            }
             let stored = ctx.progress.step(STORE, store(&output, ctx)).await?;
             tracing::info!(event = "provider_output_stored", request_id = %request_id, output = %stored, "stored the provider's output");
             Ok(Done::Finished(json!({
