@@ -349,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn a_job_waiting_for_its_provider_shows_the_request_and_what_the_provider_said() {
+        let waiting = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
+            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
+                "providerStatus": "rendering", "polls": 2}}));
+        assert_eq!(
+            waiting_reason(&waiting, now()),
+            "provider request r-7: rendering, 2 polls"
+        );
+        let called_back = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
+            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
+                "providerStatus": "succeeded", "callbackAt": "2027-01-15T08:00:00Z"}}));
+        assert_eq!(
+            waiting_reason(&called_back, now()),
+            "provider request r-7: succeeded, callback received"
+        );
+        assert_eq!(step_phase(StepPhase::Waiting), "Waiting");
+    }
+
+    #[test]
     fn outcomes_show_the_result_or_the_error() {
         let ok = job(serde_json::json!({"phase": "Succeeded", "result": {"durationSeconds": 3}}));
         assert_eq!(outcome(&ok), "Succeeded:\n{\n  \"durationSeconds\": 3\n}");
