@@ -420,6 +420,33 @@ mod tests {
     }
 
     #[test]
+    fn only_a_render_fleet_that_wants_callbacks_gets_a_url_and_only_when_they_are_served() {
+        let mut fleet = PipelineWorker::new(
+            "w",
+            serde_json::from_value(json!({
+                "pipeline": "render", "queue": {"topic": "t", "subscription": "s"},
+            }))
+            .unwrap(),
+        );
+        fleet.spec.render = Some(render());
+        let mut job = job(JobPhase::Queued, false);
+        job.metadata.namespace = Some("ns".into());
+        let mut config = OperatorConfig::default();
+        assert_eq!(url_for(&config, &fleet, &job), None, "no callbacks served");
+        config.callbacks = Some(CallbackUrls::new("https://hooks", b"0123456789abcdef").unwrap());
+        let url = url_for(&config, &fleet, &job).expect("a URL");
+        assert!(
+            url.starts_with("https://hooks/v1/callbacks/ns/j/uid-1/"),
+            "{url}"
+        );
+        fleet.spec.render.as_mut().unwrap().callbacks = false;
+        assert_eq!(url_for(&config, &fleet, &job), None, "the fleet wants none");
+        fleet.spec.render.as_mut().unwrap().callbacks = true;
+        fleet.spec.pipeline = Pipeline::Sleep;
+        assert_eq!(url_for(&config, &fleet, &job), None, "not a render fleet");
+    }
+
+    #[test]
     fn a_body_that_is_not_json_is_a_wake_up() {
         let report = Report::read(b"ping", Some(&render()));
         assert_eq!(report, Report::default());
