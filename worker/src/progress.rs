@@ -314,6 +314,41 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_attempt_keeps_its_finished_steps_and_runs_the_waiting_one_again() {
+        let p = progress(&["submit", "render", "store"], Duration::from_secs(1));
+        p.finish("submit", StepPhase::Succeeded, None);
+        p.wait("render", "request r-1 at the provider: queued");
+        let waited = p.snapshot();
+        assert_eq!(
+            phases(&p),
+            [StepPhase::Succeeded, StepPhase::Waiting, StepPhase::Pending]
+        );
+        let resumed = Progress::resumed(
+            Pipeline::Render,
+            &waited,
+            "render",
+            Duration::from_secs(1),
+            Arc::new(Stats::default()),
+        );
+        assert_eq!(
+            phases(&resumed),
+            [StepPhase::Succeeded, StepPhase::Running, StepPhase::Pending]
+        );
+        assert_eq!(resumed.snapshot()[1].attempts, 1);
+        assert_eq!(
+            resumed.snapshot()[0],
+            waited[0],
+            "the submit is not run again"
+        );
+        // An attempt that stops while waiting closes its waiting step too.
+        p.close(StepPhase::Failed);
+        assert_eq!(
+            phases(&p),
+            [StepPhase::Succeeded, StepPhase::Failed, StepPhase::Skipped]
+        );
+    }
+
+    #[test]
     fn closing_ends_open_steps_only() {
         let p = progress(&["a", "b", "c", "d"], Duration::from_secs(1));
         p.finish("a", StepPhase::Succeeded, None);
