@@ -113,7 +113,7 @@ impl Transition {
         use JobPhase::*;
         match self {
             Transition::Publish => &[Pending],
-            Transition::Reject => &[Pending, Queued, Running, Backoff],
+            Transition::Reject => &[Pending, Queued, Running, Waiting, Backoff],
             Transition::ScheduleRetry | Transition::Requeue => &[Backoff],
             Transition::Republish => &[Queued],
             Transition::WorkerLost => &[Running],
@@ -523,6 +523,8 @@ mod tests {
         }
         assert_eq!(Transition::Resume.check_from(Waiting), Ok(()));
         assert_eq!(Transition::GiveUp.check_from(Waiting), Ok(()));
+        // Its fleet was deleted while it waited: WorkerNotFound.
+        assert_eq!(Transition::Reject.check_from(Waiting), Ok(()));
         assert_eq!(Transition::CancelIdle.check_from(Waiting), Ok(()));
         for other in [
             Transition::Republish,

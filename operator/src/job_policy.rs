@@ -835,6 +835,33 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_job_whose_fleet_is_gone_fails_and_the_failure_is_a_legal_move() {
+        let j = waiting(1, 1, false);
+        let NextStep::Fail {
+            reason,
+            dead_letter,
+            ..
+        } = next_step(&j, None, None, now())
+        else {
+            panic!("no fleet: the Job fails");
+        };
+        assert_eq!(
+            (reason, dead_letter),
+            (FailureReason::WorkerNotFound, false)
+        );
+        let change =
+            drover_crds::JobTransition::reject(JobPhase::Waiting, reason, "gone".into(), now());
+        assert!(change.is_ok(), "{change:?}");
+        let timeout = drover_crds::JobTransition::give_up(
+            JobPhase::Waiting,
+            FailureReason::ProviderTimeout,
+            "late".into(),
+            now(),
+        );
+        assert!(timeout.is_ok(), "{timeout:?}");
+    }
+
+    #[test]
     fn a_waiting_job_that_is_cancelled_is_cancelled_by_the_operator() {
         let mut j = waiting(1, 1, false);
         j.spec.cancel = true;
