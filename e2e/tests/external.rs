@@ -244,7 +244,7 @@ async fn a_waiting_job_frees_its_worker_and_its_callback_completes_it_once() {
     let _running = OPERATOR_USE.read().await;
     let rig = rig().await;
     let log = LogSince::now(&rig.operator_log());
-    let (jobs, ns, _) = fleet(rig, "wait", |render| {
+    let (jobs, ns, out) = fleet(rig, "wait", |render| {
         // Only a callback can finish these Jobs within the test.
         render.poll_after_seconds = 600;
     })
@@ -342,6 +342,15 @@ async fn a_waiting_job_frees_its_worker_and_its_callback_completes_it_once() {
         "the callback, not a poll, woke it: {result}"
     );
     assert_eq!(output_of(&slow_job), format!("video of {slow}"));
+    assert_eq!(
+        result["outputUrl"],
+        json!(format!(
+            "file://{}/{ns}/slow-{}",
+            out.display(),
+            slow_job.metadata.uid.clone().unwrap_or_default()
+        )),
+        "in the fleet's storage, at the Job's own place"
+    );
 
     // The provider's duplicate and a late callback for the finished Job: 2xx, no change.
     let finished_version = slow_job.metadata.resource_version.clone();
