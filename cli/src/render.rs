@@ -59,6 +59,7 @@ pub fn step_phase(phase: StepPhase) -> &'static str {
     match phase {
         StepPhase::Pending => "Pending",
         StepPhase::Running => "Running",
+        StepPhase::Waiting => "Waiting",
         StepPhase::Succeeded => "Succeeded",
         StepPhase::Failed => "Failed",
         StepPhase::Skipped => "Skipped",
@@ -132,12 +133,33 @@ pub fn waiting_reason(job: &Job, now: Timestamp) -> String {
     match status.phase {
         JobPhase::Pending => "waiting to be published".into(),
         JobPhase::Queued => "waiting for a worker".into(),
+        JobPhase::Waiting => match &status.external {
+            Some(wait) => provider_wait(wait),
+            None => "waiting for an outside provider".into(),
+        },
         JobPhase::Backoff => match &status.retry_at {
             Some(at) if at.0 > now => format!("next attempt in {}", duration(elapsed(now, at.0))),
             _ => "next attempt due".into(),
         },
         _ => String::new(),
     }
+}
+
+/// A Job's wait for its provider: the request, what the provider last
+/// said, the polls so far, and whether its callback came.
+pub fn provider_wait(wait: &drover_crds::ExternalWait) -> String {
+    let mut line = format!(
+        "provider request {}: {}",
+        wait.request_id,
+        wait.provider_status.as_deref().unwrap_or("submitted")
+    );
+    if wait.polls > 0 {
+        line.push_str(&format!(", {} polls", wait.polls));
+    }
+    if wait.callback_at.is_some() {
+        line.push_str(", callback received");
+    }
+    line
 }
 
 /// What a finished Job produced, for a person.
@@ -353,6 +375,25 @@ mod tests {
         });
         assert_eq!(waiting_reason(&backoff, now()), "next attempt in 3.0s");
         assert_eq!(waiting_reason(&job(status(JobPhase::Running)), now()), "");
+    }
+
+    #[test]
+    fn a_job_waiting_for_its_provider_shows_the_request_and_what_the_provider_said() {
+        let waiting = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
+            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
+                "providerStatus": "rendering", "polls": 2}}));
+        assert_eq!(
+            waiting_reason(&waiting, now()),
+            "provider request r-7: rendering, 2 polls"
+        );
+        let called_back = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
+            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
+                "providerStatus": "succeeded", "callbackAt": "2027-01-15T08:00:00Z"}}));
+        assert_eq!(
+            waiting_reason(&called_back, now()),
+            "provider request r-7: succeeded, callback received"
+        );
+        assert_eq!(step_phase(StepPhase::Waiting), "Waiting");
     }
 
     #[test]

@@ -182,6 +182,8 @@ mod tests {
             shown,
             [
                 JobPhase::Running,
+                // Its steps are this attempt's: one of them waits for its provider.
+                JobPhase::Waiting,
                 JobPhase::Backoff,
                 JobPhase::Succeeded,
                 JobPhase::Failed,

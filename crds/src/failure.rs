@@ -94,6 +94,16 @@ failure_reasons! {
     LoudnessMeasurementFailed,
     /// Encoding the output failed.
     EncodeFailed,
+    // The render pipeline (an outside provider).
+    /// The fleet has no `render` settings.
+    RenderNotConfigured,
+    /// The provider refused or failed the request, or answered something
+    /// the fleet's JSON pointers cannot read.
+    ProviderFailed,
+    /// The provider could not be reached or answered 5xx.
+    ProviderUnavailable,
+    /// The provider did not finish within `render.waitTimeoutSeconds`.
+    ProviderTimeout,
 }
 
 impl FailureReason {

@@ -41,6 +41,18 @@ fn default_true() -> bool {
     true
 }
 
+/// Input of the `render` pipeline: what the outside provider is asked.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RenderInput {
+    /// The JSON object POSTed to the provider's submit URL (the worker adds
+    /// `callbackUrl` when the provider is to call back).
+    pub request: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Largest `input.request` the render pipeline sends, in bytes of JSON.
+pub const MAX_RENDER_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Where assembly inputs may come from, and where its output may go.
 const READABLE_SCHEMES: [&str; 5] = ["file://", "gs://", "s3://", "https://", "http://"];
 const WRITABLE_SCHEMES: [&str; 3] = ["file://", "gs://", "s3://"];
@@ -179,6 +191,15 @@ pub fn validate(pipeline: Pipeline, input: &serde_json::Value) -> Result<(), Inv
                 return Err(invalid("text is empty".into()));
             }
         }
+        Pipeline::Render => {
+            let render: RenderInput = parse(input).map_err(invalid)?;
+            let size = serde_json::to_vec(&render.request).map_or(0, |b| b.len());
+            if size > MAX_RENDER_REQUEST_BYTES {
+                return Err(invalid(format!(
+                    "request is {size} bytes of JSON, more than {MAX_RENDER_REQUEST_BYTES}"
+                )));
+            }
+        }
         Pipeline::Assembly => {
             let assembly: AssemblyInput = parse(input).map_err(invalid)?;
             let template = &assembly.template;
@@ -277,6 +298,9 @@ mod tests {
     fn consensus_needs_text() {
         assert!(validate(Pipeline::Consensus, &json!({"text": "Cache billing reads"})).is_ok());
         assert!(validate(Pipeline::Consensus, &json!({"text": "  "})).is_err());
+        assert!(validate(Pipeline::Render, &json!({"request": {"prompt": "a fox"}})).is_ok());
+        assert!(validate(Pipeline::Render, &json!({"request": "a fox"})).is_err());
+        assert!(validate(Pipeline::Render, &json!({})).is_err());
     }
 
     #[test]

@@ -136,6 +136,9 @@ pub enum JobPhase {
     Queued,
     /// A worker has claimed it and runs it.
     Running,
+    /// A step handed work to an outside provider: no worker holds the Job
+    /// until the provider calls back or a poll is due (`status.external`).
+    Waiting,
     /// An attempt failed with a retryable error; waiting for the next attempt.
     Backoff,
     /// Finished with a result.
@@ -147,10 +150,11 @@ pub enum JobPhase {
 }
 
 impl JobPhase {
-    pub const ALL: [JobPhase; 7] = [
+    pub const ALL: [JobPhase; 8] = [
         JobPhase::Pending,
         JobPhase::Queued,
         JobPhase::Running,
+        JobPhase::Waiting,
         JobPhase::Backoff,
         JobPhase::Succeeded,
         JobPhase::Failed,
@@ -171,7 +175,7 @@ impl JobPhase {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
-    /// Pending, Queued, Running, Backoff, Succeeded, Failed or Cancelled.
+    /// Pending, Queued, Running, Waiting, Backoff, Succeeded, Failed or Cancelled.
     #[serde(default)]
     pub phase: JobPhase,
 
@@ -247,6 +251,42 @@ pub struct JobStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The outside provider a step handed work to: its request, what the
+    /// provider last said, and the callback received, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalWait>,
+}
+
+/// A step's request at an outside provider (see docs/pipelines.md, "render").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalWait {
+    /// The step that waits.
+    pub step: String,
+    /// The attempt that submitted the request: a later attempt submits anew.
+    pub attempt: i32,
+    /// The provider's id of the request.
+    pub request_id: String,
+    /// When the request was submitted; `waitTimeoutSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<Time>,
+    /// When the Job last began to wait (after the submit or a poll);
+    /// `pollAfterSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Time>,
+    /// Times a worker asked the provider's status API.
+    #[serde(default)]
+    pub polls: i32,
+    /// What the provider last said of the request (its own status word).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<String>,
+    /// The output the provider named, when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<String>,
+    /// When the provider's callback for this wait was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_at: Option<Time>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -288,7 +328,7 @@ pub struct Claim {
 pub struct StepStatus {
     /// Step name, for example `expand`, `review:security` or `normalize`.
     pub name: String,
-    /// Pending, Running, Succeeded, Failed or Skipped.
+    /// Pending, Running, Waiting, Succeeded, Failed or Skipped.
     pub phase: StepPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// When the step started.
@@ -313,6 +353,8 @@ pub struct StepStatus {
 pub enum StepPhase {
     Pending,
     Running,
+    /// Handed to an outside provider; no worker runs it meanwhile.
+    Waiting,
     Succeeded,
     Failed,
     Skipped,

@@ -66,11 +66,17 @@ pub enum Transition {
     /// Operator: someone asked (`spec.retries`) to run a Failed or
     /// Cancelled Job again with a fresh attempt budget.
     Retry,
+    /// Worker: a step handed work to an outside provider; the worker lets
+    /// go of the Job (no claim) until the provider answers.
+    Wait,
+    /// Operator: a Waiting Job's provider called back, or a poll is due:
+    /// publish the same attempt again so a worker goes on with the step.
+    Resume,
 }
 
 impl Transition {
     /// Every transition, for exhaustive tests and documentation.
-    pub const ALL: [Transition; 16] = [
+    pub const ALL: [Transition; 18] = [
         Transition::Publish,
         Transition::Reject,
         Transition::ScheduleRetry,
@@ -87,6 +93,8 @@ impl Transition {
         Transition::CancelRunning,
         Transition::Release,
         Transition::Retry,
+        Transition::Wait,
+        Transition::Resume,
     ];
 
     /// Who makes this transition.
@@ -94,9 +102,9 @@ impl Transition {
         use Transition::*;
         match self {
             Publish | Reject | ScheduleRetry | Requeue | Republish | WorkerLost | GiveUp
-            | CancelIdle | Retry => Actor::Operator,
+            | CancelIdle | Retry | Resume => Actor::Operator,
             Claim | Progress | Succeed | FailRetryable | FailPermanent | CancelRunning
-            | Release => Actor::Worker,
+            | Release | Wait => Actor::Worker,
         }
     }
 
@@ -105,20 +113,22 @@ impl Transition {
         use JobPhase::*;
         match self {
             Transition::Publish => &[Pending],
-            Transition::Reject => &[Pending, Queued, Running, Backoff],
+            Transition::Reject => &[Pending, Queued, Running, Waiting, Backoff],
             Transition::ScheduleRetry | Transition::Requeue => &[Backoff],
             Transition::Republish => &[Queued],
             Transition::WorkerLost => &[Running],
-            Transition::GiveUp => &[Queued, Running, Backoff],
-            Transition::CancelIdle => &[Pending, Queued, Running, Backoff],
+            Transition::GiveUp => &[Queued, Running, Waiting, Backoff],
+            Transition::CancelIdle => &[Pending, Queued, Running, Waiting, Backoff],
             Transition::Claim => &[Queued, Running],
             Transition::Progress => &[Running],
             Transition::Succeed
             | Transition::FailRetryable
             | Transition::FailPermanent
             | Transition::CancelRunning
-            | Transition::Release => &[Running],
+            | Transition::Release
+            | Transition::Wait => &[Running],
             Transition::Retry => &[Failed, Cancelled],
+            Transition::Resume => &[Waiting],
         }
     }
 
@@ -127,7 +137,8 @@ impl Transition {
         use JobPhase::*;
         match self {
             Transition::Publish | Transition::Requeue | Transition::Republish => Queued,
-            Transition::Release => Queued,
+            Transition::Release | Transition::Resume => Queued,
+            Transition::Wait => Waiting,
             Transition::Reject | Transition::GiveUp | Transition::FailPermanent => Failed,
             Transition::ScheduleRetry
             | Transition::WorkerLost
@@ -215,6 +226,9 @@ pub enum SkipReason {
     /// The Job belongs to another fleet (another namespace or `spec.worker`):
     /// this worker never runs it; its own fleet's watchdog republishes it there.
     WrongFleet,
+    /// The Job waits for an outside provider; the operator publishes it
+    /// again when the provider answers or a poll is due.
+    Waiting,
 }
 
 impl SkipReason {
@@ -230,6 +244,7 @@ impl SkipReason {
             SkipReason::AlreadyRunningHere => "already_running_here",
             SkipReason::CancelRequested => "cancel_requested",
             SkipReason::WrongFleet => "wrong_fleet",
+            SkipReason::Waiting => "waiting",
         }
     }
 }
@@ -241,6 +256,9 @@ pub enum DeferReason {
     NotYetQueued,
     /// The message is for a newer attempt than the status shows.
     AttemptAhead,
+    /// The message resumes the Job's wait for its provider, and its Queued
+    /// status write has not landed yet.
+    NotYetResumed,
 }
 
 /// The facts about a Job that decide a claim.
@@ -258,6 +276,21 @@ pub struct ClaimView<'a> {
     /// A claim naming this pod that the process does not hold belongs to a
     /// container of the pod that is gone (a restart).
     pub claim_held_here: bool,
+    /// The wait the message resumes ([`wait_key`]), when it is a resume.
+    pub resumes: Option<&'a str>,
+}
+
+/// Names one wait of a Job for its provider (the request and when the wait
+/// began, as the worker wrote them): a resume message carries it, so a
+/// worker tells the message that ends this wait, whose Queued write is
+/// still on its way, from a late copy of an older one.
+pub fn wait_key(wait: &crate::job::ExternalWait) -> String {
+    let since = wait
+        .waiting_since
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    format!("{}@{since}", wait.request_id)
 }
 
 /// Decides whether the worker pod `me` of the fleet `my_fleet` (in the
@@ -299,6 +332,16 @@ pub fn decide_claim(
     match status.phase {
         JobPhase::Queued => Claim,
         JobPhase::Backoff => Skip(SkipReason::AttemptFinished),
+        // The operator publishes before it writes Queued: the message that
+        // resumes this very wait may come first.
+        JobPhase::Waiting
+            if job.resumes.is_some()
+                && job.resumes == status.external.as_ref().map(wait_key).as_deref() =>
+        {
+            Defer(DeferReason::NotYetResumed)
+        }
+        // A late duplicate of the message that ran the step until it waited.
+        JobPhase::Waiting => Skip(SkipReason::Waiting),
         JobPhase::Running => match &status.claim {
             Some(_) if job.claim_held_here => Skip(SkipReason::AlreadyRunningHere),
             // A previous container of this pod: nobody renews it any more.
@@ -357,6 +400,10 @@ mod tests {
         (Actor::Worker, Running, Failed),
         (Actor::Worker, Running, Cancelled),
         (Actor::Worker, Running, Queued),
+        (Actor::Worker, Running, Waiting),
+        (Actor::Operator, Waiting, Queued),
+        (Actor::Operator, Waiting, Failed),
+        (Actor::Operator, Waiting, Cancelled),
         (Actor::Operator, Failed, Backoff),
         (Actor::Operator, Cancelled, Backoff),
     ];
@@ -444,6 +491,105 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_a_worker_running_the_job_puts_it_to_waiting() {
+        for actor in [Actor::Operator, Actor::Worker] {
+            for from in JobPhase::ALL {
+                let allowed = check_transition(actor, from, Waiting).is_ok();
+                assert_eq!(
+                    allowed,
+                    actor == Actor::Worker && from == Running,
+                    "{actor:?} {from:?} -> Waiting"
+                );
+            }
+        }
+        assert_eq!(Transition::Wait.check_from(Running), Ok(()));
+        assert!(Transition::Wait.check_from(Queued).is_err());
+    }
+
+    #[test]
+    fn a_waiting_job_leaves_only_by_the_operator_resume_timeout_or_cancel() {
+        for to in JobPhase::ALL {
+            assert!(
+                check_transition(Actor::Worker, Waiting, to).is_err(),
+                "a worker holds no Waiting Job, so it moves none (to {to:?})"
+            );
+            let allowed = check_transition(Actor::Operator, Waiting, to).is_ok();
+            assert_eq!(
+                allowed,
+                matches!(to, Queued | Failed | Cancelled),
+                "Operator Waiting -> {to:?}"
+            );
+        }
+        assert_eq!(Transition::Resume.check_from(Waiting), Ok(()));
+        assert_eq!(Transition::GiveUp.check_from(Waiting), Ok(()));
+        // Its fleet was deleted while it waited: WorkerNotFound.
+        assert_eq!(Transition::Reject.check_from(Waiting), Ok(()));
+        assert_eq!(Transition::CancelIdle.check_from(Waiting), Ok(()));
+        for other in [
+            Transition::Republish,
+            Transition::Requeue,
+            Transition::WorkerLost,
+        ] {
+            assert!(other.check_from(Waiting).is_err(), "{other:?}");
+        }
+        for from in JobPhase::ALL.into_iter().filter(|p| *p != Waiting) {
+            assert!(Transition::Resume.check_from(from).is_err(), "{from:?}");
+        }
+    }
+
+    #[test]
+    fn the_message_that_resumes_this_wait_waits_for_the_queued_write() {
+        let mut s = status(Waiting, 1);
+        s.external = Some(crate::job::ExternalWait {
+            request_id: "r-1".into(),
+            attempt: 1,
+            waiting_since: Some(Time(now())),
+            ..Default::default()
+        });
+        let key = wait_key(s.external.as_ref().unwrap());
+        let view = |resumes| ClaimView {
+            uid: UID,
+            worker: FLEET,
+            cancel_requested: false,
+            status: &s,
+            claim_seen: None,
+            claim_held_here: false,
+            resumes,
+        };
+        assert_eq!(
+            decide_claim(view(Some(&key)), &message(1), ME, FLEET, now()),
+            ClaimDecision::Defer(DeferReason::NotYetResumed)
+        );
+        assert_eq!(
+            decide_claim(
+                view(Some("r-1@an-older-wait")),
+                &message(1),
+                ME,
+                FLEET,
+                now()
+            ),
+            ClaimDecision::Skip(SkipReason::Waiting),
+            "a late resume of an earlier wait"
+        );
+        assert_eq!(
+            decide_claim(view(None), &message(1), ME, FLEET, now()),
+            ClaimDecision::Skip(SkipReason::Waiting)
+        );
+    }
+
+    #[test]
+    fn a_message_for_a_waiting_job_is_acked_and_skipped() {
+        assert_eq!(
+            decide(&status(Waiting, 1), 1),
+            ClaimDecision::Skip(SkipReason::Waiting)
+        );
+        assert_eq!(
+            decide(&status(Waiting, 2), 1),
+            ClaimDecision::Skip(SkipReason::StaleAttempt)
+        );
+    }
+
     const UID: &str = "0b6c1d3e-uid";
     const ME: &str = "worker-a";
     const FLEET: &str = "sleepers";
@@ -504,6 +650,7 @@ mod tests {
             status,
             claim_seen: None,
             claim_held_here,
+            resumes: None,
         };
         decide_claim(view, &message(attempt), ME, FLEET, now())
     }
@@ -549,6 +696,7 @@ mod tests {
             status: &s,
             claim_seen: None,
             claim_held_here: false,
+            resumes: None,
         };
         assert_eq!(
             decide_claim(view, &message(1), ME, FLEET, now()),
@@ -647,6 +795,7 @@ mod tests {
                 claimed_at: now(),
             }),
             claim_held_here: false,
+            resumes: None,
         };
         assert!(!seen_or_trusted(None, &claim).is_live(&claim, now()));
         assert_eq!(

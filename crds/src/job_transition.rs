@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::bounds;
 use crate::failure::FailureReason;
-use crate::job::{JobError, JobPhase, StepStatus};
+use crate::job::{ExternalWait, JobError, JobPhase, StepStatus};
 use crate::job_state::{Transition, TransitionError};
 
 /// `status` of a Job merge patch: only the fields a transition sets.
@@ -59,6 +59,32 @@ pub struct JobStatusPatch {
     pub attempt_base: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<Option<i64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<Option<ExternalPatch>>,
+}
+
+/// `status.external` of a merge patch: `Some(None)` clears a field.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub submitted_at: Option<Option<Time>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<Option<Time>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polls: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_url: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_at: Option<Option<Time>>,
 }
 
 /// `status.claim` of a merge patch: a renewal sets only `renewTime`.
@@ -134,8 +160,9 @@ impl JobTransition {
 
     // --- the operator ---
 
-    /// Publish (Pending), Requeue (Backoff, attempt + 1) or Republish
-    /// (Queued): the attempt's message went out with `message_id`.
+    /// Publish (Pending), Requeue (Backoff, attempt + 1), Republish
+    /// (Queued) or Resume (Waiting, same attempt): the attempt's message
+    /// went out with `message_id`.
     pub fn queued(
         transition: Transition,
         from: JobPhase,
@@ -146,7 +173,7 @@ impl JobTransition {
     ) -> Result<Self, TransitionError> {
         if !matches!(
             transition,
-            Transition::Publish | Transition::Requeue | Transition::Republish
+            Transition::Publish | Transition::Requeue | Transition::Republish | Transition::Resume
         ) {
             return Err(TransitionError::NotAllowed {
                 actor: transition.actor(),
@@ -393,6 +420,75 @@ impl JobTransition {
                 ..JobStatusPatch::default()
             },
         )
+    }
+}
+
+// --- a step that waits for an outside provider ---
+
+impl JobTransition {
+    /// The attempt's step `wait.step` waits for its provider: the worker
+    /// lets go of the claim and records the request. Any callback of an
+    /// earlier wait is cleared, so only a new one resumes the Job.
+    pub fn wait(
+        from: JobPhase,
+        wait: ExternalWait,
+        steps: Vec<StepStatus>,
+        overall: i32,
+    ) -> Result<Self, TransitionError> {
+        let bounded = |text: Option<String>| text.map(|t| bounds::message(&t));
+        Self::checked(
+            Transition::Wait,
+            from,
+            JobStatusPatch {
+                claim: Some(None),
+                steps: Some(bounded_steps(steps)),
+                progress: Some(overall.clamp(0, 100)),
+                external: Some(Some(ExternalPatch {
+                    step: Some(wait.step),
+                    attempt: Some(wait.attempt),
+                    request_id: Some(bounds::message(&wait.request_id)),
+                    submitted_at: Some(wait.submitted_at),
+                    waiting_since: Some(wait.waiting_since),
+                    polls: Some(wait.polls),
+                    provider_status: Some(bounded(wait.provider_status)),
+                    output_url: Some(bounded(wait.output_url)),
+                    callback_at: Some(None),
+                })),
+                ..JobStatusPatch::default()
+            },
+        )
+    }
+}
+
+impl JobConditionUpdate {
+    /// Records the provider's callback on a Waiting Job (its status word and
+    /// output); the phase stays, and the operator resumes the Job from it.
+    /// Refused for any Job that is not Waiting.
+    pub fn callback_received(
+        from: JobPhase,
+        provider_status: Option<String>,
+        output_url: Option<String>,
+        now: Timestamp,
+    ) -> Result<Self, TransitionError> {
+        if from != JobPhase::Waiting {
+            return Err(TransitionError::NotAllowed {
+                actor: crate::job_state::Actor::Operator,
+                from,
+                to: from,
+            });
+        }
+        let bounded = |text: Option<String>| text.map(|t| bounds::message(&t));
+        Ok(Self {
+            status: JobStatusPatch {
+                external: Some(Some(ExternalPatch {
+                    provider_status: Some(bounded(provider_status)),
+                    output_url: Some(bounded(output_url)),
+                    callback_at: Some(Some(Time(now))),
+                    ..ExternalPatch::default()
+                })),
+                ..JobStatusPatch::default()
+            },
+        })
     }
 }
 
@@ -682,6 +778,85 @@ mod tests {
         }
     }
 
+    fn external() -> ExternalWait {
+        ExternalWait {
+            step: "render".into(),
+            attempt: 2,
+            request_id: "r-1".into(),
+            submitted_at: Some(Time(now())),
+            waiting_since: Some(Time(now())),
+            polls: 0,
+            provider_status: Some("queued".into()),
+            output_url: None,
+            callback_at: None,
+        }
+    }
+
+    #[test]
+    fn a_waiting_job_holds_no_claim_and_a_callback_then_a_resume_keep_the_request() {
+        let waiting = apply(
+            &running(),
+            &JobTransition::wait(Running, external(), steps(), 30).unwrap(),
+        );
+        assert_eq!((waiting.phase, waiting.claim.clone()), (Waiting, None));
+        assert_eq!(waiting.external, Some(external()));
+        assert_eq!(waiting.attempt, 2, "the attempt goes on");
+
+        let called = JobConditionUpdate::callback_received(
+            Waiting,
+            Some("succeeded".into()),
+            Some("https://cdn/out.mp4".into()),
+            now(),
+        )
+        .unwrap();
+        let mut after = waiting.clone();
+        let mut value = serde_json::to_value(&after).unwrap();
+        merge(&mut value, &serde_json::to_value(&called.status).unwrap());
+        after = serde_json::from_value(value).unwrap();
+        assert_eq!(after.phase, Waiting, "a callback never changes the phase");
+        let ext = after.external.clone().unwrap();
+        assert_eq!(ext.request_id, "r-1");
+        assert_eq!(ext.callback_at, Some(Time(now())));
+        assert_eq!(ext.output_url.as_deref(), Some("https://cdn/out.mp4"));
+
+        let resumed = apply(
+            &after,
+            &JobTransition::queued(Transition::Resume, Waiting, 2, "m-3".into(), None, now())
+                .unwrap(),
+        );
+        assert_eq!((resumed.phase, resumed.attempt), (Queued, 2));
+        assert_eq!(
+            resumed.external, after.external,
+            "the worker reads the callback"
+        );
+
+        // Waiting again after a poll clears the callback of the last wait.
+        let mut running_again = resumed.clone();
+        running_again.phase = Running;
+        let again = apply(
+            &running_again,
+            &JobTransition::wait(
+                Running,
+                ExternalWait {
+                    polls: 1,
+                    ..external()
+                },
+                steps(),
+                30,
+            )
+            .unwrap(),
+        );
+        assert_eq!(again.external.unwrap().callback_at, None);
+    }
+
+    #[test]
+    fn a_callback_is_recorded_only_on_a_waiting_job() {
+        for from in JobPhase::ALL {
+            let built = JobConditionUpdate::callback_received(from, None, None, now()).is_ok();
+            assert_eq!(built, from == Waiting, "{from:?}");
+        }
+    }
+
     fn error(retryable: bool) -> JobError {
         JobError::new(FailureReason::StepTimeout, "too slow".into(), retryable)
     }
@@ -721,6 +896,8 @@ mod tests {
             JobTransition::cancel_running(from, steps(), now()),
             JobTransition::release(from, 0, now()),
             JobTransition::retry(from, 3, &[], 1, now()),
+            JobTransition::wait(from, external(), steps(), 30),
+            JobTransition::queued(Transition::Resume, from, 1, message(), Some(1), now()),
         ]
     }
 

@@ -18,7 +18,7 @@ pub mod redact;
 pub mod storage_allowlist;
 
 pub use failure::FailureReason;
-pub use job::{Job, JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};
+pub use job::{ExternalWait, Job, JobPhase, JobSpec, JobStatus, StepPhase, StepStatus};
 pub use job_transition::JobTransition;
 pub use message::JobMessage;
 pub use pipeline_worker::{Pipeline, PipelineWorker, PipelineWorkerSpec, PipelineWorkerStatus};

@@ -5,6 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Message attribute: the Job's callback URL for an outside provider (with
+/// its token). An attribute, never status: only the fleet's workers see it.
+pub const ATTRIBUTE_CALLBACK_URL: &str = "callbackUrl";
+/// Message attribute: the wait this message resumes
+/// ([`crate::job_state::wait_key`]).
+pub const ATTRIBUTE_RESUMES: &str = "resumes";
+
 /// Body of a Job message, JSON-encoded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -150,9 +150,15 @@ pub struct PipelineWorkerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consensus: Option<ConsensusSpec>,
 
-    /// Settings of the assembly pipeline; defaults apply when unset.
+    /// Settings of the assembly pipeline; defaults apply when unset. The
+    /// render pipeline stores its outputs with `assembly.storage` too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assembly: Option<AssemblySpec>,
+
+    /// Settings of the render pipeline (an outside provider); required when
+    /// `pipeline` is `render`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render: Option<RenderSpec>,
 
     // --- admission (see docs/architecture.md, "Admission") ---
     /// Bounds on what the operator hands this fleet: per-key concurrency, a
@@ -209,6 +215,9 @@ pub enum Pipeline {
     Assembly,
     /// Diagnostic: sleeps for the input's duration and can be told to fail.
     Sleep,
+    /// An outside provider renders the output (an HTTP API that takes
+    /// minutes): submit, wait without holding a worker, store the output.
+    Render,
 }
 
 impl Pipeline {
@@ -217,6 +226,7 @@ impl Pipeline {
             Pipeline::Consensus => "consensus",
             Pipeline::Assembly => "assembly",
             Pipeline::Sleep => "sleep",
+            Pipeline::Render => "render",
         }
     }
 }
@@ -520,6 +530,89 @@ pub struct Persona {
     /// What this reviewer cares about; becomes its system prompt.
     #[schemars(length(min = 1, max = 4000))]
     pub prompt: String,
+}
+
+/// Settings of the render pipeline: an outside provider's HTTP API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderSpec {
+    /// URL a worker POSTs the Job's `input.request` to (JSON).
+    #[schemars(length(min = 1, max = 2048))]
+    pub submit_url: String,
+    /// URL a worker GETs for a request's status; `{requestId}` is replaced
+    /// by the provider's id of the request.
+    #[schemars(length(min = 1, max = 2048))]
+    pub status_url: String,
+    /// Secret key holding the provider's token, sent as
+    /// `Authorization: Bearer <token>`. Unset: no credentials are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<SecretKeySelector>,
+    /// JSON pointer to the request id in the submit answer (and in a
+    /// callback). Default `/id`.
+    #[serde(default = "default_request_id_pointer")]
+    pub request_id_pointer: String,
+    /// JSON pointer to the request's status in a status answer or a
+    /// callback. Default `/status`.
+    #[serde(default = "default_status_pointer")]
+    pub status_pointer: String,
+    /// JSON pointer to the output URL in a status answer or a callback.
+    /// Default `/outputUrl`.
+    #[serde(default = "default_output_pointer")]
+    pub output_url_pointer: String,
+    /// Status words that mean the output is ready. Default `succeeded`.
+    #[serde(default = "default_succeeded_values")]
+    pub succeeded_values: Vec<String>,
+    /// Status words that mean the request failed for good. Default `failed`.
+    #[serde(default = "default_failed_values")]
+    pub failed_values: Vec<String>,
+    /// Whether the provider is given a callback URL (in the submit body's
+    /// `callbackUrl`) when the operator serves callbacks. False: the
+    /// operator only polls. Default true.
+    #[serde(default = "default_true")]
+    pub callbacks: bool,
+    /// Seconds a step waits for a callback before a worker asks the
+    /// provider's status API; also the interval between polls. Default 60.
+    #[serde(default = "default_poll_after")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub poll_after_seconds: i64,
+    /// Seconds after the submit at which a request that has not finished
+    /// fails the Job as ProviderTimeout. Default 3600.
+    #[serde(default = "default_wait_timeout")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub wait_timeout_seconds: i64,
+    /// Where outputs are stored, a prefix under `assembly.storage.allowedPrefixes`
+    /// (`s3://renders/out/`, `file:///tmp/renders/`): each Job's output goes
+    /// to `<outputPrefix><namespace>/<name>-<uid><extension>`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub output_prefix: String,
+}
+
+fn default_request_id_pointer() -> String {
+    "/id".into()
+}
+
+fn default_status_pointer() -> String {
+    "/status".into()
+}
+
+fn default_output_pointer() -> String {
+    "/outputUrl".into()
+}
+
+fn default_succeeded_values() -> Vec<String> {
+    vec!["succeeded".into()]
+}
+
+fn default_failed_values() -> Vec<String> {
+    vec!["failed".into()]
+}
+
+fn default_poll_after() -> i64 {
+    60
+}
+
+fn default_wait_timeout() -> i64 {
+    3600
 }
 
 /// Settings of the assembly pipeline.

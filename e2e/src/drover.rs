@@ -78,6 +78,15 @@ pub fn start_operator(
     env: &TestEnv,
     options: &OperatorOptions,
 ) -> Result<ManagedProcess, DroverBinaryError> {
+    start_operator_with_args(env, options, &[])
+}
+
+/// [`start_operator`] with more flags (the callback receiver's, say).
+pub fn start_operator_with_args(
+    env: &TestEnv,
+    options: &OperatorOptions,
+    extra_args: &[String],
+) -> Result<ManagedProcess, DroverBinaryError> {
     let bin = binary("drover-operator")?;
     let state = env.control_plane.state_dir();
     let mut command = Command::new(bin);
@@ -95,7 +104,8 @@ pub fn start_operator(
             &format!("127.0.0.1:{}", options.metrics_port),
         ])
         .args(["--identity", &options.identity])
-        .args(["--lease-seconds", &options.lease_seconds.to_string()]);
+        .args(["--lease-seconds", &options.lease_seconds.to_string()])
+        .args(extra_args);
     if let Some(failpoints) = &options.failpoints {
         command.env(drover_runtime::failpoint::ENV, failpoints);
     }

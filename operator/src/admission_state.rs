@@ -595,6 +595,8 @@ impl AdmissionState {
                         _ => count.demand += 1,
                     }
                 }
+                // Nobody runs it and it is not due: its provider works on it.
+                JobPhase::Waiting => {}
                 JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => {}
             }
         }

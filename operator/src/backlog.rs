@@ -50,6 +50,8 @@ pub fn count<'a>(
                     count.demand += 1;
                 }
             }
+            // Nobody runs it and it is not due: its provider works on it.
+            JobPhase::Waiting => {}
             JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => {}
         }
     }

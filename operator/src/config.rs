@@ -3,6 +3,7 @@
 
 use drover_crds::egress::Cidr;
 
+use crate::callback_token::CallbackUrls;
 use crate::rbac::SecretCheck;
 
 /// Settings that apply to every fleet the operator manages.
@@ -26,4 +27,7 @@ pub struct OperatorConfig {
     /// `None`: it reads none, and a missing Secret shows only once a pod
     /// cannot start (CreateContainerConfigError).
     pub secret_check: Option<SecretCheck>,
+    /// Signs the per-Job callback URLs providers call; `None`: the operator
+    /// serves no callbacks and Waiting Jobs are only polled.
+    pub callbacks: Option<CallbackUrls>,
 }

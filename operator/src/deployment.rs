@@ -222,6 +222,14 @@ pub fn pipeline_secrets(pw: &PipelineWorker) -> Vec<PipelineSecret<'_>> {
     {
         read("DROVER_LLM_API_KEY", key);
     }
+    if let Some(key) = pw
+        .spec
+        .render
+        .as_ref()
+        .and_then(|r| r.auth_secret_ref.as_ref())
+    {
+        read("DROVER_RENDER_TOKEN", key);
+    }
     if let Some(assembly) = &pw.spec.assembly {
         if let Some(s3) = &assembly.s3 {
             read("AWS_ACCESS_KEY_ID", &s3.access_key_id_secret_ref);

@@ -438,6 +438,12 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         NextStep::Retry => retry(job, ctx, &namespace, now).await,
+        NextStep::Resume { attempt } => {
+            let Some(fleet) = fleet else {
+                return Ok(Action::await_change());
+            };
+            publish(job, &fleet, ctx, &namespace, attempt, now).await
+        }
         NextStep::Delete => {
             let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
             let params = DeleteParams {
@@ -474,6 +480,7 @@ async fn publish(
     let transition = match from {
         JobPhase::Pending => Transition::Publish,
         JobPhase::Backoff => Transition::Requeue,
+        JobPhase::Waiting => Transition::Resume,
         _ => Transition::Republish,
     };
     // Refuse before publishing: a message whose Queued write is refused
@@ -497,11 +504,20 @@ async fn publish(
         uid: uid.clone(),
         attempt,
     };
-    let message = OutgoingMessage::new(message.encode())
+    let mut message = OutgoingMessage::new(message.encode())
         .attribute("namespace", namespace)
         .attribute("job", job.name_any())
         .attribute("attempt", attempt.to_string())
         .attribute("publisher", &ctx.config.identity);
+    if let Some(url) = crate::callback::url_for(&ctx.config, fleet, job) {
+        message = message.attribute(drover_crds::message::ATTRIBUTE_CALLBACK_URL, url);
+    }
+    if transition == Transition::Resume
+        && let Some(wait) = job.status.as_ref().and_then(|s| s.external.as_ref())
+    {
+        let key = drover_crds::job_state::wait_key(wait);
+        message = message.attribute(drover_crds::message::ATTRIBUTE_RESUMES, key);
+    }
     let leads_until = ctx.gate.deadline().ok_or(Error::NotLeading)?;
     // Decided while leading. The publisher sends at once and retries only
     // while the gate is open; a publish still unanswered at the renew
@@ -530,6 +546,7 @@ async fn publish(
     let kind = match transition {
         Transition::Publish => "first",
         Transition::Requeue => "retry",
+        Transition::Resume => "resume",
         _ => "republish",
     };
     ctx.metrics

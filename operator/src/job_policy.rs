@@ -53,6 +53,9 @@ pub enum NextStep {
     Delete,
     /// `spec.retries` asks to run a Failed or Cancelled Job again.
     Retry,
+    /// A Waiting Job's provider called back, or its poll is due: publish
+    /// the same attempt again (no admission: it was admitted once).
+    Resume { attempt: i32 },
 }
 
 /// The settings that decide a Job's retries and deadlines: the fleet's,
@@ -251,8 +254,46 @@ pub fn next_step(
                 Some(at) => NextStep::Wait(Some(until(at.0, now))),
             }
         }
+        JobPhase::Waiting => waiting_step(&status, fleet, now),
         // Handled above; kept so a new phase cannot slip through.
         JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => NextStep::Wait(None),
+    }
+}
+
+/// A Waiting Job: resumed when its callback came or a poll is due, failed
+/// as ProviderTimeout once its request is older than `waitTimeoutSeconds`.
+/// Both times come from status, so a restarted operator keeps them.
+fn waiting_step(
+    status: &drover_crds::JobStatus,
+    fleet: &PipelineWorker,
+    now: Timestamp,
+) -> NextStep {
+    let attempt = status.attempt.max(1);
+    let (Some(external), Some(render)) = (&status.external, &fleet.spec.render) else {
+        // Nothing to wait by: let a worker look at it.
+        return NextStep::Resume { attempt };
+    };
+    let secs = |s: i64| Duration::from_secs(s.max(1).unsigned_abs());
+    let submitted = external.submitted_at.as_ref().map_or(now, |t| t.0);
+    let Some(timeout_in) = after(submitted, secs(render.wait_timeout_seconds), now) else {
+        return NextStep::Fail {
+            reason: FailureReason::ProviderTimeout,
+            message: format!(
+                "request {} at the provider did not finish within {} s (last status: {})",
+                external.request_id,
+                render.wait_timeout_seconds,
+                external.provider_status.as_deref().unwrap_or("none")
+            ),
+            dead_letter: true,
+        };
+    };
+    if external.callback_at.is_some() {
+        return NextStep::Resume { attempt };
+    }
+    let since = external.waiting_since.as_ref().map_or(submitted, |t| t.0);
+    match after(since, secs(render.poll_after_seconds), now) {
+        None => NextStep::Resume { attempt },
+        Some(poll_in) => NextStep::Wait(Some(poll_in.min(timeout_in))),
     }
 }
 
@@ -712,5 +753,118 @@ mod tests {
             next_step(&j, Some(&fleet), None, now()),
             NextStep::Wait(None)
         );
+    }
+
+    fn render_fleet() -> PipelineWorker {
+        let mut fleet = fleet();
+        fleet.spec.render = Some(
+            serde_json::from_value(json!({
+                "submitUrl": "https://p/jobs", "statusUrl": "https://p/jobs/{requestId}",
+                "outputPrefix": "s3://renders/", "pollAfterSeconds": 30, "waitTimeoutSeconds": 600,
+            }))
+            .unwrap(),
+        );
+        fleet
+    }
+
+    fn waiting(submitted_ago: i64, waiting_ago: i64, called_back: bool) -> Job {
+        let mut j = job(JobPhase::Waiting, 2);
+        j.status.as_mut().unwrap().external = Some(drover_crds::ExternalWait {
+            step: "render".into(),
+            attempt: 2,
+            request_id: "r-1".into(),
+            submitted_at: Some(ago(submitted_ago)),
+            waiting_since: Some(ago(waiting_ago)),
+            callback_at: called_back.then(|| ago(0)),
+            ..Default::default()
+        });
+        j
+    }
+
+    fn waiting_step_of(j: &Job) -> NextStep {
+        next_step(j, Some(&render_fleet()), None, now())
+    }
+
+    #[test]
+    fn a_waiting_job_sleeps_until_its_poll_is_due_then_resumes_its_own_attempt() {
+        assert_eq!(
+            waiting_step_of(&waiting(10, 10, false)),
+            NextStep::Wait(Some(Duration::from_secs(20)))
+        );
+        assert_eq!(
+            waiting_step_of(&waiting(100, 30, false)),
+            NextStep::Resume { attempt: 2 }
+        );
+    }
+
+    #[test]
+    fn a_callback_resumes_a_waiting_job_at_once() {
+        assert_eq!(
+            waiting_step_of(&waiting(1, 1, true)),
+            NextStep::Resume { attempt: 2 }
+        );
+    }
+
+    #[test]
+    fn a_request_older_than_the_wait_timeout_fails_as_provider_timeout() {
+        let Some(NextStep::Fail {
+            reason,
+            dead_letter,
+            ..
+        }) = Some(waiting_step_of(&waiting(600, 5, false)))
+        else {
+            panic!("a timed-out wait fails");
+        };
+        assert_eq!(
+            (reason, dead_letter),
+            (FailureReason::ProviderTimeout, true)
+        );
+        // The timeout bounds the next look, too.
+        assert_eq!(
+            waiting_step_of(&waiting(590, 0, false)),
+            NextStep::Wait(Some(Duration::from_secs(10)))
+        );
+        // Even a callback does not bring back a request past its time.
+        assert!(matches!(
+            waiting_step_of(&waiting(601, 0, true)),
+            NextStep::Fail {
+                reason: FailureReason::ProviderTimeout,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_waiting_job_whose_fleet_is_gone_fails_and_the_failure_is_a_legal_move() {
+        let j = waiting(1, 1, false);
+        let NextStep::Fail {
+            reason,
+            dead_letter,
+            ..
+        } = next_step(&j, None, None, now())
+        else {
+            panic!("no fleet: the Job fails");
+        };
+        assert_eq!(
+            (reason, dead_letter),
+            (FailureReason::WorkerNotFound, false)
+        );
+        let change =
+            drover_crds::JobTransition::reject(JobPhase::Waiting, reason, "gone".into(), now());
+        assert!(change.is_ok(), "{change:?}");
+        let timeout = drover_crds::JobTransition::give_up(
+            JobPhase::Waiting,
+            FailureReason::ProviderTimeout,
+            "late".into(),
+            now(),
+        );
+        assert!(timeout.is_ok(), "{timeout:?}");
+    }
+
+    #[test]
+    fn a_waiting_job_that_is_cancelled_is_cancelled_by_the_operator() {
+        let mut j = waiting(1, 1, false);
+        j.spec.cancel = true;
+        assert_eq!(waiting_step_of(&j), NextStep::Cancel);
     }
 }

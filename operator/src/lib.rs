@@ -3,6 +3,9 @@
 pub mod admission;
 pub mod admission_state;
 pub mod backlog;
+pub mod callback;
+pub mod callback_settings;
+pub mod callback_token;
 pub mod config;
 pub mod deployment;
 pub mod dispatch;

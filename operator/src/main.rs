@@ -77,6 +77,9 @@ struct Args {
     /// This replica's identity in the Lease (its pod name).
     #[arg(long, env = "DROVER_POD_NAME")]
     identity: Option<String>,
+
+    #[command(flatten)]
+    callbacks: drover_operator::callback_settings::CallbackArgs,
 }
 
 /// Who this operator is, as the apiserver sees it (a SelfSubjectReview,
@@ -123,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cluster_cidrs: drover_crds::egress::parse_list(&args.cluster_cidrs)
             .context("--cluster-cidrs")?,
         secret_check: secret_check(&client, &args.secret_check_role).await?,
+        callbacks: args.callbacks.urls().context("callback settings")?,
     };
     let queue = QueueAdmin::connect(&endpoint)
         .await
@@ -179,6 +183,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // replica can prove it leads.
     let gate = leadership.gate();
     let may_publish = SendGuard::new(move || gate.leads());
+    // Only a leader records callbacks; the port opens once this replica leads.
+    tokio::spawn(args.callbacks.clone().serve(
+        client.clone(),
+        config.callbacks.clone(),
+        leadership.gate(),
+    ));
     let controllers = async {
         tokio::join!(
             fleet::run(

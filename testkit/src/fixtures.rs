@@ -3,7 +3,9 @@
 //! test does not name keeps the default a user would get, because the builder
 //! starts from the same serde defaults as the API.
 
-use drover_crds::pipeline_worker::{AssemblySpec, ConsensusSpec, EgressSpec, Persona, ScalingMode};
+use drover_crds::pipeline_worker::{
+    AssemblySpec, ConsensusSpec, EgressSpec, Persona, RenderSpec, ScalingMode,
+};
 use drover_crds::{Job, JobSpec, Pipeline, PipelineWorker, PipelineWorkerSpec};
 use k8s_openapi::api::core::v1::SecretKeySelector;
 use serde_json::{Value, json};
@@ -50,6 +52,20 @@ impl PipelineWorkerBuilder {
             serde_json::from_value(json!({})).expect("every assembly setting has a default");
         let mut builder = Self::new(name, Pipeline::Assembly);
         builder.pw.spec.assembly = Some(assembly);
+        builder
+    }
+
+    /// A render fleet whose provider takes requests at `submit_url` and
+    /// answers their status at `status_url` (with `{requestId}`), storing
+    /// outputs under `output_prefix` (which it also allows as storage).
+    pub fn render(name: &str, submit_url: &str, status_url: &str, output_prefix: &str) -> Self {
+        let render: RenderSpec = serde_json::from_value(json!({
+            "submitUrl": submit_url, "statusUrl": status_url, "outputPrefix": output_prefix,
+        }))
+        .expect("the URLs and an output prefix are all render needs");
+        let mut builder = Self::assembly(name).allowed_prefixes(&[output_prefix]);
+        builder.pw.spec.pipeline = Pipeline::Render;
+        builder.pw.spec.render = Some(render);
         builder
     }
 

@@ -18,10 +18,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
-use serde_json::Value;
 
 use crate::claims::{Claims, HeldClaim};
-use crate::pipelines::{self, Attempt, Context, Failure};
+use crate::pipelines::{self, Attempt, Context, Done, External, Failure};
 use crate::progress::Progress;
 use crate::stats::Stats;
 
@@ -107,8 +106,26 @@ impl Worker {
     }
 }
 
+/// What a message's attributes add to the Job it names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// Where the Job's provider calls back, when the operator serves callbacks.
+    pub callback_url: Option<String>,
+    /// The wait this message resumes (`job_state::wait_key`).
+    pub resumes: Option<String>,
+}
+
 /// Handles one Job message to the end.
-pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage) -> Answer {
+pub async fn handle(
+    worker: &Worker,
+    fleet: &PipelineWorker,
+    message: JobMessage,
+    hints: Hints,
+) -> Answer {
+    let Hints {
+        callback_url,
+        resumes,
+    } = hints;
     let fleet_name = fleet.metadata.name.as_deref().unwrap_or_default();
     if fleet.metadata.namespace.as_deref() != Some(message.namespace.as_str()) {
         // Another namespace's Job: never read, never run here.
@@ -146,6 +163,7 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
             status: &status,
             claim_seen: worker.observe_claim(&job, now),
             claim_held_here,
+            resumes: resumes.as_deref(),
         };
         match decide_claim(view, &message, &worker.pod, fleet_name, now) {
             ClaimDecision::Skip(reason) => {
@@ -161,12 +179,24 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                 tokio::time::sleep(DEFER_POLL).await;
             }
             ClaimDecision::Claim => {
-                let progress = Progress::new(
-                    fleet.spec.pipeline,
-                    pipelines::steps(&fleet.spec),
-                    Duration::from_secs(fleet.spec.timeouts.step_seconds.max(1).unsigned_abs()),
-                    worker.stats.clone(),
-                );
+                let step_timeout =
+                    Duration::from_secs(fleet.spec.timeouts.step_seconds.max(1).unsigned_abs());
+                let progress = match resumed_wait(&job) {
+                    // The attempt waited for a provider: its finished steps stay.
+                    Some(wait) if !status.steps.is_empty() => Progress::resumed(
+                        fleet.spec.pipeline,
+                        &status.steps,
+                        &wait.step,
+                        step_timeout,
+                        worker.stats.clone(),
+                    ),
+                    _ => Progress::new(
+                        fleet.spec.pipeline,
+                        pipelines::steps(&fleet.spec),
+                        step_timeout,
+                        worker.stats.clone(),
+                    ),
+                };
                 let held = HeldClaim {
                     id: Claims::new_id(),
                     namespace: message.namespace.clone(),
@@ -177,7 +207,14 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
                 match claim(&jobs, &job, &progress, &worker.pod, &held).await {
                     Ok(claimed) => {
                         let _held_while_running = worker.claims.hold(held.clone());
-                        return run_claimed(worker, fleet, &jobs, claimed, held, progress).await;
+                        let external = External {
+                            callback_url,
+                            resume: resumed_wait(&claimed),
+                        };
+                        return run_claimed(
+                            worker, fleet, &jobs, claimed, held, progress, external,
+                        )
+                        .await;
                     }
                     Err(error) if error.is_conflict() => conflicts += 1,
                     Err(error) => {
@@ -189,6 +226,16 @@ pub async fn handle(worker: &Worker, fleet: &PipelineWorker, message: JobMessage
         }
     }
     Answer::Nack
+}
+
+/// The provider request of the Job's current attempt, when that attempt
+/// waited already and is picked up again.
+fn resumed_wait(job: &Job) -> Option<drover_crds::ExternalWait> {
+    let status = job.status.as_ref()?;
+    status
+        .external
+        .clone()
+        .filter(|wait| wait.attempt == status.attempt)
 }
 
 async fn claim(
@@ -270,6 +317,7 @@ async fn run_claimed(
     job: Job,
     held: HeldClaim,
     progress: Progress,
+    external: External,
 ) -> Answer {
     let attempt = Attempt {
         namespace: held.namespace.clone(),
@@ -300,6 +348,7 @@ async fn run_claimed(
         attempt: attempt.clone(),
         fleet: &fleet.spec,
         progress: progress.clone(),
+        external,
     };
     let pipeline = tracing::Instrument::instrument(pipelines::run(&job.spec.input, &ctx), span);
     let outcome = tokio::select! {
@@ -340,7 +389,7 @@ impl Claimed {
 /// How an attempt ended.
 #[derive(Debug)]
 enum Outcome {
-    Finished(Result<Value, Failure>),
+    Finished(Result<Done, Failure>),
     /// `spec.cancel` was set while it ran.
     Cancelled,
     /// The Job moved on without us (deleted, or requeued as WorkerLost).
@@ -455,7 +504,12 @@ async fn finish(
             worker.stats.skipped(why);
             return Answer::Ack;
         }
-        Outcome::Finished(Ok(result)) => {
+        Outcome::Finished(Ok(Done::Wait(wait))) => {
+            tracing::info!(event = "step_waiting", job = %held.name, namespace = %held.namespace, attempt = held.attempt, step = %wait.step, request_id = %wait.request_id, provider_status = ?wait.provider_status, "waiting for the provider; letting go of the Job");
+            worker.stats.outcome(pipeline, "waiting", took);
+            JobTransition::wait(from, wait.clone(), progress.snapshot(), progress.overall())
+        }
+        Outcome::Finished(Ok(Done::Finished(result))) => {
             tracing::info!(event = "job_completed", job = %held.name, namespace = %held.namespace, attempt = held.attempt, took_ms = took.as_millis() as u64, "succeeded");
             worker.stats.outcome(pipeline, "succeeded", took);
             JobTransition::succeed(from, result.clone(), steps(StepPhase::Succeeded), now)

@@ -69,6 +69,51 @@ impl Progress {
         }
     }
 
+    /// The steps of an attempt that waited and goes on now: steps that
+    /// ended keep how they ended, the waiting step `resumed` runs again from
+    /// now (one more try), and the rest stay as they were.
+    pub fn resumed(
+        pipeline: Pipeline,
+        previous: &[StepStatus],
+        resumed: &str,
+        step_timeout: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let now = Time(Timestamp::now());
+        let steps = previous
+            .iter()
+            .cloned()
+            .map(|mut step| {
+                if step.name == resumed {
+                    step.phase = StepPhase::Running;
+                    step.attempts += 1;
+                    step.finished_at = None;
+                    step.started_at.get_or_insert(now.clone());
+                }
+                step
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                pipeline,
+                step_timeout,
+                steps: Mutex::new(steps),
+                changed: Notify::new(),
+                stats,
+            }),
+        }
+    }
+
+    /// Marks a step as handed to an outside provider, with a note (what the
+    /// provider last said); it is written with the Job's Waiting status.
+    pub fn wait(&self, name: &str, note: &str) {
+        if let Some(step) = self.lock().iter_mut().find(|s| s.name == name) {
+            step.phase = StepPhase::Waiting;
+            step.message = Some(note.to_owned());
+            step.started_at.get_or_insert(Time(Timestamp::now()));
+        }
+    }
+
     /// Runs one named step: marks it Running, bounds it by the step timeout,
     /// then marks it Succeeded or Failed. Steps may run concurrently.
     pub async fn step<T>(
@@ -151,7 +196,7 @@ impl Progress {
         let now = Time(Timestamp::now());
         for step in self.lock().iter_mut() {
             let phase = match step.phase {
-                StepPhase::Running => running,
+                StepPhase::Running | StepPhase::Waiting => running,
                 StepPhase::Pending => StepPhase::Skipped,
                 _ => continue,
             };
@@ -266,6 +311,41 @@ mod tests {
         let failure = out.unwrap_err();
         assert_eq!(failure.reason, FailureReason::StepTimeout);
         assert!(failure.retryable);
+    }
+
+    #[test]
+    fn a_resumed_attempt_keeps_its_finished_steps_and_runs_the_waiting_one_again() {
+        let p = progress(&["submit", "render", "store"], Duration::from_secs(1));
+        p.finish("submit", StepPhase::Succeeded, None);
+        p.wait("render", "request r-1 at the provider: queued");
+        let waited = p.snapshot();
+        assert_eq!(
+            phases(&p),
+            [StepPhase::Succeeded, StepPhase::Waiting, StepPhase::Pending]
+        );
+        let resumed = Progress::resumed(
+            Pipeline::Render,
+            &waited,
+            "render",
+            Duration::from_secs(1),
+            Arc::new(Stats::default()),
+        );
+        assert_eq!(
+            phases(&resumed),
+            [StepPhase::Succeeded, StepPhase::Running, StepPhase::Pending]
+        );
+        assert_eq!(resumed.snapshot()[1].attempts, 1);
+        assert_eq!(
+            resumed.snapshot()[0],
+            waited[0],
+            "the submit is not run again"
+        );
+        // An attempt that stops while waiting closes its waiting step too.
+        p.close(StepPhase::Failed);
+        assert_eq!(
+            phases(&p),
+            [StepPhase::Succeeded, StepPhase::Failed, StepPhase::Skipped]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_crds::message::{ATTRIBUTE_CALLBACK_URL, ATTRIBUTE_RESUMES};
 use drover_crds::{Job, JobMessage, JobPhase, JobTransition, PipelineWorker};
 use drover_queue::{PubSubEndpoint, QueueNames};
 use drover_runtime::job_status;
@@ -132,7 +133,11 @@ async fn answer_one(
         // handed back.
         Ok(job) => {
             log_received(&message, &job);
-            std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job))
+            let hints = job_run::Hints {
+                callback_url: message.attributes.get(ATTRIBUTE_CALLBACK_URL).cloned(),
+                resumes: message.attributes.get(ATTRIBUTE_RESUMES).cloned(),
+            };
+            std::panic::AssertUnwindSafe(job_run::handle(&worker, &fleet, job, hints))
                 .catch_unwind()
                 .await
                 .unwrap_or(Answer::Nack)

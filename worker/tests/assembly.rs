@@ -147,8 +147,14 @@ async fn assemble(fleet: &PipelineWorkerSpec, input: Value) -> (Result<Value, Fa
         },
         fleet,
         progress: progress.clone(),
+        external: Default::default(),
     };
-    (drover_worker::pipelines::run(&input, &ctx).await, progress)
+    let done = drover_worker::pipelines::run(&input, &ctx).await;
+    let result = done.map(|done| match done {
+        drover_worker::pipelines::Done::Finished(result) => result,
+        drover_worker::pipelines::Done::Wait(wait) => panic!("assembly never waits: {wait:?}"),
+    });
+    (result, progress)
 }
 
 #[test]

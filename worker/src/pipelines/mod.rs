@@ -4,9 +4,10 @@
 
 pub mod assembly;
 pub mod consensus;
+pub mod render;
 pub mod sleep;
 
-use drover_crds::{FailureReason, Pipeline, PipelineWorkerSpec};
+use drover_crds::{ExternalWait, FailureReason, Pipeline, PipelineWorkerSpec};
 use serde_json::Value;
 
 use crate::progress::Progress;
@@ -38,6 +39,30 @@ pub struct Context<'a> {
     pub fleet: &'a PipelineWorkerSpec,
     /// Where the pipeline runs its named steps (see [`Progress::step`]).
     pub progress: Progress,
+    /// What a step that waits for an outside provider needs.
+    pub external: External,
+}
+
+/// A waiting step's side of the attempt: where the provider calls back, and
+/// the request this attempt already made, when it resumes after a wait.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct External {
+    /// The Job's callback URL (from its message), when the operator serves
+    /// callbacks and the fleet wants them.
+    pub callback_url: Option<String>,
+    /// The request of this very attempt, when it waited already
+    /// (`status.external` of the same attempt).
+    pub resume: Option<ExternalWait>,
+}
+
+/// How one run of an attempt ends when it does not fail.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Done {
+    /// The attempt produced its result.
+    Finished(Value),
+    /// A step handed work to an outside provider: the Job waits, and a
+    /// worker picks the attempt up again when the provider is done.
+    Wait(ExternalWait),
 }
 
 /// The step names of a fleet's pipeline, in order; they become
@@ -47,15 +72,17 @@ pub fn steps(fleet: &PipelineWorkerSpec) -> Vec<String> {
         Pipeline::Sleep => vec![sleep::STEP.to_owned()],
         Pipeline::Consensus => consensus::steps(fleet.consensus.as_ref()),
         Pipeline::Assembly => assembly::STEPS.iter().map(|s| (*s).to_owned()).collect(),
+        Pipeline::Render => render::STEPS.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
 
-/// Runs the whole pipeline for one attempt.
-pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Value, Failure> {
+/// Runs the pipeline for one attempt, to its result or to a wait.
+pub async fn run(input: &Value, ctx: &Context<'_>) -> Result<Done, Failure> {
     match ctx.fleet.pipeline {
-        Pipeline::Sleep => sleep::run(input, ctx).await,
-        Pipeline::Consensus => consensus::run(input, ctx).await,
-        Pipeline::Assembly => assembly::run(input, ctx).await,
+        Pipeline::Sleep => sleep::run(input, ctx).await.map(Done::Finished),
+        Pipeline::Consensus => consensus::run(input, ctx).await.map(Done::Finished),
+        Pipeline::Assembly => assembly::run(input, ctx).await.map(Done::Finished),
+        Pipeline::Render => render::run(input, ctx).await,
     }
 }
 
@@ -89,6 +116,7 @@ pub(crate) mod testing {
                 Duration::from_secs(fleet.timeouts.step_seconds.unsigned_abs()),
                 Arc::new(Stats::default()),
             ),
+            external: External::default(),
         }
     }
 }
