@@ -271,6 +271,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_crds::job::ExternalWait;
     use drover_crds::job_transition::REASON_NOT_CLAIMED;
     use drover_crds::{FailureReason, JobStatus};
     use drover_testkit::JobBuilder;
@@ -379,16 +380,34 @@ mod tests {
 
     #[test]
     fn a_job_waiting_for_its_provider_shows_the_request_and_what_the_provider_said() {
-        let waiting = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
-            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
-                "providerStatus": "rendering", "polls": 2}}));
+        let wait = ExternalWait {
+            step: "render".into(),
+            attempt: 1,
+            request_id: "r-7".into(),
+            submitted_at: None,
+            waiting_since: None,
+            polls: 2,
+            provider_status: Some("rendering".into()),
+            output_url: None,
+            callback_at: None,
+        };
+        let waiting = job(JobStatus {
+            external: Some(wait.clone()),
+            ..status(JobPhase::Waiting)
+        });
         assert_eq!(
             waiting_reason(&waiting, now()),
             "provider request r-7: rendering, 2 polls"
         );
-        let called_back = job(serde_json::json!({"phase": "Waiting", "attempt": 1,
-            "external": {"step": "render", "attempt": 1, "requestId": "r-7",
-                "providerStatus": "succeeded", "callbackAt": "2027-01-15T08:00:00Z"}}));
+        let called_back = job(JobStatus {
+            external: Some(ExternalWait {
+                polls: 0,
+                provider_status: Some("succeeded".into()),
+                callback_at: Some(ago(60)),
+                ..wait
+            }),
+            ..status(JobPhase::Waiting)
+        });
         assert_eq!(
             waiting_reason(&called_back, now()),
             "provider request r-7: succeeded, callback received"
