@@ -3,6 +3,7 @@
 
 use drover_crds::egress::Cidr;
 
+use crate::archive::Archive;
 use crate::rbac::SecretCheck;
 
 /// Settings that apply to every fleet the operator manages.
@@ -26,4 +27,7 @@ pub struct OperatorConfig {
     /// `None`: it reads none, and a missing Secret shows only once a pod
     /// cannot start (CreateContainerConfigError).
     pub secret_check: Option<SecretCheck>,
+    /// Where finished Jobs are archived before their TTL deletes them;
+    /// `None`: nowhere (they are deleted at once).
+    pub archive: Option<Archive>,
 }

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod admission_state;
+pub mod archive;
 pub mod backlog;
 pub mod config;
 pub mod deployment;
