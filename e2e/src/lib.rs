@@ -7,6 +7,7 @@
 //! * [`node`] runs a real node (containerd, kubelet, kube-proxy) with the
 //!   control plane, in namespaces of its own.
 //! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
+//! * [`postgres`] runs a throwaway PostgreSQL server for the Job archive.
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -27,6 +28,7 @@ pub mod manifests;
 pub mod node;
 pub mod observe;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod pubsub_emulator;
 pub mod refusals;
