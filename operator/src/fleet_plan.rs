@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::archive::condition::{ArchiveView, archived_condition};
+use crate::archive::gate::ARCHIVE_RETRY;
 use crate::backlog::BacklogCount;
 use crate::health::{self, Problem};
 use crate::labels;
@@ -441,6 +442,14 @@ fn next_wake(
         || !observed.shared_with.is_empty()
     {
         wake = wake.min(SLOW_CHECK_BROKEN);
+    }
+    // The count of Jobs held back grows without any Job event: recount it.
+    if observed
+        .archive
+        .as_ref()
+        .is_some_and(|view| !view.health.is_available())
+    {
+        wake = wake.min(ARCHIVE_RETRY);
     }
     wake
 }

@@ -35,23 +35,36 @@ const MIGRATION_LOCK: i64 = 0x6472_6f76_6572; // "drover"
 pub enum DatabaseError {
     #[error("the archive database URL is not valid: {0}")]
     Url(#[source] tokio_postgres::Error),
-    #[error("cannot connect to the archive database: {0}")]
+    #[error("cannot connect to the archive database: {}", with_causes(.0))]
     Connect(#[source] tokio_postgres::Error),
     #[error("the archive database did not answer within {} s", OPERATION_TIMEOUT.as_secs())]
     Timeout,
     #[error("not connected to the archive database (the last try failed: {0})")]
     Paused(String),
-    #[error("cannot apply archive migration {name}: {source}")]
+    #[error("cannot apply archive migration {name}: {}", with_causes(source))]
     Migration {
         name: &'static str,
         source: tokio_postgres::Error,
     },
-    #[error("the archive database refused the operation: {0}")]
+    #[error("the archive database refused the operation: {}", with_causes(.0))]
     Query(#[source] tokio_postgres::Error),
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error("an archived Job does not decode: {0}")]
     Decode(#[source] serde_json::Error),
+}
+
+/// `error: cause: cause`: the client's errors say "error connecting to
+/// server" and keep the why (connection refused, a bad password) in their source.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The connection to one archive database.

@@ -1,0 +1,396 @@
+//! The Job archive end to end, with a real PostgreSQL server (Debian's
+//! `postgresql`), the real control plane, operator, emulator and workers:
+//! * 100 Jobs with a 5 s TTL are all in the archive, with their steps,
+//!   after their TTL deleted them;
+//! * with the database stopped, finished Jobs are not deleted, however long
+//!   past their TTL, and the fleet shows `Archived=False`
+//!   (`ArchiveUnavailable`) with how many it holds back;
+//! * when the database is back, that backlog drains into it and the fleet
+//!   shows `Archived=True`;
+//! * `kubectl drover history` lists them, filtered by worker and phase.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use drover_crds::{Job, JobPhase, PipelineWorker};
+use drover_e2e::drover::{archive_args, binary, start_drover_for_tests_with_args};
+use drover_e2e::postgres::Postgres;
+use drover_e2e::refusals::{self, LogSince};
+use drover_e2e::{ports, wait};
+use drover_testkit::{JobBuilder, PipelineWorkerBuilder};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+const FLEET: &str = "sleeper";
+const TTL_SECONDS: i64 = 5;
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Every `n`-th Job of a batch fails (it has one attempt, and fails it).
+fn fails(index: usize, n: usize) -> bool {
+    index % n == 0
+}
+
+/// Creates `count` Jobs named `<prefix>-NNN`; returns name -> (uid, phase it will end in).
+async fn create_batch(
+    jobs: &Api<Job>,
+    prefix: &str,
+    count: usize,
+    fail_every: usize,
+) -> BTreeMap<String, (String, JobPhase)> {
+    let mut created = BTreeMap::new();
+    for index in 0..count {
+        let name = format!("{prefix}-{index:03}");
+        let failing = fails(index, fail_every);
+        let input = if failing {
+            json!({"durationMillis": 10, "failOnAttempts": [1]})
+        } else {
+            json!({"durationMillis": 10})
+        };
+        let job = JobBuilder::new(&name, FLEET).input(input).build();
+        let job = jobs
+            .create(&PostParams::default(), &job)
+            .await
+            .unwrap_or_else(|e| panic!("Job {name} is not created: {e}"));
+        let phase = if failing {
+            JobPhase::Failed
+        } else {
+            JobPhase::Succeeded
+        };
+        created.insert(name, (job.uid().expect("a uid"), phase));
+    }
+    created
+}
+
+/// The Jobs named `<prefix>-*` the apiserver still holds.
+async fn remaining(jobs: &Api<Job>, prefix: &str) -> Vec<Job> {
+    jobs.list(&ListParams::default())
+        .await
+        .expect("list Jobs")
+        .items
+        .into_iter()
+        .filter(|j| j.name_any().starts_with(&format!("{prefix}-")))
+        .collect()
+}
+
+/// What the archive holds for `namespace`: name -> (uid, phase, steps).
+async fn archived(url: &str, namespace: &str) -> BTreeMap<String, (String, String, usize)> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the archive");
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT name, uid, phase, job FROM drover_archived_jobs WHERE namespace = $1",
+            &[&namespace],
+        )
+        .await
+        .expect("read the archive");
+    rows.iter()
+        .map(|row| {
+            let job: Value = row.get(3);
+            let steps = job["status"]["steps"].as_array().map_or(0, Vec::len);
+            (row.get(0), (row.get(1), row.get(2), steps))
+        })
+        .collect()
+}
+
+fn archived_condition(fleet: &PipelineWorker) -> Option<Condition> {
+    fleet
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Archived")
+        .cloned()
+}
+
+async fn wait_for_archived(
+    fleets: &Api<PipelineWorker>,
+    status: &str,
+    reason: &str,
+    message_part: &str,
+    timeout: Duration,
+) -> Condition {
+    wait::until(
+        &format!("the fleet to show Archived={status} ({reason}, \"{message_part}\")"),
+        timeout,
+        || async {
+            let fleet = fleets.get(FLEET).await.map_err(|e| e.to_string())?;
+            match archived_condition(&fleet) {
+                Some(c)
+                    if c.status == status
+                        && c.reason == reason
+                        && c.message.contains(message_part) =>
+                {
+                    Ok(c)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// Runs `kubectl-drover -n <namespace> args...` against the test cluster.
+async fn cli(kubeconfig: &std::path::Path, namespace: &str, args: &[&str]) -> std::process::Output {
+    let path = binary("kubectl-drover").unwrap_or_else(|e| panic!("{e}"));
+    let output = tokio::process::Command::new(&path)
+        .arg("-n")
+        .arg(namespace)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output();
+    let output = tokio::time::timeout(MINUTE, output)
+        .await
+        .unwrap_or_else(|_| panic!("kubectl-drover {args:?} did not finish in 1 min"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    eprintln!(
+        "$ kubectl-drover {}\n{}{}(exit {:?})",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        output.status.code()
+    );
+    output
+}
+
+fn names_in(page: &Value) -> Vec<String> {
+    let mut names: Vec<String> = page["jobs"]
+        .as_array()
+        .expect("a page of Jobs")
+        .iter()
+        .map(|j| {
+            j["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn finished_jobs_are_archived_before_deletion_and_kept_while_the_database_is_down() {
+    let env = drover_e2e::shared().await;
+    let mut postgres = Postgres::start(&env.control_plane.state_dir().join("archive"))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {}", drover_e2e::error_chain(&e)));
+    let url = postgres.url();
+    let history_port = ports::free_loopback_ports(1).expect("a port")[0];
+    let drover = start_drover_for_tests_with_args(env, archive_args(&url, history_port))
+        .await
+        .unwrap_or_else(|e| panic!("cannot start Drover: {}", drover_e2e::error_chain(&e)));
+    let operator_log = LogSince::now(drover.operator.log_path());
+    let client = env.control_plane.client().await.expect("client");
+    let namespace = env
+        .control_plane
+        .create_namespace("archive")
+        .await
+        .expect("namespace");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let fleets: Api<PipelineWorker> = Api::namespaced(client.clone(), &namespace);
+    let fleet = PipelineWorkerBuilder::sleep(FLEET)
+        .queue(
+            &format!("{namespace}-jobs"),
+            &format!("{namespace}-jobs-sub"),
+        )
+        .concurrency(10)
+        .replicas(1, 3)
+        .max_attempts(1)
+        .ttl_seconds_after_finished(TTL_SECONDS)
+        .build();
+    drover_e2e::drover::apply_fleet(&client, &namespace, fleet).await;
+    wait_for_archived(&fleets, "True", "Archiving", "", MINUTE).await;
+
+    // 1. 100 Jobs, 10 of which fail: each is deleted after its TTL, and
+    //    each is in the archive, with its steps, by then.
+    let first = create_batch(&jobs, "a", 100, 10).await;
+    wait::until(
+        "the 100 Jobs to be deleted after their TTL",
+        4 * MINUTE,
+        || async {
+            let left = remaining(&jobs, "a").await.len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} left"))
+            }
+        },
+    )
+    .await;
+    let stored = archived(&url, &namespace).await;
+    assert_eq!(stored.len(), 100, "{stored:?}");
+    for (name, (uid, phase)) in &first {
+        let (stored_uid, stored_phase, steps) = stored
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} was deleted without being archived"));
+        assert_eq!(stored_uid, uid, "{name}");
+        assert_eq!(stored_phase, &format!("{phase:?}"), "{name}");
+        assert!(*steps >= 1, "{name} was archived without its steps");
+    }
+
+    // 2. The database goes away: the next Jobs finish and stay, past their
+    //    TTL, and the fleet says why.
+    postgres.stop();
+    let second = create_batch(&jobs, "b", 20, 5).await;
+    let finished = wait::until("the 20 Jobs to finish", 2 * MINUTE, || async {
+        let left = remaining(&jobs, "b").await;
+        let unfinished = left
+            .iter()
+            .filter(|j| !j.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
+            .count();
+        if unfinished == 0 {
+            Ok(left)
+        } else {
+            Err(format!("{unfinished} unfinished"))
+        }
+    })
+    .await;
+    // A quiet period well past every TTL: nothing may be deleted.
+    let last_finished = finished
+        .iter()
+        .filter_map(|j| j.status.as_ref()?.finished_at.as_ref().map(|t| t.0))
+        .max()
+        .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+    let past_ttl = last_finished
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+            TTL_SECONDS + 15,
+        ))
+        .expect("a time");
+    while k8s_openapi::jiff::Timestamp::now() < past_ttl {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let kept = remaining(&jobs, "b").await;
+    let gone: Vec<&String> = second
+        .keys()
+        .filter(|name| !kept.iter().any(|j| &j.name_any() == *name))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "{} Jobs were deleted while the archive could not take them: {gone:?}",
+        gone.len()
+    );
+    assert!(
+        kept.iter()
+            .all(|j| j.status.as_ref().is_some_and(|s| s.phase.is_terminal())),
+        "every kept Job is finished"
+    );
+    let condition = wait_for_archived(
+        &fleets,
+        "False",
+        "ArchiveUnavailable",
+        "20 finished Jobs",
+        MINUTE,
+    )
+    .await;
+    eprintln!("Archived condition while down: {}", condition.message);
+
+    // 3. The database is back: the backlog drains into it.
+    let back = Instant::now();
+    postgres.restart().await.expect("restart PostgreSQL");
+    wait::until(
+        "the held-back Jobs to be archived and deleted",
+        MINUTE,
+        || async {
+            let left = remaining(&jobs, "b").await.len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} left"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "the backlog of 20 drained {:.1} s after the database came back",
+        back.elapsed().as_secs_f64()
+    );
+    wait_for_archived(&fleets, "True", "Archiving", "", MINUTE).await;
+    let stored = archived(&url, &namespace).await;
+    assert_eq!(stored.len(), 120);
+    for (name, (uid, phase)) in &second {
+        let (stored_uid, stored_phase, _) = stored
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} was deleted without being archived"));
+        assert_eq!((stored_uid, stored_phase), (uid, &format!("{phase:?}")));
+    }
+
+    // 4. `kubectl drover history` reads them back, by phase and worker.
+    let kubeconfig = env.control_plane.kubeconfig_path();
+    let archive_url = format!("--archive-url=http://127.0.0.1:{history_port}");
+    let failed = cli(
+        kubeconfig,
+        &namespace,
+        &[
+            "history",
+            "-w",
+            FLEET,
+            "--phase",
+            "Failed",
+            "-o",
+            "json",
+            &archive_url,
+        ],
+    )
+    .await;
+    assert!(failed.status.success());
+    let page: Value = serde_json::from_slice(&failed.stdout).expect("JSON");
+    let mut expected: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .filter(|(_, (_, phase))| *phase == JobPhase::Failed)
+        .map(|(name, _)| name.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(names_in(&page), expected);
+    assert_eq!(page["truncated"], false);
+    let job = &page["jobs"][0];
+    assert_eq!(job["status"]["error"]["reason"], "MaxAttemptsExceeded");
+
+    let everything = cli(
+        kubeconfig,
+        &namespace,
+        &[
+            "history",
+            "--since",
+            "1h",
+            "--limit",
+            "1000",
+            "-o",
+            "json",
+            &archive_url,
+        ],
+    )
+    .await;
+    let page: Value = serde_json::from_slice(&everything.stdout).expect("JSON");
+    assert_eq!(names_in(&page).len(), 120);
+
+    let other_worker = cli(
+        kubeconfig,
+        &namespace,
+        &["history", "-w", "nobody", "-o", "json", &archive_url],
+    )
+    .await;
+    let page: Value = serde_json::from_slice(&other_worker.stdout).expect("JSON");
+    assert!(names_in(&page).is_empty());
+
+    let table = cli(
+        kubeconfig,
+        &namespace,
+        &["history", "--phase", "Failed", "--limit", "3", &archive_url],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert_eq!(text.lines().count(), 4, "a header and 3 Jobs:\n{text}");
+    assert!(text.contains("MaxAttemptsExceeded"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&table.stderr).contains("more Jobs match"),
+        "a truncated page says so"
+    );
+
+    refusals::assert_none(&format!("namespace {namespace}"), &[operator_log]);
+}
