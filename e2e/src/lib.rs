@@ -32,6 +32,7 @@ pub mod postgres;
 pub mod process;
 pub mod pubsub_emulator;
 pub mod refusals;
+pub mod sandbox_archive;
 pub mod testenv;
 pub mod wait;
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover, start_kubelet};
+use drover_e2e::drover::{PUBSUB_PROJECT as PROJECT_ID, start_drover_with_args, start_kubelet};
 use drover_e2e::local_model::{self, LocalModel};
 use drover_e2e::{TestEnv, error_chain, manifests, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,12 +83,19 @@ async fn run(args: Args) -> Result<(), String> {
     let mut helm_progress = |line: &str| say(&format!("      {line}"));
     let helm = drover_e2e::testenv::ensure_helm(&mut helm_progress).map_err(|e| error_chain(&e))?;
     say("[3/4] operator and process kubelet");
+    // The Job archive, when PostgreSQL is installed; held until teardown.
+    let mut archive = None;
     let drover = if args.no_operator {
         let kubelet = start_kubelet(&env).await.map_err(|e| error_chain(&e))?;
         say("      no operator (--no-operator): install it with helm or kubectl, see the README");
         Running::KubeletOnly(kubelet)
     } else {
-        let drover = start_drover(&env).await.map_err(|e| error_chain(&e))?;
+        let mut archive_progress = |line: &str| say(&format!("      {line}"));
+        archive = drover_e2e::sandbox_archive::start(&state_dir, &mut archive_progress).await;
+        let archive_args = archive.as_ref().map(|a| a.operator_args.clone());
+        let drover = start_drover_with_args(&env, &archive_args.unwrap_or_default())
+            .await
+            .map_err(|e| error_chain(&e))?;
         say(&format!(
             "      operator running (logs {}), metrics at {}",
             drover.operator.log_path().display(),
@@ -131,6 +138,9 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     let env_file = write_env_file(&env, &helm, &state_dir)?;
+    if let Some(archive) = &archive {
+        archive.append_env(&env_file)?;
+    }
     say(&format!("      wrote {}", env_file.display()));
 
     say(&format!(
@@ -155,6 +165,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     // Workers and operator first, while the apiserver is still there for them.
     drop(drover);
+    drop(archive);
     drop(local_model);
     drop(env);
     say("sandbox stopped");
