@@ -29,7 +29,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// Every `n`-th Job of a batch fails (it has one attempt, and fails it).
 fn fails(index: usize, n: usize) -> bool {
-    index % n == 0
+    index.is_multiple_of(n)
 }
 
 /// Creates `count` Jobs named `<prefix>-NNN`; returns name -> (uid, phase it will end in).
