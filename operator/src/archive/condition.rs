@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn the_transition_time_moves_only_when_the_status_does() {
         let first = archived_condition(&down(1), None, &at(10), &[]);
-        let later = archived_condition(&down(7), None, &at(20), &[first.clone()]);
+        let later = archived_condition(&down(7), None, &at(20), std::slice::from_ref(&first));
         assert_eq!(later.last_transition_time, at(10));
         let back = ArchiveView {
             health: ArchiveHealth::Available,
