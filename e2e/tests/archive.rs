@@ -180,7 +180,14 @@ async fn finished_jobs_are_archived_before_deletion_and_kept_while_the_database_
         .unwrap_or_else(|e| panic!("cannot start PostgreSQL: {}", drover_e2e::error_chain(&e)));
     let url = postgres.url();
     let history_port = ports::free_loopback_ports(1).expect("a port")[0];
-    let drover = start_drover_for_tests_with_args(env, archive_args(&url, history_port))
+    // The apiserver proxies only to addresses an EndpointSlice may hold,
+    // never loopback: the history endpoint listens on this host's address.
+    let host = host_address();
+    let operator_args = vec![
+        format!("--archive-database-url={url}"),
+        format!("--archive-addr={host}:{history_port}"),
+    ];
+    let drover = start_drover_for_tests_with_args(env, operator_args)
         .await
         .unwrap_or_else(|e| panic!("cannot start Drover: {}", drover_e2e::error_chain(&e)));
     let operator_log = LogSince::now(drover.operator.log_path());
@@ -320,7 +327,7 @@ async fn finished_jobs_are_archived_before_deletion_and_kept_while_the_database_
 
     // 4. `kubectl drover history` reads them back, by phase and worker.
     let kubeconfig = env.control_plane.kubeconfig_path();
-    let archive_url = format!("--archive-url=http://127.0.0.1:{history_port}");
+    let archive_url = format!("--archive-url=http://{host}:{history_port}");
     let failed = cli(
         kubeconfig,
         &namespace,
@@ -392,5 +399,162 @@ async fn finished_jobs_are_archived_before_deletion_and_kept_while_the_database_
         "a truncated page says so"
     );
 
+    // 5. In a cluster the plugin reads it through the apiserver's service
+    //    proxy, as a user who holds only the chart's history-reader Role.
+    let reader = history_reader_kubeconfig(env, &client, host, history_port).await;
+    let proxied = cli(
+        &reader,
+        &namespace,
+        &["history", "-w", FLEET, "--phase", "Failed", "-o", "json"],
+    )
+    .await;
+    assert!(proxied.status.success(), "{proxied:?}");
+    let page: Value = serde_json::from_slice(&proxied.stdout).expect("JSON");
+    assert_eq!(names_in(&page), expected);
+    // That Role opens that port's proxy and nothing else.
+    let jobs_as_reader = cli(&reader, &namespace, &["get"]).await;
+    assert!(!jobs_as_reader.status.success());
+    assert!(
+        String::from_utf8_lossy(&jobs_as_reader.stderr).contains("forbidden"),
+        "{jobs_as_reader:?}"
+    );
+
     refusals::assert_none(&format!("namespace {namespace}"), &[operator_log]);
+}
+
+/// This host's address on its default route (never loopback).
+fn host_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+    // No packet is sent: connecting a UDP socket only picks the route.
+    socket
+        .connect("192.0.2.1:9")
+        .and_then(|()| socket.local_addr())
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .expect("this test needs an address other than loopback (a default route)")
+}
+
+/// Stands the local operator process in for the chart's operator pod behind
+/// the chart's archive Service (`drover-archive`, port `archive`), applies
+/// the chart's `drover-history-reader` Role as `helm template` renders it,
+/// and writes a kubeconfig for a ServiceAccount bound to it alone.
+async fn history_reader_kubeconfig(
+    env: &drover_e2e::TestEnv,
+    admin: &kube::Client,
+    host: std::net::IpAddr,
+    port: u16,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::{Patch, PatchParams};
+
+    let ns = drover_e2e::identity::OPERATOR_NAMESPACE;
+    let apply = PatchParams::apply("drover-e2e").force();
+    // The chart's Role for release `drover`.
+    let mut progress = |line: &str| eprintln!("{line}");
+    let helm = drover_e2e::testenv::ensure_helm(&mut progress).expect("helm");
+    let chart = drover_e2e::workspace_root().join("charts/drover");
+    let rendered = std::process::Command::new(helm)
+        .args(["template", "drover"])
+        .arg(&chart)
+        .args(["-n", ns, "--show-only", "templates/rbac.yaml"])
+        .args(["--set", "archive.enabled=true"])
+        .args(["--set", "archive.database.secretName=archive-db"])
+        .output()
+        .expect("helm template");
+    assert!(rendered.status.success(), "{rendered:?}");
+    let text = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let role: Role = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+        .filter_map(|doc: Value| serde_json::from_value::<Role>(doc).ok())
+        .find(|r| r.metadata.name.as_deref() == Some("drover-history-reader"))
+        .expect("the chart renders the history-reader Role");
+    Api::<Role>::namespaced(admin.clone(), ns)
+        .patch("drover-history-reader", &apply, &Patch::Apply(&role))
+        .await
+        .expect("apply the Role");
+
+    // A Pod that nobody runs, whose address is the operator process's.
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "drover-archive-standin", "labels": {"app": "archive-standin"}},
+        "spec": {"schedulerName": "nobody", "containers": [{"name": "operator", "image": "drover-operator:dev"}]}
+    }))
+    .expect("a Pod");
+    let pods = Api::<Pod>::namespaced(admin.clone(), ns);
+    let pod = pods
+        .patch("drover-archive-standin", &apply, &Patch::Apply(&pod))
+        .await
+        .expect("create the stand-in Pod");
+    pods.patch_status(
+        "drover-archive-standin",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"podIP": host.to_string(), "podIPs": [{"ip": host.to_string()}]}}),
+        ),
+    )
+    .await
+    .expect("give the stand-in its address");
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "drover-archive"},
+        "spec": {"ports": [{"name": "archive", "port": 8081, "targetPort": port}]}
+    }))
+    .expect("a Service");
+    Api::<Service>::namespaced(admin.clone(), ns)
+        .patch("drover-archive", &apply, &Patch::Apply(&service))
+        .await
+        .expect("create the archive Service");
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "drover-archive-standin", "labels": {
+            "kubernetes.io/service-name": "drover-archive",
+            "endpointslice.kubernetes.io/managed-by": "drover-e2e"}},
+        "addressType": if host.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [host.to_string()], "conditions": {"ready": true},
+                       "targetRef": {"kind": "Pod", "name": "drover-archive-standin", "namespace": ns, "uid": pod.uid()}}],
+        "ports": [{"name": "archive", "port": port, "protocol": "TCP"}]
+    }))
+    .expect("an EndpointSlice");
+    Api::<EndpointSlice>::namespaced(admin.clone(), ns)
+        .patch("drover-archive-standin", &apply, &Patch::Apply(&slice))
+        .await
+        .expect("create the EndpointSlice");
+
+    let account: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "history-reader"}
+    }))
+    .expect("a ServiceAccount");
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .patch("history-reader", &apply, &Patch::Apply(&account))
+        .await
+        .expect("create the ServiceAccount");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "history-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "drover-history-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "history-reader", "namespace": ns}]
+    }))
+    .expect("a RoleBinding");
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .patch("history-reader", &apply, &Patch::Apply(&binding))
+        .await
+        .expect("bind the Role");
+    let path = env
+        .control_plane
+        .state_dir()
+        .join("history-reader.kubeconfig");
+    drover_e2e::identity::write_token_kubeconfig(
+        admin,
+        env.control_plane.kubeconfig_path(),
+        &path,
+        ns,
+        "history-reader",
+        None,
+    )
+    .await
+    .expect("a kubeconfig of the reader");
+    path
 }
