@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use drover_crds::{Job, JobPhase, PipelineWorker};
-use drover_e2e::drover::{archive_args, binary, start_drover_for_tests_with_args};
+use drover_e2e::drover::{binary, start_drover_for_tests_with_args};
 use drover_e2e::postgres::Postgres;
 use drover_e2e::refusals::{self, LogSince};
 use drover_e2e::{ports, wait};
