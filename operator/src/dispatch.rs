@@ -287,9 +287,16 @@ async fn wake_when_archive_returns(
         if !health.borrow_and_update().is_available() {
             continue;
         }
-        for (namespace, name) in archive.take_waiting() {
-            // The receiver lives as long as the controller.
-            let _ = wake.unbounded_send(ObjectRef::new(&name).within(&namespace));
+        // Twice: a Job that saw the archive down just before it came back
+        // notes itself after the first pass.
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for (namespace, name) in archive.take_waiting() {
+                // The receiver lives as long as the controller.
+                let _ = wake.unbounded_send(ObjectRef::new(&name).within(&namespace));
+            }
         }
     }
 }

@@ -8,11 +8,15 @@ use drover_crds::Job;
 use kube::ResourceExt;
 use kube::api::Api;
 
-use super::Archive;
+use super::{Archive, ArchiveHealth};
 
 /// How soon a Job the archive could not take tries again (a database that
 /// comes back also wakes it at once).
 pub const ARCHIVE_RETRY: Duration = Duration::from_secs(5);
+/// While the archive is known to be down, a due Job waits this long for
+/// its next look, reading nothing: the probe that finds the database back
+/// wakes it at once, so this is only the fallback.
+pub const ARCHIVE_DOWN_RECHECK: Duration = Duration::from_secs(30);
 
 /// What to do with a finished Job whose TTL has passed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +43,12 @@ pub async fn before_delete(
         });
     };
     let key = (job.namespace().unwrap_or_default(), job.name_any());
+    // A pile of due Jobs must not read each from the apiserver and try the
+    // dead database every few seconds: they wait for the probe's wake.
+    if matches!(archive.health(), ArchiveHealth::Unavailable { .. }) {
+        archive.note_waiting(key);
+        return Ok(BeforeDelete::Keep(ARCHIVE_DOWN_RECHECK));
+    }
     let full = match jobs.get_opt(&job.name_any()).await? {
         Some(full) if full.uid() == job.uid() => full,
         _ => {
