@@ -195,3 +195,45 @@ async fn probe(archive: Archive) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished_job() -> Job {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
+            "metadata": {"name": "j1", "namespace": "team-a", "uid": "uid-1"},
+            "spec": {"worker": "sleeper", "input": {}},
+            "status": {"phase": "Succeeded", "attempt": 1, "finishedAt": "2027-01-15T08:00:00Z"}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_refuses_the_write_and_says_so_once() {
+        // Port 1 on loopback: nothing listens, the connect is refused at once.
+        let archive = Archive::start("postgres://drover@127.0.0.1:1/drover").unwrap();
+        assert!(archive.store(&finished_job()).await.is_err());
+        let ArchiveHealth::Unavailable { since, error } = archive.health() else {
+            panic!("{:?}", archive.health())
+        };
+        assert!(error.contains("cannot connect"), "{error}");
+        // Later failures (the reconnect pause among them) keep the first cause.
+        assert!(archive.store(&finished_job()).await.is_err());
+        assert_eq!(
+            archive.health(),
+            ArchiveHealth::Unavailable { since, error }
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_jobs_are_handed_out_once() {
+        let archive = Archive::start("postgres://drover@127.0.0.1:1/drover").unwrap();
+        archive.note_waiting(("a".into(), "j1".into()));
+        archive.note_waiting(("a".into(), "j2".into()));
+        archive.note_archived(&("a".into(), "j1".into()));
+        assert_eq!(archive.take_waiting(), [("a".to_owned(), "j2".to_owned())]);
+        assert!(archive.take_waiting().is_empty());
+    }
+}
