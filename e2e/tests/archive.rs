@@ -294,6 +294,32 @@ async fn finished_jobs_are_archived_before_deletion_and_kept_while_the_database_
     )
     .await;
     eprintln!("Archived condition while down: {}", condition.message);
+    // And so does the operator's metric that the DroverArchiveUnavailable alert reads.
+    let held_back = format!(
+        "drover_fleet_archive_held_back{{namespace=\"{namespace}\",worker=\"{FLEET}\"}} 20"
+    );
+    let metrics_addr = drover
+        .operator_metrics
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    wait::until(
+        "the operator's metrics to count 20 held back",
+        MINUTE,
+        || async {
+            let (_, text) = drover_e2e::observe::http_get(&metrics_addr, "/metrics").await?;
+            if text.contains(&held_back) {
+                Ok(())
+            } else {
+                Err(text
+                    .lines()
+                    .filter(|l| l.starts_with("drover_fleet_archive_held_back"))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            }
+        },
+    )
+    .await;
 
     // 3. The database is back: the backlog drains into it.
     let back = Instant::now();

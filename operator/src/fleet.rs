@@ -273,6 +273,17 @@ async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action
     let now = Timestamp::now();
     ctx.leading()?;
     let observed = observe(pw, ctx, &namespace, now).await?;
+    if let Some(view) = &observed.archive {
+        let fleet = FleetLabels {
+            namespace: namespace.clone(),
+            worker: pw.name_any(),
+        };
+        let held_back = i64::try_from(view.overdue).unwrap_or(i64::MAX);
+        ctx.metrics
+            .archive_held_back
+            .get_or_create(&fleet)
+            .set(held_back);
+    }
     let plan = fleet_plan::plan(&observed, now);
     ctx.leading()?;
     apply_plan(pw, ctx, &namespace, plan).await
