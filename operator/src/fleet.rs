@@ -273,17 +273,15 @@ async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action
     let now = Timestamp::now();
     ctx.leading()?;
     let observed = observe(pw, ctx, &namespace, now).await?;
-    if let Some(view) = &observed.archive {
-        let fleet = FleetLabels {
+    // Zero without an archive too: the alert's recording rule always has a series.
+    let held_back = observed.archive.as_ref().map_or(0, |view| view.overdue);
+    ctx.metrics
+        .archive_held_back
+        .get_or_create(&FleetLabels {
             namespace: namespace.clone(),
             worker: pw.name_any(),
-        };
-        let held_back = i64::try_from(view.overdue).unwrap_or(i64::MAX);
-        ctx.metrics
-            .archive_held_back
-            .get_or_create(&fleet)
-            .set(held_back);
-    }
+        })
+        .set(i64::try_from(held_back).unwrap_or(i64::MAX));
     let plan = fleet_plan::plan(&observed, now);
     ctx.leading()?;
     apply_plan(pw, ctx, &namespace, plan).await
