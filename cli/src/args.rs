@@ -46,6 +46,8 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Per fleet: backlog, replicas, throughput and error rate.
     Fleet(FleetArgs),
+    /// Finished Jobs from the operator's archive, after their TTL deleted them.
+    History(HistoryArgs),
 }
 
 /// How `dlq list` prints.
@@ -90,6 +92,9 @@ pub struct SubmitArgs {
     /// Overrides the worker's retry.maxAttempts.
     #[arg(long)]
     pub max_attempts: Option<i32>,
+    /// The Job's priority: higher is admitted first (default 0).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -184,6 +189,38 @@ pub struct FleetArgs {
     /// Throughput and error rate over this many minutes.
     #[arg(long, default_value_t = 5)]
     pub window_minutes: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Only the Jobs of this PipelineWorker.
+    #[arg(short = 'w', long)]
+    pub worker: Option<String>,
+    /// Only Jobs that finished this recently (`90s`, `15m`, `24h`, `7d`).
+    #[arg(long, value_parser = crate::history::parse_since)]
+    pub since: Option<std::time::Duration>,
+    /// Only Jobs that ended in this phase (Succeeded, Failed, Cancelled).
+    #[arg(long, value_parser = crate::history::parse_phase)]
+    pub phase: Option<drover_crds::JobPhase>,
+    /// At most this many Jobs, newest first (default 100, at most 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Output,
+    /// Namespace of the operator (the Helm release's).
+    #[arg(
+        long,
+        env = "DROVER_OPERATOR_NAMESPACE",
+        default_value = "drover-system"
+    )]
+    pub operator_namespace: String,
+    /// The operator's archive Service (`<release fullname>-archive`).
+    #[arg(long, env = "DROVER_ARCHIVE_SERVICE", default_value = "drover-archive")]
+    pub archive_service: String,
+    /// Read the archive endpoint at this URL instead of through the
+    /// apiserver (e.g. after `kubectl port-forward`).
+    #[arg(long, env = "DROVER_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
 }
 
 /// The Job input from `-f`'s text, `--input` and `--set` pairs, applied in
@@ -315,6 +352,37 @@ mod tests {
         assert!(submit.watch.watch);
         assert_eq!(submit.watch.output, Output::Json);
         assert_eq!(submit.set, ["durationMillis=5"]);
+    }
+
+    #[test]
+    fn submit_takes_a_priority_and_history_its_filters() {
+        let cli = Cli::try_parse_from(["kubectl-drover", "submit", "-w", "w", "--priority", "-5"])
+            .unwrap();
+        let Command::Submit(submit) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(submit.priority, Some(-5));
+        let cli = Cli::try_parse_from([
+            "kubectl-drover",
+            "-A",
+            "history",
+            "-w",
+            "sleeper",
+            "--since",
+            "24h",
+            "--phase",
+            "Failed",
+        ])
+        .unwrap();
+        let Command::History(history) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(cli.all_namespaces);
+        assert_eq!(history.worker.as_deref(), Some("sleeper"));
+        assert_eq!(history.since, Some(std::time::Duration::from_secs(86_400)));
+        assert_eq!(history.phase, Some(drover_crds::JobPhase::Failed));
+        let bad = Cli::try_parse_from(["kubectl-drover", "history", "--phase", "Running"]);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn submit(target: &Target, args: &SubmitArgs) -> anyhow::Result<ExitCo
         "worker": args.worker,
         "input": input,
         "maxAttempts": args.max_attempts,
+        "priority": args.priority,
     }))
     .context("building the Job")?;
     let mut job = Job::new(args.name.as_deref().unwrap_or_default(), spec);

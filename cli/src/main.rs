@@ -5,6 +5,7 @@ mod cluster;
 mod commands;
 mod dlq;
 mod fleet;
+mod history;
 mod logs;
 mod render;
 mod timeline;
@@ -42,5 +43,6 @@ async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(DlqCommand::List(args)) => dlq::list(&target, args).await,
         Command::Dlq(DlqCommand::Replay(args)) => dlq::replay(&target, args).await,
         Command::Fleet(args) => commands::fleets(&target, args).await,
+        Command::History(args) => history::history(&target, args).await,
     }
 }

@@ -27,6 +27,7 @@ fn help_lists_every_command_and_kubectls_flags() {
         "resubmit",
         "dlq",
         "fleet",
+        "history",
         "--namespace",
         "--context",
         "--all-namespaces",

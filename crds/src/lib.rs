@@ -7,6 +7,7 @@ pub mod claim_clock;
 pub mod egress;
 pub mod failure;
 pub mod fleet_conditions;
+pub mod history;
 pub mod input;
 pub mod job;
 pub mod job_state;

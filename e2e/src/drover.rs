@@ -81,11 +81,20 @@ pub fn start_operator(
     start_operator_with_args(env, options, &[])
 }
 
-/// [`start_operator`] with more flags (the callback receiver's, say).
+/// The operator's flags that archive finished Jobs in the database at
+/// `database_url` and serve their history on `127.0.0.1:<history_port>`.
+pub fn archive_args(database_url: &str, history_port: u16) -> Vec<String> {
+    vec![
+        format!("--archive-database-url={database_url}"),
+        format!("--archive-addr=127.0.0.1:{history_port}"),
+    ]
+}
+
+/// [`start_operator`] with `extra` flags (e.g. [`archive_args`]).
 pub fn start_operator_with_args(
     env: &TestEnv,
     options: &OperatorOptions,
-    extra_args: &[String],
+    extra: &[String],
 ) -> Result<ManagedProcess, DroverBinaryError> {
     let bin = binary("drover-operator")?;
     let state = env.control_plane.state_dir();
@@ -105,7 +114,7 @@ pub fn start_operator_with_args(
         ])
         .args(["--identity", &options.identity])
         .args(["--lease-seconds", &options.lease_seconds.to_string()])
-        .args(extra_args);
+        .args(extra);
     if let Some(failpoints) = &options.failpoints {
         command.env(drover_runtime::failpoint::ENV, failpoints);
     }
@@ -167,6 +176,14 @@ pub async fn start_kubelet(
 
 /// Starts a process kubelet ([`start_kubelet`]) and one operator.
 pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverError> {
+    start_drover_with_args(env, &[]).await
+}
+
+/// [`start_drover`] with `extra` operator flags (e.g. [`archive_args`]).
+pub async fn start_drover_with_args(
+    env: &TestEnv,
+    extra: &[String],
+) -> Result<DroverProcesses, StartDroverError> {
     let kubelet = start_kubelet(env).await?;
     let port = crate::ports::free_loopback_ports(1)
         .map_err(StartDroverError::Port)?
@@ -174,7 +191,7 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
         .copied()
         .unwrap_or_default();
     let kubeconfig = crate::identity::operator_kubeconfig(env).await?;
-    let operator = start_operator(
+    let operator = start_operator_with_args(
         env,
         &OperatorOptions {
             identity: "operator-0".into(),
@@ -183,6 +200,7 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
             kubeconfig,
             failpoints: None,
         },
+        extra,
     )?;
     Ok(DroverProcesses {
         operator,
@@ -198,6 +216,14 @@ pub async fn start_drover(env: &TestEnv) -> Result<DroverProcesses, StartDroverE
 /// test binary.
 pub async fn start_drover_for_tests(
     env: &'static TestEnv,
+) -> Result<DroverProcesses, StartDroverError> {
+    start_drover_for_tests_with_args(env, Vec::new()).await
+}
+
+/// [`start_drover_for_tests`] with `extra` operator flags.
+pub async fn start_drover_for_tests_with_args(
+    env: &'static TestEnv,
+    extra: Vec<String>,
 ) -> Result<DroverProcesses, StartDroverError> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
@@ -215,7 +241,7 @@ pub async fn start_drover_for_tests(
                 }
             };
             runtime.block_on(async move {
-                let _ = sender.send(start_drover(env).await);
+                let _ = sender.send(start_drover_with_args(env, &extra).await);
                 std::future::pending::<()>().await
             });
         });

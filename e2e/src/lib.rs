@@ -8,6 +8,7 @@
 //!   control plane, in namespaces of its own.
 //! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
 //! * [`media_server`] serves a directory over HTTP, for media pods must fetch.
+//! * [`postgres`] runs a throwaway PostgreSQL server for the Job archive.
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -30,9 +31,11 @@ pub mod node;
 pub mod node_drover;
 pub mod observe;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod pubsub_emulator;
 pub mod refusals;
+pub mod sandbox_archive;
 pub mod testenv;
 pub mod wait;
 

@@ -213,7 +213,8 @@ fn rendered_prometheus_rules_pass_promtool() {
             "DroverJobLatencyHigh",
             "DroverWorkerRestarting",
             "DroverOperatorNotReconciling",
-            "DroverJobsStuck"
+            "DroverJobsStuck",
+            "DroverArchiveUnavailable"
         ]
     );
     // Every alert has its summary, description and runbook section.

@@ -3,6 +3,7 @@
 
 use drover_crds::egress::Cidr;
 
+use crate::archive::Archive;
 use crate::callback_token::CallbackUrls;
 use crate::rbac::SecretCheck;
 
@@ -30,4 +31,7 @@ pub struct OperatorConfig {
     /// Signs the per-Job callback URLs providers call; `None`: the operator
     /// serves no callbacks and Waiting Jobs are only polled.
     pub callbacks: Option<CallbackUrls>,
+    /// Where finished Jobs are archived before their TTL deletes them;
+    /// `None`: nowhere (they are deleted at once).
+    pub archive: Option<Archive>,
 }

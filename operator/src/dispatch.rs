@@ -49,6 +49,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::admission::{CONDITION_ADMITTED, Limits, WaitReason};
 use crate::admission_state::{Admission, AdmissionState, FleetKey, fleet_of};
+use crate::archive::{self, gate::BeforeDelete};
 use crate::config::OperatorConfig;
 use crate::health;
 use crate::job_policy::{JobSettings, NextStep, QUEUE_READY_POLL, next_step};
@@ -73,6 +74,8 @@ pub enum Error {
     },
     #[error("cannot delete Job {job}: {source}")]
     Delete { job: String, source: kube::Error },
+    #[error("cannot read Job {job} to archive it: {source}")]
+    Archive { job: String, source: kube::Error },
     #[error("this replica cannot prove it still leads; it publishes and writes nothing")]
     NotLeading,
 }
@@ -89,6 +92,7 @@ impl Error {
             Error::Status { .. } => "status",
             Error::Transition { .. } => "transition",
             Error::Delete { .. } => "delete",
+            Error::Archive { .. } => "archive",
             Error::NotLeading => "not_leading",
         }
     }
@@ -201,6 +205,9 @@ pub async fn run(
     }
 
     let (wake, woken) = mpsc::unbounded();
+    if let Some(archive) = &config.archive {
+        tokio::spawn(wake_when_archive_returns(archive.clone(), wake.clone()));
+    }
     tokio::spawn(wake_freed(
         watches.freed,
         watches.admission.clone(),
@@ -269,6 +276,32 @@ async fn wake_freed(
             for name in admission.pass(&key, &fleet, now).wake {
                 // The receiver lives as long as the controller.
                 let _ = wake.unbounded_send(ObjectRef::new(&name).within(&key.0));
+            }
+        }
+    }
+}
+
+/// Wakes the Jobs whose deletion waits for the archive as soon as it
+/// answers again, so the backlog drains at once rather than at each Job's
+/// next look.
+async fn wake_when_archive_returns(
+    archive: archive::Archive,
+    wake: mpsc::UnboundedSender<ObjectRef<Job>>,
+) {
+    let mut health = archive.subscribe();
+    while health.changed().await.is_ok() {
+        if !health.borrow_and_update().is_available() {
+            continue;
+        }
+        // Twice: a Job that saw the archive down just before it came back
+        // notes itself after the first pass.
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            for (namespace, name) in archive.take_waiting() {
+                // The receiver lives as long as the controller.
+                let _ = wake.unbounded_send(ObjectRef::new(&name).within(&namespace));
             }
         }
     }
@@ -446,16 +479,34 @@ async fn reconcile_job(job: &Job, ctx: &Context) -> Result<Action, Error> {
         }
         NextStep::Delete => {
             let jobs = Api::<Job>::namespaced(ctx.client.clone(), &namespace);
+            // While the archive is enabled, only what it holds is deleted.
+            ctx.leading()?;
+            let resource_version =
+                match archive::gate::before_delete(ctx.config.archive.as_ref(), &jobs, job)
+                    .await
+                    .map_err(|source| Error::Archive {
+                        job: job.name_any(),
+                        source,
+                    })? {
+                    BeforeDelete::Delete { resource_version } => resource_version,
+                    BeforeDelete::Keep(wait) => return Ok(Action::requeue(wait)),
+                    BeforeDelete::Gone => return Ok(Action::await_change()),
+                };
+            let archived = resource_version.is_some();
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: job.uid(),
-                    resource_version: None,
+                    resource_version,
                 }),
                 ..DeleteParams::background()
             };
             ctx.leading()?;
             match jobs.delete(&job.name_any(), &params).await {
                 Ok(_) => Ok(Action::await_change()),
+                // Changed since it was archived: decide again on what it is now.
+                Err(kube::Error::Api(status)) if status.code == 409 && archived => {
+                    Ok(Action::requeue(Duration::from_secs(1)))
+                }
                 Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
                     Ok(Action::await_change())
                 }

@@ -32,12 +32,15 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::admission_state::AdmissionState;
+use crate::archive::condition::ArchiveView;
+use crate::archive::{Archive, ArchiveHealth};
 use crate::config::OperatorConfig;
 use crate::deployment::{pipeline_secrets, worker_deployment};
 use crate::fleet_plan::{
     self, FleetEvent, FleetMemory, FleetObservation, FleetPlan, POD_DELETION_COST, PodCost,
 };
 use crate::health::Problem;
+use crate::job_policy::{NextStep, next_step};
 use crate::labels::{self, FIELD_MANAGER, WORKER_LABEL};
 use crate::leader::LeaderGate;
 use crate::metrics::{BacklogLabels, ErrorLabels, FleetLabels, Metrics, ScaleLabels};
@@ -200,6 +203,13 @@ pub async fn run(
         .touched_objects();
 
     let (wake, woken) = mpsc::unbounded();
+    if let Some(archive) = &config.archive {
+        tokio::spawn(wake_on_archive_change(
+            archive.clone(),
+            watches.fleets.clone(),
+            wake.clone(),
+        ));
+    }
     let context = Arc::new(Context {
         client,
         config,
@@ -279,6 +289,15 @@ async fn observe_plan_apply(pw: &PipelineWorker, ctx: &Context) -> Result<Action
     let now = Timestamp::now();
     ctx.leading()?;
     let observed = observe(pw, ctx, &namespace, now).await?;
+    // Zero without an archive too: the alert's recording rule always has a series.
+    let held_back = observed.archive.as_ref().map_or(0, |view| view.overdue);
+    ctx.metrics
+        .archive_held_back
+        .get_or_create(&FleetLabels {
+            namespace: namespace.clone(),
+            worker: pw.name_any(),
+        })
+        .set(i64::try_from(held_back).unwrap_or(i64::MAX));
     let plan = fleet_plan::plan(&observed, now);
     ctx.leading()?;
     apply_plan(pw, ctx, &namespace, plan).await
@@ -332,7 +351,50 @@ async fn observe<'a>(
         since_children,
         memory,
         since_sync,
+        archive: archive_view(ctx, pw, namespace, now),
     })
+}
+
+/// The archive's health for the fleet's `Archived` condition, with the
+/// fleet's Jobs held back past their TTL (counted only while it is down).
+fn archive_view(
+    ctx: &Context,
+    pw: &PipelineWorker,
+    namespace: &str,
+    now: Timestamp,
+) -> Option<ArchiveView> {
+    let health = ctx.config.archive.as_ref()?.health();
+    let overdue = match health {
+        ArchiveHealth::Unavailable { .. } => ctx
+            .jobs
+            .state()
+            .iter()
+            .filter(|job| {
+                job.spec.worker == pw.name_any()
+                    && job.namespace().as_deref() == Some(namespace)
+                    && job.meta().deletion_timestamp.is_none()
+                    && next_step(job, Some(pw), None, now) == NextStep::Delete
+            })
+            .count(),
+        _ => 0,
+    };
+    Some(ArchiveView { health, overdue })
+}
+
+/// Reconciles every fleet when the archive comes or goes, so their
+/// `Archived` conditions follow within a reconcile.
+async fn wake_on_archive_change(
+    archive: Archive,
+    fleets: Store<PipelineWorker>,
+    wake: mpsc::UnboundedSender<ObjectRef<PipelineWorker>>,
+) {
+    let mut health = archive.subscribe();
+    while health.changed().await.is_ok() {
+        for fleet in fleets.state() {
+            // The receiver lives as long as the controller.
+            let _ = wake.unbounded_send(ObjectRef::from_obj(fleet.as_ref()));
+        }
+    }
 }
 
 /// Reconciles the other fleets on this fleet's subscription that do not

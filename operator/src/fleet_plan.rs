@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use crate::archive::condition::{ArchiveView, archived_condition};
+use crate::archive::gate::ARCHIVE_RETRY;
 use crate::backlog::BacklogCount;
 use crate::health::{self, Problem};
 use crate::labels;
@@ -83,6 +85,8 @@ pub struct FleetObservation<'a> {
     pub memory: FleetMemory,
     /// Time since the last full sync by this process; `None` before the first.
     pub since_sync: Option<Duration>,
+    /// What the archive's health means for this fleet; `None` without an archive.
+    pub archive: Option<ArchiveView>,
 }
 
 /// What one reconcile does.
@@ -324,7 +328,15 @@ pub fn plan(observed: &FleetObservation<'_>, now: Timestamp) -> FleetPlan {
         pods: observed.pods.clone(),
     };
     let now_time = Time(now);
-    let conditions = health::conditions(&health, generation, &now_time, &previous.conditions);
+    let mut conditions = health::conditions(&health, generation, &now_time, &previous.conditions);
+    if let Some(view) = &observed.archive {
+        conditions.push(archived_condition(
+            view,
+            generation,
+            &now_time,
+            &previous.conditions,
+        ));
+    }
     let problem = health::degraded_problem(&health);
     let announced_problem = problem.as_ref().map(|p| p.reason);
 
@@ -431,6 +443,14 @@ fn next_wake(
     {
         wake = wake.min(SLOW_CHECK_BROKEN);
     }
+    // The count of Jobs held back grows without any Job event: recount it.
+    if observed
+        .archive
+        .as_ref()
+        .is_some_and(|view| !view.health.is_available())
+    {
+        wake = wake.min(ARCHIVE_RETRY);
+    }
     wake
 }
 
@@ -494,6 +514,7 @@ mod tests {
             since_children: None,
             memory: FleetMemory::default(),
             since_sync: None,
+            archive: None,
         }
     }
 
@@ -947,5 +968,46 @@ mod tests {
             false,
             Some(1)
         ));
+    }
+
+    #[test]
+    fn an_unreachable_archive_shows_on_the_fleet_and_leaves_it_ready() {
+        let pw = fleet();
+        let mut observed = observe(&pw, 0);
+        observed.archive = Some(ArchiveView {
+            health: crate::archive::ArchiveHealth::Unavailable {
+                since: at(0),
+                error: "connection refused".into(),
+            },
+            overdue: 3,
+        });
+        let status = plan(&observed, at(5)).sync.unwrap().status;
+        let archived = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Archived")
+            .expect("an Archived condition");
+        assert_eq!(
+            (archived.status.as_str(), archived.reason.as_str()),
+            ("False", "ArchiveUnavailable")
+        );
+        assert!(
+            archived.message.contains("3 finished Jobs"),
+            "{}",
+            archived.message
+        );
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+    }
+
+    #[test]
+    fn without_an_archive_there_is_no_archived_condition() {
+        let pw = fleet();
+        let status = plan(&observe(&pw, 0), at(5)).sync.unwrap().status;
+        assert!(status.conditions.iter().all(|c| c.type_ != "Archived"));
     }
 }

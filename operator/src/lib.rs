@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod admission_state;
+pub mod archive;
 pub mod backlog;
 pub mod callback;
 pub mod callback_settings;

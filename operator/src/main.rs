@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use clap::Parser;
+use drover_operator::archive::{self, Archive};
 use drover_operator::config::OperatorConfig;
 use drover_operator::leader::{Leadership, LeaseSettings, default_identity};
 use drover_operator::metrics::Metrics;
@@ -74,6 +75,22 @@ struct Args {
     )]
     secret_check_role: String,
 
+    /// PostgreSQL URL of the Job archive (`postgres://user:password@host/db`):
+    /// finished Jobs are written there before their TTL deletes them, and
+    /// are not deleted while it cannot be reached. Empty: no archive.
+    #[arg(
+        long,
+        env = "DROVER_ARCHIVE_DATABASE_URL",
+        default_value = "",
+        hide_env_values = true
+    )]
+    archive_database_url: String,
+
+    /// Address of the archive's read-only HTTP endpoint (`kubectl drover
+    /// history`), served only with an archive.
+    #[arg(long, env = "DROVER_ARCHIVE_ADDR", default_value = "0.0.0.0:8082")]
+    archive_addr: SocketAddr,
+
     /// This replica's identity in the Lease (its pod name).
     #[arg(long, env = "DROVER_POD_NAME")]
     identity: Option<String>,
@@ -118,6 +135,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube_client().await?;
     let endpoint = PubSubEndpoint::from_env();
     let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let archive = match args.archive_database_url.trim() {
+        "" => None,
+        url => Some(Archive::start(url).context("--archive-database-url")?),
+    };
     let config = OperatorConfig {
         worker_image: args.worker_image.clone(),
         pubsub_project: args.pubsub_project.clone(),
@@ -127,6 +148,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("--cluster-cidrs")?,
         secret_check: secret_check(&client, &args.secret_check_role).await?,
         callbacks: args.callbacks.urls().context("callback settings")?,
+        archive: archive.clone(),
     };
     let queue = QueueAdmin::connect(&endpoint)
         .await
@@ -150,6 +172,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Arc::new(health),
         http::Router::new(),
     ));
+
+    // Every replica serves the archive's history, standbys included.
+    let archive_server = tokio::spawn({
+        let (addr, archive) = (args.archive_addr, archive.clone());
+        async move {
+            match archive {
+                Some(archive) => archive::http::serve(addr, archive).await,
+                None => std::future::pending().await,
+            }
+        }
+    });
 
     let lease = LeaseSettings {
         namespace: args.lease_namespace.clone(),
@@ -218,6 +251,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(Ok(())) => Err(anyhow::anyhow!("the metrics server stopped")),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("the metrics server failed")),
             Err(e) => Err(anyhow::Error::new(e).context("the metrics server panicked")),
+        },
+        served = archive_server => match served {
+            Ok(Ok(())) => Err(anyhow::anyhow!("the archive server stopped")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the archive server failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("the archive server panicked")),
         },
     };
     leadership.release().await;

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub job_outcomes: Family<OutcomeLabels, Counter>,
     pub jobs_published: Family<PublishLabels, Counter>,
     pub dispatch_latency: Histogram,
+    /// Finished Jobs past their TTL that stay because the archive is down.
+    pub archive_held_back: Family<FleetLabels, Gauge>,
 }
 
 impl Metrics {
@@ -86,6 +88,7 @@ impl Metrics {
             job_outcomes: Family::default(),
             jobs_published: Family::default(),
             dispatch_latency: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            archive_held_back: Family::default(),
         };
         // Alerts use increase(): a series must exist at zero before its first
         // event, or that event is the series' first sample and shows no rise.
@@ -160,6 +163,11 @@ impl Metrics {
             "job_dispatch_latency_seconds",
             "Time from a Job's creation to its first message",
             metrics.dispatch_latency.clone(),
+        );
+        r.register(
+            "fleet_archive_held_back",
+            "Finished Jobs of a fleet past their TTL, kept because the archive cannot take them",
+            metrics.archive_held_back.clone(),
         );
         metrics
     }

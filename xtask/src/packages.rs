@@ -12,7 +12,7 @@ pub struct DebianPackage {
 }
 
 /// What `cargo test --workspace` needs from Debian.
-pub const TEST_PACKAGES: [DebianPackage; 5] = [
+pub const TEST_PACKAGES: [DebianPackage; 6] = [
     DebianPackage {
         name: "prometheus",
         commands: &["prometheus", "promtool"],
@@ -37,6 +37,13 @@ pub const TEST_PACKAGES: [DebianPackage; 5] = [
         name: "tmux",
         commands: &["tmux"],
         needed_by: "the CLI's terminal test (kubectl-drover submit --watch in a tmux pane)",
+    },
+    DebianPackage {
+        name: "postgresql",
+        // The tests run the server from /usr/lib/postgresql/*/bin, which is
+        // not on PATH; postgresql-common's cluster tool is, with the server only.
+        commands: &["pg_ctlcluster"],
+        needed_by: "the archive test and the sandbox's archive (a throwaway PostgreSQL server)",
     },
 ];
 
@@ -85,7 +92,14 @@ mod tests {
     fn everything_is_missing_on_a_fresh_machine() {
         assert_eq!(
             names(&missing(&TEST_PACKAGES, |_| false)),
-            ["prometheus", "ffmpeg", "espeak-ng", "faketime", "tmux"]
+            [
+                "prometheus",
+                "ffmpeg",
+                "espeak-ng",
+                "faketime",
+                "tmux",
+                "postgresql"
+            ]
         );
     }
 
