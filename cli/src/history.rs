@@ -171,7 +171,7 @@ fn row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
             .unwrap_or_default(),
         job.creation_timestamp()
             .zip(finished)
-            .map(|(created, finished)| render::duration(render::elapsed(created.0, finished)))
+            .map(|(created, finished)| render::span(created.0, finished))
             .unwrap_or_default(),
         status.error.map(|e| e.reason).unwrap_or_default(),
     ]);

@@ -32,6 +32,15 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// How long from `start` to `end`, both whole-second Kubernetes times: an
+/// interval within one second reads `<1s`, not a false `0ms`.
+pub fn span(start: Timestamp, end: Timestamp) -> String {
+    match elapsed(start, end) {
+        d if d.is_zero() => "<1s".to_owned(),
+        d => duration(d),
+    }
+}
+
 /// kubectl's ages: `12s`, `5m`, `3h`, `2d`.
 pub fn age(since: Timestamp, now: Timestamp) -> String {
     let secs = elapsed(since, now).as_secs();
@@ -319,6 +328,8 @@ mod tests {
         assert_eq!(age(ago(600).0, now()), "10m");
         assert_eq!(age(ago(3 * 86_400).0, now()), "3d");
         assert_eq!(age(ago(-30).0, now()), "0s", "a clock ahead of ours");
+        assert_eq!(span(ago(5).0, ago(5).0), "<1s");
+        assert_eq!(span(ago(65).0, now()), "1m05s");
     }
 
     #[test]

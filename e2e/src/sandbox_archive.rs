@@ -1,82 +1,102 @@
 //! The sandbox's Job archive: a throwaway PostgreSQL server ([`crate::postgres`])
-//! when Debian's `postgresql` is installed, the operator flags that use it,
-//! and the line of the env file that points `kubectl drover history` at the
-//! operator's history endpoint. Without the package the sandbox runs without
-//! an archive and says how to get one.
+//! on this machine when Debian's `postgresql` is installed, turned on in the
+//! chart the sandbox installed on the node, so `kubectl drover history` reads
+//! it through the apiserver's service proxy as it would in a cluster. Without
+//! the package the sandbox runs without an archive and says how to get one.
 
-use std::io::Write as _;
+use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::drover::archive_args;
-use crate::postgres::{INSTALL_HINT, Postgres, PostgresError};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::node::chart;
+use crate::postgres::{INSTALL_HINT, Postgres, PostgresError, USER};
+
+/// The Secret the chart reads the database URL from.
+const DATABASE_SECRET: &str = "drover-archive-database";
 
 /// A running archive for the sandbox's operator.
 pub struct SandboxArchive {
     /// Held until teardown; dropped, the server stops and its data goes.
     pub postgres: Postgres,
-    /// The operator's flags that archive into it.
-    pub operator_args: Vec<String>,
-    /// The operator's history endpoint.
-    pub history_url: String,
 }
 
 /// Starts PostgreSQL for the archive, or says why there is none (`say` gets
 /// each line to print). Logs go to `<state_dir>/archive`.
 pub async fn start(state_dir: &Path, say: &mut dyn FnMut(&str)) -> Option<SandboxArchive> {
-    let postgres = match Postgres::start(&state_dir.join("archive")).await {
-        Ok(postgres) => postgres,
+    match Postgres::start(&state_dir.join("archive")).await {
+        Ok(postgres) => {
+            say(&format!(
+                "archive: PostgreSQL at {} (log {})",
+                postgres.url(),
+                postgres.log_path().display()
+            ));
+            Some(SandboxArchive { postgres })
+        }
         Err(PostgresError::NotInstalled) => {
             say(&format!(
                 "no archive: PostgreSQL is not installed (`{INSTALL_HINT}` gives finished Jobs a history that outlives their TTL, `kubectl drover history`)"
             ));
-            return None;
+            None
         }
         Err(error) => {
             say(&format!(
                 "no archive: PostgreSQL does not start: {}",
                 crate::error_chain(&error)
             ));
-            return None;
+            None
         }
-    };
-    let port = match crate::ports::free_loopback_ports(1) {
-        Ok(ports) => ports.first().copied().unwrap_or_default(),
-        Err(error) => {
-            say(&format!(
-                "no archive: no free port for its endpoint: {error}"
-            ));
-            return None;
-        }
-    };
-    say(&format!(
-        "archive: PostgreSQL at {} (log {})",
-        postgres.url(),
-        postgres.log_path().display()
-    ));
-    Some(SandboxArchive {
-        operator_args: archive_args(&postgres.url(), port),
-        history_url: format!("http://127.0.0.1:{port}"),
-        postgres,
-    })
+    }
 }
 
 impl SandboxArchive {
-    /// Adds `DROVER_ARCHIVE_URL` to the env file: the operator runs as a
-    /// local process here, so the CLI reaches it directly, not through the
-    /// apiserver's service proxy.
-    pub fn append_env(&self, env_file: &Path) -> Result<(), String> {
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(env_file)
-            .map_err(|e| format!("cannot open {}: {e}", env_file.display()))?;
-        writeln!(
-            file,
-            "# `kubectl drover history` reads the operator's archive here.\n\
-             export DROVER_ARCHIVE_URL={}\n\
-             export DROVER_ARCHIVE_DATABASE_URL={}",
-            self.history_url,
-            self.postgres.url()
+    /// Turns the archive on in the installed chart: the database URL, as the
+    /// operator pod reaches it (`pod_address`), goes into a Secret, and
+    /// `helm upgrade` sets `archive.enabled` and waits for the new pod.
+    pub async fn enable_in_chart(
+        &self,
+        client: &kube::Client,
+        helm: &Path,
+        kubeconfig: &Path,
+        pod_address: SocketAddr,
+    ) -> Result<(), String> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), chart::OPERATOR_NAMESPACE);
+        let secret = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": DATABASE_SECRET},
+            "stringData": {"url": format!("postgres://{USER}@{pod_address}/postgres")},
+        });
+        secrets
+            .patch(
+                DATABASE_SECRET,
+                &PatchParams::apply("drover-sandbox").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(|e| format!("cannot write the archive's Secret: {e}"))?;
+        let kubeconfig = kubeconfig.display().to_string();
+        let secret_name = format!("archive.database.secretName={DATABASE_SECRET}");
+        crate::observe::run(
+            helm,
+            &[
+                "upgrade",
+                chart::RELEASE,
+                "charts/drover",
+                "--kubeconfig",
+                &kubeconfig,
+                "--namespace",
+                chart::OPERATOR_NAMESPACE,
+                "--reuse-values",
+                "--set",
+                "archive.enabled=true",
+                "--set",
+                &secret_name,
+                "--wait",
+                "--timeout",
+                "2m",
+            ],
         )
-        .map_err(|e| format!("cannot write {}: {e}", env_file.display()))
+        .map(|_| ())
     }
 }

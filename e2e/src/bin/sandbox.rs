@@ -17,6 +17,7 @@ use drover_e2e::local_model::{self, LocalModel};
 use drover_e2e::media_server::MediaServer;
 use drover_e2e::node::{self, chart};
 use drover_e2e::node_drover::{self, NodeDrover, NodeDroverOptions};
+use drover_e2e::sandbox_archive::{self, SandboxArchive};
 use drover_e2e::{ensure_built, error_chain, manifests, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -103,9 +104,12 @@ async fn run(args: Args) -> Result<(), String> {
     for line in kubectl(&bins.kubectl, &kubeconfig, &["get", "nodes", "-o", "wide"])?.lines() {
         say(&format!("      {line}"));
     }
+    // The Job archive, when PostgreSQL is installed; held until teardown.
+    let mut archive = None;
     if args.no_operator {
         say("      no operator (--no-operator): install it with helm or kubectl, see the README");
     } else {
+        archive = start_archive(&state_dir, &mut stack, &kubeconfig).await?;
         report_containers(&stack, chart::OPERATOR_NAMESPACE).await;
     }
 
@@ -195,7 +199,10 @@ async fn run(args: Args) -> Result<(), String> {
     drop(client);
     drop(local_model);
     drop(media);
-    match stack.stop() {
+    // The operator goes with the node; the database it wrote to after it.
+    let stopped = stack.stop();
+    drop(archive);
+    match stopped {
         Ok(teardown) if teardown.leftovers.is_empty() => say(&format!(
             "sandbox stopped in {:.1} s, nothing left behind",
             teardown.duration.as_secs_f64()
@@ -208,6 +215,30 @@ async fn run(args: Args) -> Result<(), String> {
         Err(e) => return Err(format!("stopping the node: {}", error_chain(&e))),
     }
     Ok(())
+}
+
+/// Starts PostgreSQL on this machine, exposes it to pods and turns the
+/// archive on in the installed chart; `None` (said why) without PostgreSQL.
+async fn start_archive(
+    state_dir: &Path,
+    stack: &mut NodeDrover,
+    kubeconfig: &Path,
+) -> Result<Option<SandboxArchive>, String> {
+    let mut progress = |line: &str| say(&format!("      {line}"));
+    let Some(archive) = sandbox_archive::start(state_dir, &mut progress).await else {
+        return Ok(None);
+    };
+    let pod_address = stack
+        .expose(archive.postgres.port())
+        .map_err(|e| format!("cannot expose PostgreSQL to pods: {e}"))?;
+    let client = stack.client().await.map_err(|e| error_chain(&e))?;
+    archive
+        .enable_in_chart(&client, &stack.helm, kubeconfig, pod_address)
+        .await?;
+    say(&format!(
+        "      archive on: the operator writes finished Jobs to PostgreSQL at {pod_address}; `kubectl drover history` reads them"
+    ));
+    Ok(Some(archive))
 }
 
 /// Applies the samples, pointed at what pods on the node reach (the model,
