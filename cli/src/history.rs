@@ -157,15 +157,8 @@ fn headers(with_namespace: bool) -> Vec<&'static str> {
 fn row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
     let status = job.status.clone().unwrap_or_default();
     let finished = status.finished_at.as_ref().map(|t| t.0);
-    let mut row = Vec::new();
-    if with_namespace {
-        row.push(job.namespace().unwrap_or_default());
-    }
+    let mut row = render::job_columns(job, with_namespace);
     row.extend([
-        job.name_any(),
-        job.spec.worker.clone(),
-        format!("{:?}", status.phase),
-        status.attempt.to_string(),
         finished
             .map(|t| format!("{} ago", render::age(t, now)))
             .unwrap_or_default(),

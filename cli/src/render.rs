@@ -217,9 +217,10 @@ pub fn outcome_json(job: &Job) -> Outcome {
     }
 }
 
-/// The columns of `get`.
-pub fn job_row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
-    let status = job.status.clone().unwrap_or_default();
+/// The first columns of every table of Jobs: namespace (with `-A`), name,
+/// worker, phase, attempt.
+pub fn job_columns(job: &Job, with_namespace: bool) -> Vec<String> {
+    let status = job.status.as_ref();
     let mut row = Vec::new();
     if with_namespace {
         row.push(job.namespace().unwrap_or_default());
@@ -227,8 +228,17 @@ pub fn job_row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
     row.extend([
         job.name_any(),
         job.spec.worker.clone(),
-        format!("{:?}", status.phase),
-        status.attempt.to_string(),
+        format!("{:?}", status.map(|s| s.phase).unwrap_or_default()),
+        status.map_or(0, |s| s.attempt).to_string(),
+    ]);
+    row
+}
+
+/// The columns of `get`.
+pub fn job_row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
+    let status = job.status.clone().unwrap_or_default();
+    let mut row = job_columns(job, with_namespace);
+    row.extend([
         format!("{}%", status.progress),
         job.creation_timestamp()
             .map(|t| age(t.0, now))

@@ -260,11 +260,7 @@ async fn the_worker_image_runs_on_a_real_node_and_the_node_leaves_nothing_behind
         "node stopped in {:.1} s",
         teardown.duration.as_secs_f64()
     ));
-    assert!(
-        teardown.leftovers.is_empty(),
-        "the node left things behind:\n{}",
-        teardown.leftovers.join("\n")
-    );
+    teardown.assert_clean();
 }
 
 /// The machine's values of the sysctls the kubelet writes.

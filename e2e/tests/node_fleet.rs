@@ -268,11 +268,7 @@ async fn the_chart_runs_drover_on_a_real_node() {
     let teardown = node
         .stop()
         .unwrap_or_else(|e| panic!("stopping the node: {}", error_chain(&e)));
-    assert!(
-        teardown.leftovers.is_empty(),
-        "the node left things behind:\n{}",
-        teardown.leftovers.join("\n")
-    );
+    teardown.assert_clean();
     say(&format!(
         "whole test {:.1} s",
         started.elapsed().as_secs_f64()

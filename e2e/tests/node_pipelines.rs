@@ -244,11 +244,7 @@ async fn assembly_and_consensus_fleets_run_twenty_jobs_each_in_real_containers()
     let teardown = stack
         .stop()
         .unwrap_or_else(|e| panic!("stopping the node: {}", error_chain(&e)));
-    assert!(
-        teardown.leftovers.is_empty(),
-        "the node left things behind:\n{}",
-        teardown.leftovers.join("\n")
-    );
+    teardown.assert_clean();
     say(&format!(
         "whole test {:.1} s",
         started.elapsed().as_secs_f64()

@@ -165,6 +165,17 @@ pub struct Teardown {
     pub leftovers: Vec<String>,
 }
 
+impl Teardown {
+    /// Panics, naming what is left, unless the node left nothing behind.
+    pub fn assert_clean(&self) {
+        assert!(
+            self.leftovers.is_empty(),
+            "the node left things behind:\n{}",
+            self.leftovers.join("\n")
+        );
+    }
+}
+
 impl Node {
     /// Starts the node with its state in `state_dir` (recreated): the
     /// namespaces, the control plane, containerd with the pause image, the
