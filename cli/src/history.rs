@@ -174,7 +174,9 @@ fn row(job: &Job, now: Timestamp, with_namespace: bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_crds::JobSpec;
+    use drover_crds::job::JobError;
+    use drover_crds::{FailureReason, JobStatus};
+    use drover_testkit::JobBuilder;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
@@ -215,18 +217,19 @@ mod tests {
     #[test]
     fn a_row_shows_when_it_finished_how_long_it_took_and_why_it_failed() {
         let t = |s: i64| Time(Timestamp::from_second(1_800_000_000 + s).unwrap());
-        let spec: JobSpec =
-            serde_json::from_value(serde_json::json!({"worker": "sleeper", "input": {}})).unwrap();
-        let mut job = Job::new("j1", spec);
-        job.metadata.namespace = Some("team-a".into());
+        let mut job = JobBuilder::new("j1", "sleeper").namespace("team-a").build();
         job.metadata.creation_timestamp = Some(t(0));
-        job.status = Some(
-            serde_json::from_value(serde_json::json!({
-                "phase": "Failed", "attempt": 3, "finishedAt": t(75),
-                "error": {"reason": "MaxAttemptsExceeded", "message": "x", "retryable": false}
-            }))
-            .unwrap(),
-        );
+        job.status = Some(JobStatus {
+            phase: JobPhase::Failed,
+            attempt: 3,
+            finished_at: Some(t(75)),
+            error: Some(JobError::new(
+                FailureReason::MaxAttemptsExceeded,
+                "x".into(),
+                false,
+            )),
+            ..JobStatus::default()
+        });
         let now = t(75 + 3 * 3600).0;
         assert_eq!(
             row(&job, now, true),

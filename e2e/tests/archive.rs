@@ -89,8 +89,8 @@ async fn archived(url: &str, namespace: &str) -> BTreeMap<String, (String, Strin
         .expect("read the archive");
     rows.iter()
         .map(|row| {
-            let job: Value = row.get(3);
-            let steps = job["status"]["steps"].as_array().map_or(0, Vec::len);
+            let job: Job = serde_json::from_value(row.get(3)).expect("an archived Job");
+            let steps = job.status.map_or(0, |s| s.steps.len());
             (row.get(0), (row.get(1), row.get(2), steps))
         })
         .collect()

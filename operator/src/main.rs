@@ -23,6 +23,11 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 
+/// The operator holds every unfinished Job in memory; glibc's malloc kept
+/// much of what it freed in per-thread arenas (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Drover operator: turns each PipelineWorker into a worker Deployment scaled on
 /// queue depth and publishes, retries and watches over every Job.
 #[derive(Parser, Debug)]

@@ -198,16 +198,22 @@ async fn probe(archive: Archive) {
 
 #[cfg(test)]
 mod tests {
+    use drover_crds::{JobPhase, JobStatus};
+    use drover_testkit::JobBuilder;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
     use super::*;
 
     fn finished_job() -> Job {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "drover.dev/v1alpha1", "kind": "Job",
-            "metadata": {"name": "j1", "namespace": "team-a", "uid": "uid-1"},
-            "spec": {"worker": "sleeper", "input": {}},
-            "status": {"phase": "Succeeded", "attempt": 1, "finishedAt": "2027-01-15T08:00:00Z"}
-        }))
-        .unwrap()
+        let mut job = JobBuilder::new("j1", "sleeper").namespace("team-a").build();
+        job.metadata.uid = Some("uid-1".into());
+        job.status = Some(JobStatus {
+            phase: JobPhase::Succeeded,
+            attempt: 1,
+            finished_at: Some(Time("2027-01-15T08:00:00Z".parse().unwrap())),
+            ..JobStatus::default()
+        });
+        job
     }
 
     #[tokio::test]

@@ -88,6 +88,7 @@ fn rfc3339(time: &Time) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drover_crds::StepPhase;
     use drover_crds::job::{JobError, JobStatus, StepStatus};
     use drover_crds::{JobPhase, JobSpec};
     use k8s_openapi::jiff::Timestamp;
@@ -115,12 +116,15 @@ mod tests {
             queued_at: Some(at(1)),
             started_at: Some(at(2)),
             finished_at: Some(at(9)),
-            steps: vec![
-                serde_json::from_value::<StepStatus>(serde_json::json!({
-                    "name": "sleep", "phase": "Succeeded", "attempts": 2
-                }))
-                .unwrap(),
-            ],
+            steps: vec![StepStatus {
+                name: "sleep".into(),
+                phase: StepPhase::Succeeded,
+                started_at: None,
+                finished_at: None,
+                attempts: 2,
+                progress: 0,
+                message: None,
+            }],
             error: Some(JobError {
                 reason: "MaxAttemptsExceeded".into(),
                 message: "all 2 attempts failed".into(),
