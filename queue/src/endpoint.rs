@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use google_cloud_auth::credentials::anonymous;
-use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::client::{
+    BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin,
+};
 
 use crate::send_guard::{GuardedRetry, GuardedThrottler, SendGuard};
 
@@ -64,16 +66,22 @@ impl PubSubEndpoint {
             .await
     }
 
-    /// Publishes to one topic, each message at once (no batching delay, in
-    /// which a frozen process would hold it) and each attempt only while
-    /// `guard` allows it (see [`crate::send_guard`]).
+    /// Publishes to one topic, each message at once and each attempt only
+    /// while `guard` allows it (see [`Self::guarded_base_publisher`]).
     pub async fn guarded_publisher(
         &self,
         topic_path: &str,
         guard: SendGuard,
     ) -> BuildResult<Publisher> {
-        configure!(Publisher::builder(topic_path), self)
-            .set_delay_threshold(Duration::ZERO)
+        let base = self.guarded_base_publisher(guard).await?;
+        Ok(topic_publisher(&base, topic_path))
+    }
+
+    /// One connection for publishing to any number of topics (see
+    /// [`topic_publisher`]), each attempt only while `guard` allows it (see
+    /// [`crate::send_guard`]).
+    pub async fn guarded_base_publisher(&self, guard: SendGuard) -> BuildResult<BasePublisher> {
+        configure!(BasePublisher::builder(), self)
             .with_retry_policy(GuardedRetry::new(guard.clone()))
             .with_retry_throttler(GuardedThrottler(guard))
             .build()
@@ -84,4 +92,12 @@ impl PubSubEndpoint {
     pub async fn subscriber(&self) -> BuildResult<Subscriber> {
         configure!(Subscriber::builder(), self).build().await
     }
+}
+
+/// Publishes to `topic_path` over `base`'s connection, each message at once:
+/// no batching delay, in which a frozen process would hold it.
+pub fn topic_publisher(base: &BasePublisher, topic_path: &str) -> Publisher {
+    base.publisher(topic_path)
+        .set_delay_threshold(Duration::ZERO)
+        .build()
 }

@@ -6,10 +6,12 @@ use std::sync::{Mutex, MutexGuard};
 
 use drover_crds::bounds::truncate;
 use google_cloud_gax::error::rpc::Code;
-use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::model::Message;
 
-use crate::endpoint::PubSubEndpoint;
+use tokio::sync::OnceCell;
+
+use crate::endpoint::{PubSubEndpoint, topic_publisher};
 use crate::send_guard::SendGuard;
 
 /// Pub/Sub's own limits on a published message
@@ -114,11 +116,13 @@ impl PublishError {
     }
 }
 
-/// Publishers by topic, shared by every reconcile.
+/// Publishers by topic, shared by every reconcile. All of them share one
+/// connection: one per topic cost about 30 KB a fleet.
 #[derive(Debug)]
 pub struct Publishers {
     endpoint: PubSubEndpoint,
     guard: SendGuard,
+    base: OnceCell<BasePublisher>,
     by_topic: Mutex<HashMap<String, Publisher>>,
 }
 
@@ -129,6 +133,7 @@ impl Publishers {
         Self {
             endpoint,
             guard,
+            base: OnceCell::new(),
             by_topic: Mutex::default(),
         }
     }
@@ -168,14 +173,15 @@ impl Publishers {
         if let Some(publisher) = self.lock().get(topic) {
             return Ok(publisher.clone());
         }
-        let publisher = self
-            .endpoint
-            .guarded_publisher(topic, self.guard.clone())
+        let base = self
+            .base
+            .get_or_try_init(|| self.endpoint.guarded_base_publisher(self.guard.clone()))
             .await
             .map_err(|source| PublishError::Client {
                 topic: topic.to_owned(),
                 source,
             })?;
+        let publisher = topic_publisher(base, topic);
         self.lock().insert(topic.to_owned(), publisher.clone());
         Ok(publisher)
     }
