@@ -202,6 +202,11 @@ async fn run(args: Args) -> Result<(), String> {
     // The operator goes with the node; the database it wrote to after it.
     let stopped = stack.stop();
     drop(archive);
+    // Its cluster is gone: a shell (or a test) that sourced it later would
+    // talk to a dead apiserver. The logs stay.
+    if let Err(e) = std::fs::remove_file(&env_file) {
+        say(&format!("cannot remove {}: {e}", env_file.display()));
+    }
     match stopped {
         Ok(teardown) if teardown.leftovers.is_empty() => say(&format!(
             "sandbox stopped in {:.1} s, nothing left behind",
