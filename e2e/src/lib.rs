@@ -9,6 +9,7 @@
 //! * [`local_model`] installs and serves a real small LLM (llama.cpp's server).
 //! * [`media_server`] serves a directory over HTTP, for media pods must fetch.
 //! * [`postgres`] runs a throwaway PostgreSQL server for the Job archive.
+//! * [`wav`] writes test audio (16-bit PCM WAV of a signal).
 //! * [`process`] is the child-process management they share: logs to files, and
 //!   no process ever outlives the test binary.
 //!
@@ -38,6 +39,7 @@ pub mod refusals;
 pub mod sandbox_archive;
 pub mod testenv;
 pub mod wait;
+pub mod wav;
 
 use std::error::Error;
 use std::fs;

@@ -295,28 +295,10 @@ fn log_lines(pods_dir: &Path, prefix: &str) -> Vec<String> {
 /// A 16-bit PCM WAV of a sine at `pitch` Hz, with a slow swell so the
 /// loudness normalization has something to measure.
 fn write_wav(path: &Path, rate: u32, channels: u16, seconds: f64, pitch: f64) {
-    let frames = (seconds * f64::from(rate)) as u32;
-    let data_len = frames * u32::from(channels) * 2;
-    let mut bytes = Vec::with_capacity(44 + data_len as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&channels.to_le_bytes());
-    bytes.extend_from_slice(&rate.to_le_bytes());
-    bytes.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
-    bytes.extend_from_slice(&(channels * 2).to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data_len.to_le_bytes());
-    for i in 0..frames {
-        let t = f64::from(i) / f64::from(rate);
+    let swelling_sine = |t: f64, _channel: usize| {
         let swell = 0.5 + 0.3 * (TAU * 0.5 * t).sin();
-        let sample = (swell * 0.5 * (TAU * pitch * t).sin() * 32767.0) as i16;
-        for _ in 0..channels {
-            bytes.extend_from_slice(&sample.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).expect("write a WAV");
+        swell * 0.5 * (TAU * pitch * t).sin()
+    };
+    drover_e2e::wav::write_pcm16(path, rate, channels, seconds, swelling_sine)
+        .expect("write a WAV");
 }

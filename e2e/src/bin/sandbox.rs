@@ -18,7 +18,7 @@ use drover_e2e::media_server::MediaServer;
 use drover_e2e::node::{self, chart};
 use drover_e2e::node_drover::{self, NodeDrover, NodeDroverOptions};
 use drover_e2e::sandbox_archive::{self, SandboxArchive};
-use drover_e2e::{ensure_built, error_chain, manifests, workspace_root};
+use drover_e2e::{ensure_built, error_chain, manifests, wav, workspace_root};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Runs Drover's local sandbox: builds what is missing, starts etcd,
@@ -545,7 +545,7 @@ fn write_assembly_media() -> Result<(), String> {
     Ok(())
 }
 
-/// A 16-bit PCM WAV of `signal(t, channel)`.
+/// [`wav::write_pcm16`], its error as a line for the user.
 fn write_wav(
     path: &Path,
     rate: u32,
@@ -553,29 +553,8 @@ fn write_wav(
     seconds: f64,
     signal: impl Fn(f64, usize) -> f64,
 ) -> Result<(), String> {
-    let frames = (seconds * f64::from(rate)) as u32;
-    let data_len = frames * u32::from(channels) * 2;
-    let mut bytes = Vec::with_capacity(44 + data_len as usize);
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    bytes.extend_from_slice(&channels.to_le_bytes());
-    bytes.extend_from_slice(&rate.to_le_bytes());
-    bytes.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
-    bytes.extend_from_slice(&(channels * 2).to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data_len.to_le_bytes());
-    for i in 0..frames {
-        let t = f64::from(i) / f64::from(rate);
-        for c in 0..usize::from(channels) {
-            let sample = (signal(t, c).clamp(-1.0, 1.0) * 32767.0) as i16;
-            bytes.extend_from_slice(&sample.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    wav::write_pcm16(path, rate, channels, seconds, signal)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 // The real node: its packages, what pods reach, and what it shows.
